@@ -1,0 +1,41 @@
+#!/usr/bin/env node
+/** The `rwkvx` command. User errors print one line and exit 1; anything else is a bug, shown in full. */
+import { Command, CommanderError } from 'commander';
+import { UserError } from '../util/errors.js';
+import { shutdownPool } from '../backend/cpu/matmul.js';
+import * as info from './commands/info.js';
+import * as tokenize from './commands/tokenize.js';
+import * as forward from './commands/forward.js';
+import * as generate from './commands/generate.js';
+import * as convert from './commands/convert.js';
+import { VERSION } from '../version.js';
+
+export function buildProgram(): Command {
+  const program = new Command();
+  program
+    .name('rwkvx')
+    .description('RWKV-7 and RWKV-X language models in TypeScript')
+    .version(VERSION)
+    .showHelpAfterError('(run with --help for usage)')
+    .exitOverride();
+  for (const m of [info, tokenize, forward, generate, convert]) m.register(program);
+  return program;
+}
+
+export function main(argv: string[]): number {
+  try {
+    buildProgram().parse(argv, { from: 'user' });
+    return 0;
+  } catch (e) {
+    if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : 2;
+    if (e instanceof UserError) {
+      process.stderr.write(`rwkvx: error: ${e.message}\n`);
+      return 1;
+    }
+    throw e;
+  } finally {
+    shutdownPool();
+  }
+}
+
+process.exitCode = main(process.argv.slice(2));
