@@ -184,3 +184,37 @@ export function loadWeights(src: TensorSource, cfg: ModelConfig, alloc: F32Alloc
   }
   return { emb, lnOutW: get(`${p}ln_out.weight`), lnOutB: get(`${p}ln_out.bias`), head: get(`${p}head.weight`), blocks, attn };
 }
+
+/**
+ * The weights as named float32 tensors in checkpoint naming (the inverse of loadWeights). The
+ * embedding is stored already normalised, with block 0's ln0 as the identity.
+ */
+export function weightsToTensors(cfg: ModelConfig, w: ModelWeights): { name: string; dtype: 'F32'; shape: number[]; data: Float32Array }[] {
+  const p = rwkvPrefix(cfg);
+  const C = cfg.dim;
+  const byName = new Map<string, Float32Array>();
+  byName.set(`${p}emb.weight`, w.emb);
+  byName.set(`${p}blocks.0.ln0.weight`, new Float32Array(C).fill(1));
+  byName.set(`${p}blocks.0.ln0.bias`, new Float32Array(C));
+  const rwkvFields: [string, keyof RwkvBlockWeights][] = [
+    ['ln1.weight', 'ln1w'], ['ln1.bias', 'ln1b'], ['ln2.weight', 'ln2w'], ['ln2.bias', 'ln2b'],
+    ['att.x_r', 'xr'], ['att.x_w', 'xw'], ['att.x_k', 'xk'], ['att.x_v', 'xv'], ['att.x_a', 'xa'], ['att.x_g', 'xg'],
+    ['att.w0', 'w0'], ['att.w1', 'w1'], ['att.w2', 'w2'], ['att.a0', 'a0'], ['att.a1', 'a1'], ['att.a2', 'a2'],
+    ['att.v0', 'v0'], ['att.v1', 'v1'], ['att.v2', 'v2'], ['att.g1', 'g1'], ['att.g2', 'g2'],
+    ['att.k_k', 'kk'], ['att.k_a', 'ka'], ['att.r_k', 'rk'],
+    ['att.receptance.weight', 'Wr'], ['att.key.weight', 'Wk'], ['att.value.weight', 'Wv'], ['att.output.weight', 'Wo'],
+    ['att.ln_x.weight', 'lnxw'], ['att.ln_x.bias', 'lnxb'],
+    ['ffn.x_k', 'ffnXk'], ['ffn.key.weight', 'ffnK'], ['ffn.value.weight', 'ffnV'],
+  ];
+  w.blocks.forEach((b, i) => { for (const [n, f] of rwkvFields) byName.set(`${p}blocks.${i}.${n}`, b[f]); });
+  const attnFields: [string, keyof AttnBlockWeights][] = [
+    ['ln1.weight', 'ln1w'], ['ln1.bias', 'ln1b'], ['ln2.weight', 'ln2w'], ['ln2.bias', 'ln2b'],
+    ['att.receptance.weight', 'Wq'], ['att.key.weight', 'Wk'], ['att.value.weight', 'Wv'], ['att.output.weight', 'Wo'],
+    ['ffn.x_k', 'ffnXk'], ['ffn.key.weight', 'ffnK'], ['ffn.value.weight', 'ffnV'],
+  ];
+  w.attn.forEach((a, j) => { for (const [n, f] of attnFields) byName.set(`${attnPrefix(j)}${n}`, a[f]); });
+  byName.set(`${p}ln_out.weight`, w.lnOutW);
+  byName.set(`${p}ln_out.bias`, w.lnOutB);
+  byName.set(`${p}head.weight`, w.head);
+  return expectedTensors(cfg).map(([name, shape]) => ({ name, dtype: 'F32' as const, shape, data: byName.get(name)! }));
+}
