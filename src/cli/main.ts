@@ -8,6 +8,7 @@ import * as tokenize from './commands/tokenize.js';
 import * as forward from './commands/forward.js';
 import * as generate from './commands/generate.js';
 import * as convert from './commands/convert.js';
+import * as data from './commands/data.js';
 import { VERSION } from '../version.js';
 
 export function buildProgram(): Command {
@@ -18,7 +19,7 @@ export function buildProgram(): Command {
     .version(VERSION)
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();
-  for (const m of [info, tokenize, forward, generate, convert]) m.register(program);
+  for (const m of [info, tokenize, forward, generate, convert, data]) m.register(program);
   return program;
 }
 
