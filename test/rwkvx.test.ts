@@ -132,8 +132,8 @@ test('state file: save, reload, continue — same logits as one uninterrupted ru
   const st = model.newState();
   model.forward(tokens.slice(0, 77), st);
   const path = join(dir, 'doc.state');
-  writeStateFile(path, st, model.cfg, model.weights);
-  const back = readStateFile(path, model.cfg, model.weights);
+  writeStateFile(path, st, model.cfg, model.fingerprint);
+  const back = readStateFile(path, model.cfg, model.fingerprint);
   const rest = model.forward(tokens.slice(77), back);
   const want = expectedTensor('rwkvx.moba.logits').subarray(77 * V);
   assert.ok(maxAbsDiff(rest, want) <= LOGIT_TOL);
@@ -143,11 +143,11 @@ test('state file from another model is refused', () => {
   const st = model.newState();
   model.forward(tokens.slice(0, 10), st);
   const path = join(dir, 'x.state');
-  writeStateFile(path, st, model.cfg, model.weights);
+  writeStateFile(path, st, model.cfg, model.fingerprint);
   const other = Model.load(A('rwkv7.pth'));
-  assert.throws(() => readStateFile(path, other.cfg, other.weights), /written for a different model/);
+  assert.throws(() => readStateFile(path, other.cfg, other.fingerprint), /written for a different model/);
   const otherChunk = Model.load(A('rwkvx.pth'), { chunk: 32, topk: 3 });
-  assert.throws(() => readStateFile(path, otherChunk.cfg, otherChunk.weights), /chunk size 16/);
+  assert.throws(() => readStateFile(path, otherChunk.cfg, otherChunk.fingerprint), /chunk size 16/);
 });
 
 test('chunk or top-k ≤ 0 is refused', () => {

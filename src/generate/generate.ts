@@ -1,6 +1,5 @@
 /** Autoregressive generation: prefill the prompt, then sample and feed back one token at a time. */
-import type { Model } from '../model/model.js';
-import type { ModelState } from '../model/state.js';
+import type { ModelRunner } from '../model/runner.js';
 import { StreamDecoder, type WorldTokenizer } from '../tokenizer/index.js';
 import { fail } from '../util/errors.js';
 import { Rng } from './rng.js';
@@ -31,8 +30,8 @@ export function chatPrompt(message: string): string {
  * Yields text pieces as they become final (complete UTF-8, not part of a possible stop string).
  * The state is advanced in place, so a caller can keep it for a follow-up turn.
  */
-export function* generate(
-  model: Model, tok: WorldTokenizer, prompt: number[], state: ModelState, o: GenerateOptions, stats?: GenerateStats,
+export function* generate<S>(
+  model: ModelRunner<S>, tok: WorldTokenizer, prompt: number[], state: S, o: GenerateOptions, stats?: GenerateStats,
 ): Generator<string, void, void> {
   checkSampling(o);
   if (!Number.isInteger(o.maxTokens) || o.maxTokens < 0) fail(`max tokens must be a non-negative integer (got ${o.maxTokens})`);

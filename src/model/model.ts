@@ -9,6 +9,7 @@ import { fail } from '../util/errors.js';
 import { layout, type AttentionSemantics, type LayoutEntry, type ModelConfig } from './config.js';
 import { inferConfig, loadWeights, type ModelWeights } from './weights.js';
 import { createState, type ModelState } from './state.js';
+import { modelFingerprint } from './state-io.js';
 import { rwkvBlock } from './rwkv7-block.js';
 import { attentionBlock } from './attention-block.js';
 import { Workspace } from '../backend/cpu/workspace.js';
@@ -54,8 +55,23 @@ export class Model {
     return new Model(cfg, loadWeights(src, cfg, sharedF32), opts.attention ?? 'moba');
   }
 
+  readonly backend = 'cpu';
+  private fp: string | undefined;
+
+  get fingerprint(): string {
+    return (this.fp ??= modelFingerprint(this.cfg, this.weights));
+  }
+
   newState(): ModelState {
     return createState(this.cfg);
+  }
+
+  exportState(s: ModelState): ModelState {
+    return s;
+  }
+
+  importState(m: ModelState): ModelState {
+    return m;
   }
 
   /**

@@ -64,12 +64,12 @@ interface StateHeader {
   pos: number;
 }
 
-export function writeStateFile(path: string, state: ModelState, cfg: ModelConfig, w: ModelWeights): void {
-  const header: StateHeader = { version: STATE_VERSION, model: modelFingerprint(cfg, w), chunk: cfg.chunk, topk: cfg.topk, pos: state.pos };
+export function writeStateFile(path: string, state: ModelState, cfg: ModelConfig, fingerprint: string): void {
+  const header: StateHeader = { version: STATE_VERSION, model: fingerprint, chunk: cfg.chunk, topk: cfg.topk, pos: state.pos };
   writeSafetensors(path, stateTensors(state, cfg), { [STATE_META_KEY]: JSON.stringify(header) });
 }
 
-export function readStateFile(path: string, cfg: ModelConfig, w: ModelWeights): ModelState {
+export function readStateFile(path: string, cfg: ModelConfig, fingerprint: string): ModelState {
   const src = openCheckpoint(path);
   try {
     const raw = src.metadata[STATE_META_KEY];
@@ -77,7 +77,7 @@ export function readStateFile(path: string, cfg: ModelConfig, w: ModelWeights): 
     let hd: StateHeader;
     try { hd = JSON.parse(raw); } catch { fail(`${path}: state header is not valid JSON`); }
     if (hd.version !== STATE_VERSION) fail(`${path}: state file version ${hd.version} is not supported (expected ${STATE_VERSION})`);
-    const fp = modelFingerprint(cfg, w);
+    const fp = fingerprint;
     if (hd.model !== fp) fail(`${path} was written for a different model (${hd.model}), not this one (${fp})`);
     if (cfg.nAttn > 0 && hd.chunk !== cfg.chunk) fail(`${path} was written with chunk size ${hd.chunk}, but the model now uses ${cfg.chunk}`);
     const state = createState(cfg);

@@ -5,7 +5,7 @@ import { DEFAULT_SAMPLING } from '../../generate/sampler.js';
 import { readStateFile, writeStateFile } from '../../model/state-io.js';
 import { fail } from '../../util/errors.js';
 import { collect, float, int, readStdin } from '../args.js';
-import { loadModel, type ModelFlags } from '../load.js';
+import { loadRunner, type ModelFlags } from '../load.js';
 import { addModelFlags } from './flags.js';
 
 interface GenerateFlags extends ModelFlags {
@@ -39,21 +39,22 @@ export function register(program: Command): void {
       .option('--stats', 'print prompt/generation speed to stderr at the end')
       .option('--state-in <file>', 'continue from a saved state (e.g. a prefilled document)')
       .option('--state-out <file>', 'save the state after generation'),
-  ).action((o: GenerateFlags) => {
+  ).action(async (o: GenerateFlags) => {
     let prompt = o.prompt;
     if (prompt === undefined) fail('no prompt given (use --prompt TEXT, or --prompt - to read stdin)');
     if (prompt === '-') prompt = readStdin();
     if (prompt.length === 0 && !o.stateIn) fail('the prompt is empty');
-    const model = loadModel(o);
+    const model = await loadRunner(o);
     const tok = WorldTokenizer.load();
     const text = o.chat ? chatPrompt(prompt) : prompt;
     const ids = tok.encode(text);
-    const state = o.stateIn ? readStateFile(o.stateIn, model.cfg, model.weights) : model.newState();
+    const state = o.stateIn ? model.importState(readStateFile(o.stateIn, model.cfg, model.fingerprint)) : model.newState();
     const stop = o.chat ? [...o.stop, '\n\n'] : o.stop;
     const stats = {} as GenerateStats;
     for (const piece of generate(model, tok, ids, state, { ...o, stop }, stats)) process.stdout.write(piece);
     process.stdout.write('\n');
-    if (o.stateOut) writeStateFile(o.stateOut, state, model.cfg, model.weights);
+    if (o.stateOut) writeStateFile(o.stateOut, model.exportState(state), model.cfg, model.fingerprint);
+    model.dispose?.();
     if (o.stats) {
       const pf = (stats.promptTokens / (stats.prefillMs / 1000)).toFixed(1);
       const dc = stats.generatedTokens > 1 ? ((stats.generatedTokens - 1) / (stats.decodeMs / 1000)).toFixed(1) : '-';

@@ -1,0 +1,86 @@
+/**
+ * CUDA backend benchmark: prefill latency and decode ms/token of RWKV-X 0.22B (L12 C768 + 4
+ * attention blocks, chunk 2048, top-k 3) and RWKV-7 0.19B (L12 C768), random weights, V 65536.
+ *   npm run bench:cuda -- [--lengths 4096,16384,65536,131072] [--decode 4096,65536] [--steps 32] [--json FILE]
+ * Prefill: one forward() of N tokens from an empty state, logits of the last token back on the host
+ * (wall clock, so it includes every launch and the copy). Decode: forward() of one token after a
+ * prefill of N, logits back; median of --steps. Peak memory: bytes this process allocated on the GPU
+ * (weights + scratch + state), at the peak of that run.
+ */
+import { writeFileSync } from 'node:fs';
+import { shapeConfig, randomWeights } from '../src/model/random.js';
+import { CudaModel } from '../src/backend/cuda/model.js';
+import { peakAllocatedBytes, resetPeak } from '../src/backend/cuda/memory.js';
+
+function arg(name: string, def: string): string {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : def;
+}
+const lengths = arg('lengths', '4096,16384,65536,131072').split(',').map(Number);
+const decodeAt = new Set(arg('decode', '4096,65536').split(',').map(Number));
+const steps = Number(arg('steps', '32'));
+const jsonOut = arg('json', '');
+const which = arg('models', 'rwkvx,rwkv7').split(',');
+
+interface Row { model: string; tokens: number; prefill_ms: number; prefill_tok_s: number; decode_ms: number | null; peak_gib: number }
+const rows: Row[] = [];
+const median = (a: number[]) => { const s = [...a].sort((x, y) => x - y); return s[Math.floor(s.length / 2)]; };
+
+function randomTokens(n: number, V: number, seed: number): Int32Array {
+  const out = new Int32Array(n);
+  let x = seed >>> 0;
+  for (let i = 0; i < n; i++) { x = (Math.imul(x, 1664525) + 1013904223) >>> 0; out[i] = x % V; }
+  return out;
+}
+
+for (const name of which) {
+  const cfg = shapeConfig({ vocab: 65536, dim: 768, nLayer: 12, nAttn: name === 'rwkvx' ? 4 : 0, chunk: 2048, topk: 3 });
+  const t0 = Date.now();
+  const m = CudaModel.fromWeights(cfg, randomWeights(cfg, 1));
+  m.segment = 16384;
+  console.log(`${name}: built in ${Date.now() - t0} ms on ${m.ctx.info.name}`);
+  // warm-up: compile/load kernels, cuBLAS heuristics, scratch at full size
+  { const s = m.newState(); m.forward(randomTokens(16384, 65536, 9), s, { logits: 'last' }); m.forward([1], s, { logits: 'last' }); s.dispose(); }
+  if (process.env.RWKVX_PROFILE) {
+    const n = Number(process.env.RWKVX_PROFILE);
+    for (const [label, len] of [['prefill', n], ['decode', 1]] as const) {
+      const s = m.newState();
+      if (label === 'decode') m.forward(randomTokens(4096, 65536, 3), s, { logits: 'none' });
+      m.profile = new Map();
+      const a = performance.now();
+      m.forward(randomTokens(len, 65536, 5), s, { logits: 'last' });
+      const total = performance.now() - a;
+      const list = [...m.profile].sort((x, y) => y[1] - x[1]);
+      console.log(`profile ${name} ${label} ${len} tokens: ${total.toFixed(1)} ms (synchronised per launch): ` + list.map(([k, v]) => `${k} ${v.toFixed(2)}`).join(', '));
+      m.profile = undefined;
+      s.dispose();
+    }
+  }
+  for (const n of lengths) {
+    const toks = randomTokens(n, 65536, n);
+    resetPeak();
+    const s = m.newState();
+    m.sync();
+    const a = performance.now();
+    m.forward(toks, s, { logits: 'last' });
+    const prefill = performance.now() - a;
+    let dec: number | null = null;
+    if (decodeAt.has(n)) {
+      const times: number[] = [];
+      for (let i = 0; i < steps; i++) {
+        const b = performance.now();
+        m.forward([toks[i % n]], s, { logits: 'last' });
+        times.push(performance.now() - b);
+      }
+      dec = median(times);
+    }
+    const row: Row = { model: name === 'rwkvx' ? 'rwkvx RWKV-X 0.22B' : 'rwkvx RWKV-7 0.19B', tokens: n, prefill_ms: prefill, prefill_tok_s: n / (prefill / 1000), decode_ms: dec, peak_gib: peakAllocatedBytes() / 2 ** 30 };
+    rows.push(row);
+    console.log(JSON.stringify(row));
+    s.dispose();
+  }
+  m.dispose();
+}
+if (jsonOut) writeFileSync(jsonOut, JSON.stringify(rows, null, 1));
+console.log('\n| model | tokens | prefill ms | prefill tok/s | decode ms/token | peak GPU GiB |\n|---|---:|---:|---:|---:|---:|');
+for (const r of rows) console.log(`| ${r.model} | ${r.tokens} | ${r.prefill_ms.toFixed(1)} | ${Math.round(r.prefill_tok_s)} | ${r.decode_ms === null ? '' : r.decode_ms.toFixed(2)} | ${r.peak_gib.toFixed(2)} |`);

@@ -1,0 +1,458 @@
+// RWKV-X inference kernels (compiled at run time by NVRTC; no headers needed).
+// Storage: weights and GEMM inputs bf16 (raw 16-bit words), residual stream, WKV state,
+// softmax and most activations float32.
+
+#ifndef INFINITY
+#define INFINITY __int_as_float(0x7f800000)
+#endif
+
+typedef unsigned short bf16;
+typedef unsigned int u32;
+
+__device__ __forceinline__ float bf2f(bf16 x) { return __uint_as_float(((u32)x) << 16); }
+__device__ __forceinline__ bf16 f2bf(float f) {
+  u32 u = __float_as_uint(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (bf16)0x7fc0;
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return (bf16)(u >> 16);
+}
+// two floats → packed bf16x2, `lo` in the low half
+__device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
+  u32 r;
+  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  return r;
+}
+__device__ __forceinline__ float sigmoidf_(float x) { return 1.f / (1.f + expf(-x)); }
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+// sum over the block (blockDim.x a multiple of 32, ≤ 1024); every thread gets the result
+__device__ float block_sum(float v, float* sh) {
+  v = warp_sum(v);
+  int w = threadIdx.x >> 5, l = threadIdx.x & 31, nw = blockDim.x >> 5;
+  if (l == 0) sh[w] = v;
+  __syncthreads();
+  float s = 0.f;
+  for (int i = 0; i < nw; i++) s += sh[i];
+  __syncthreads();
+  return s;
+}
+
+// h[t, :] = emb[tok[t], :] (ln0 folded into the table at load)
+extern "C" __global__ void embed(float* h, const bf16* emb, const int* tok, int C) {
+  int t = blockIdx.x;
+  const bf16* e = emb + (long long)tok[t] * C;
+  for (int i = threadIdx.x; i < C; i += blockDim.x) h[(long long)t * C + i] = bf2f(e[i]);
+}
+
+// LayerNorm over rows of C (eps 1e-5); writes float32 and/or bf16 outputs (either may be null)
+extern "C" __global__ void layer_norm(float* outF, bf16* outB, const float* x, const float* w, const float* b, int C) {
+  __shared__ float sh[32];
+  long long o = (long long)blockIdx.x * C;
+  float s = 0.f;
+  for (int i = threadIdx.x; i < C; i += blockDim.x) s += x[o + i];
+  float mean = block_sum(s, sh) / C;
+  float v = 0.f;
+  for (int i = threadIdx.x; i < C; i += blockDim.x) { float d = x[o + i] - mean; v += d * d; }
+  float inv = rsqrtf(block_sum(v, sh) / C + 1e-5f);
+  for (int i = threadIdx.x; i < C; i += blockDim.x) {
+    float y = (x[o + i] - mean) * inv * w[i] + b[i];
+    if (outF) outF[o + i] = y;
+    if (outB) outB[o + i] = f2bf(y);
+  }
+}
+
+// Token-shift mixes: out[m, t, :] = x[t] + (x[t-1] − x[t]) ⊙ mu[m], x[-1] = prev. M mixes.
+extern "C" __global__ void mix_shift(bf16* out, const float* x, const float* prev, const float* mu, int T, int C, int M) {
+  int t = blockIdx.x;
+  for (int i = threadIdx.x; i < C; i += blockDim.x) {
+    float xv = x[(long long)t * C + i];
+    float pv = t > 0 ? x[(long long)(t - 1) * C + i] : prev[i];
+    float d = pv - xv;
+    for (int m = 0; m < M; m++) out[((long long)m * T + t) * C + i] = f2bf(xv + d * mu[m * C + i]);
+  }
+}
+
+// out = act(in) as bf16; mode 0 tanh, 1 sigmoid, 2 relu²
+extern "C" __global__ void act_bf16(bf16* out, const float* in, int n, int mode) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+    float v = in[i];
+    float y = mode == 0 ? tanhf(v) : mode == 1 ? sigmoidf_(v) : (v > 0.f ? v * v : 0.f);
+    out[i] = f2bf(y);
+  }
+}
+
+// relu² in place on bf16 (the channel-mix hidden layer), 2 elements per step
+extern "C" __global__ void relu_sq_bf16(u32* x, int n2) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n2; i += gridDim.x * blockDim.x) {
+    u32 p = x[i];
+    float a = bf2f((bf16)(p & 0xffff)), b = bf2f((bf16)(p >> 16));
+    a = a > 0.f ? a * a : 0.f; b = b > 0.f ? b * b : 0.f;
+    x[i] = pack_bf16(a, b);
+  }
+}
+
+// Per (token, head), one warp: decay, in-context rate, normalised key, written key, value residual.
+//   w  ← exp(−e^{−½}·σ(w0 + dw))        (dw = tanh(x_w·w1)·w2, float32)
+//   a  ← σ(a0 + da)                       (in place in da)
+//   kk ← normalise(k ⊙ k_k)
+//   k  ← k ⊙ (1 + (a − 1) ⊙ k_a)
+//   v  ← layer 0: vFirst = v; else v + (vFirst − v) ⊙ σ(v0 + dv)
+extern "C" __global__ void tmix_prep(float* w, float* da, float* kk, float* k, float* v, float* vFirst, const float* dv,
+    const float* w0, const float* a0, const float* v0, const float* kkw, const float* ka, int T, int H, int first) {
+  int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+  if (warp >= T * H) return;
+  int t = warp / H, h = warp % H, C = H * 64;
+  float kv[2], q[2], ss = 0.f;
+#pragma unroll
+  for (int e = 0; e < 2; e++) {
+    int c = h * 64 + lane + 32 * e;
+    long long idx = (long long)t * C + c;
+    kv[e] = k[idx];
+    q[e] = kv[e] * kkw[c];
+    ss += q[e] * q[e];
+  }
+  ss = warp_sum(ss);
+  float inv = 1.f / fmaxf(sqrtf(ss), 1e-12f);
+#pragma unroll
+  for (int e = 0; e < 2; e++) {
+    int c = h * 64 + lane + 32 * e;
+    long long idx = (long long)t * C + c;
+    float a = sigmoidf_(da[idx] + a0[c]);
+    da[idx] = a;
+    kk[idx] = q[e] * inv;
+    k[idx] = kv[e] * (1.f + (a - 1.f) * ka[c]);
+    w[idx] = expf(-0.6065306597126334f * sigmoidf_(w[idx] + w0[c]));
+    if (first) vFirst[idx] = v[idx];
+    else { float s = sigmoidf_(dv[idx] + v0[c]); v[idx] += (vFirst[idx] - v[idx]) * s; }
+  }
+}
+
+// WKV-7 recurrence. The 64 rows of a head's state are independent given the inputs, so a head is
+// split over gridDim.y blocks of 16 rows (more SMs at work); 64 threads per block: row
+// i = 16·blockIdx.y + tid/4, the thread holding columns 16·(tid%4) … +15 of it in registers.
+// Inputs are staged in shared memory WKV_TT steps at a time (16-byte loads).
+//   S ← S·diag(w) + (S·(−kk))·(kk⊙a)ᵀ + v·kᵀ ;  y = S·r
+#define WKV_TT 32
+extern "C" __global__ void __launch_bounds__(64) wkv7_seq(float* y, float* state, const float* r, const float* w, const float* k,
+    const float* v, const float* kk, const float* a, int T, int C) {
+  __shared__ __align__(16) float sr[WKV_TT][64], sw[WKV_TT][64], sk[WKV_TT][64], skk[WKV_TT][64], ska[WKV_TT][64], sv[WKV_TT][16];
+  int h = blockIdx.x, tid = threadIdx.x, il = tid >> 2, i = blockIdx.y * 16 + il, q = tid & 3;
+  float* S = state + (long long)h * 4096 + i * 64 + q * 16;
+  float s[16];
+#pragma unroll
+  for (int j = 0; j < 16; j++) s[j] = S[j];
+  for (int t0 = 0; t0 < T; t0 += WKV_TT) {
+    int n = min(WKV_TT, T - t0);
+    __syncthreads();
+#pragma unroll 4
+    for (int e = tid; e < n * 16; e += 64) {
+      int tt = e >> 4, c = (e & 15) * 4;
+      long long idx = (long long)(t0 + tt) * C + h * 64 + c;
+      float4 rr = *(const float4*)(r + idx), ww = *(const float4*)(w + idx), kt = *(const float4*)(k + idx);
+      float4 kq = *(const float4*)(kk + idx), aa = *(const float4*)(a + idx);
+      *(float4*)&sr[tt][c] = rr; *(float4*)&sw[tt][c] = ww; *(float4*)&sk[tt][c] = kt; *(float4*)&skk[tt][c] = kq;
+      *(float4*)&ska[tt][c] = make_float4(kq.x * aa.x, kq.y * aa.y, kq.z * aa.z, kq.w * aa.w);
+    }
+    for (int e = tid; e < n * 16; e += 64) {
+      int tt = e >> 4, c = e & 15;
+      sv[tt][c] = v[(long long)(t0 + tt) * C + h * 64 + blockIdx.y * 16 + c];
+    }
+    __syncthreads();
+    for (int tt = 0; tt < n; tt++) {
+      const float4* pkk = (const float4*)&skk[tt][q * 16];
+      float sa0 = 0.f, sa1 = 0.f;
+#pragma unroll
+      for (int j4 = 0; j4 < 4; j4 += 2) {
+        float4 z = pkk[j4], z2 = pkk[j4 + 1];
+        sa0 += s[4 * j4] * z.x + s[4 * j4 + 1] * z.y + s[4 * j4 + 2] * z.z + s[4 * j4 + 3] * z.w;
+        sa1 += s[4 * j4 + 4] * z2.x + s[4 * j4 + 5] * z2.y + s[4 * j4 + 6] * z2.z + s[4 * j4 + 7] * z2.w;
+      }
+      float sa = -(sa0 + sa1);
+      sa += __shfl_xor_sync(0xffffffffu, sa, 1);
+      sa += __shfl_xor_sync(0xffffffffu, sa, 2);
+      float vi = sv[tt][il];
+      const float4* pw = (const float4*)&sw[tt][q * 16];
+      const float4* pka = (const float4*)&ska[tt][q * 16];
+      const float4* pk = (const float4*)&sk[tt][q * 16];
+      const float4* pr = (const float4*)&sr[tt][q * 16];
+      float y0 = 0.f, y1 = 0.f;
+#pragma unroll
+      for (int j4 = 0; j4 < 4; j4++) {
+        float4 ww = pw[j4], aa = pka[j4], kt = pk[j4], rr = pr[j4];
+        s[4 * j4 + 0] = s[4 * j4 + 0] * ww.x + sa * aa.x + vi * kt.x;
+        s[4 * j4 + 1] = s[4 * j4 + 1] * ww.y + sa * aa.y + vi * kt.y;
+        s[4 * j4 + 2] = s[4 * j4 + 2] * ww.z + sa * aa.z + vi * kt.z;
+        s[4 * j4 + 3] = s[4 * j4 + 3] * ww.w + sa * aa.w + vi * kt.w;
+        y0 += s[4 * j4 + 0] * rr.x + s[4 * j4 + 1] * rr.y;
+        y1 += s[4 * j4 + 2] * rr.z + s[4 * j4 + 3] * rr.w;
+      }
+      float yi = y0 + y1;
+      yi += __shfl_xor_sync(0xffffffffu, yi, 1);
+      yi += __shfl_xor_sync(0xffffffffu, yi, 2);
+      if (q == 0) y[(long long)(t0 + tt) * C + h * 64 + i] = yi;
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < 16; j++) S[j] = s[j];
+}
+
+// GroupNorm per head (eps 64e-5) + bonus (Σ r⊙k⊙r_k)·v, times the gate; bf16 out. One warp per (t, head).
+extern "C" __global__ void gn_bonus_gate(bf16* out, const float* y, const float* r, const float* k, const float* v, const float* g,
+    const float* lw, const float* lb, const float* rk, int T, int H) {
+  int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+  if (warp >= T * H) return;
+  int t = warp / H, h = warp % H, C = H * 64;
+  long long base = (long long)t * C + h * 64;
+  float e0 = y[base + lane], e1 = y[base + lane + 32];
+  float mean = warp_sum(e0 + e1) * (1.f / 64.f);
+  float d0 = e0 - mean, d1 = e1 - mean;
+  float inv = rsqrtf(warp_sum(d0 * d0 + d1 * d1) * (1.f / 64.f) + 64e-5f);
+  int c0 = h * 64 + lane, c1 = c0 + 32;
+  float bs = warp_sum(r[base + lane] * k[base + lane] * rk[c0] + r[base + lane + 32] * k[base + lane + 32] * rk[c1]);
+  out[base + lane] = f2bf((d0 * inv * lw[c0] + lb[c0] + bs * v[base + lane]) * g[base + lane]);
+  out[base + lane + 32] = f2bf((d1 * inv * lw[c1] + lb[c1] + bs * v[base + lane + 32]) * g[base + lane + 32]);
+}
+
+// Mean key of chunks [first, first + gridDim.x): means[c, :] = mean of K rows c·B … c·B + B − 1 (bf16 → f32)
+extern "C" __global__ void chunk_means(float* means, const bf16* K, int C, int B, int first) {
+  int c = first + blockIdx.x;
+  int col = blockIdx.y * blockDim.x + threadIdx.x;
+  if (col >= C) return;
+  const bf16* p = K + (long long)c * B * C + col;
+  float s = 0.f;
+  for (int r = 0; r < B; r++) s += bf2f(p[(long long)r * C]);
+  means[(long long)c * C + col] = s / B;
+}
+
+#define MAXSEL 8
+// Top-nSel chunk selection by score q·mean(K_chunk) (float32), best first, ties to the lower index.
+// One warp per (t, head). nFixed < 0: query t may choose among its complete past chunks (P+t)/B
+// (moba); else among nFixed chunks with the score summed over all heads (official decoding), the
+// choice written for every head. sel[t, h, s] = chunk index or −1.
+extern "C" __global__ void select_chunks(int* sel, const float* q, const float* means, int T, int H, int P, int B, int nSel, int nFixed) {
+  int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+  int together = nFixed >= 0;
+  int rows = together ? T : T * H;
+  if (warp >= rows) return;
+  int t = together ? warp : warp / H, h = together ? 0 : warp % H, C = H * 64;
+  int nAvail = together ? nFixed : (P + t) / B;
+  int off = together ? 0 : h * 64, len = together ? C : 64;
+  const float* qq = q + (long long)t * C + off;
+  float bs[MAXSEL]; int bi[MAXSEL];
+#pragma unroll
+  for (int s = 0; s < MAXSEL; s++) { bs[s] = -INFINITY; bi[s] = -1; }
+  for (int j = lane; j < nAvail; j += 32) {
+    const float* m = means + (long long)j * C + off;
+    float sc = 0.f;
+    for (int d = 0; d < len; d++) sc += qq[d] * m[d];
+    // insert (strictly better moves ahead; equal scores keep the lower index first)
+    int carryI = j; float carryS = sc;
+#pragma unroll
+    for (int s = 0; s < MAXSEL; s++) {
+      if (s < nSel && (bi[s] < 0 || carryS > bs[s])) {
+        float ts = bs[s]; int ti = bi[s];
+        bs[s] = carryS; bi[s] = carryI;
+        carryS = ts; carryI = ti;
+        if (carryI < 0) break;
+      }
+    }
+  }
+  int outIdx[MAXSEL];
+#pragma unroll
+  for (int s = 0; s < MAXSEL; s++) {
+    float v = bs[0]; int ix = bi[0];
+    float bv = v; int bix = ix;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+      int oi = __shfl_xor_sync(0xffffffffu, bix, o);
+      bool take = oi >= 0 && (bix < 0 || ov > bv || (ov == bv && oi < bix));
+      if (take) { bv = ov; bix = oi; }
+    }
+    outIdx[s] = (s < nSel) ? bix : -1;
+    if (bix >= 0 && bix == ix) {  // the winner pops its head
+#pragma unroll
+      for (int u = 0; u < MAXSEL - 1; u++) { bs[u] = bs[u + 1]; bi[u] = bi[u + 1]; }
+      bs[MAXSEL - 1] = -INFINITY; bi[MAXSEL - 1] = -1;
+    }
+  }
+  if (lane == 0) {
+    if (together) {
+      for (int hh = 0; hh < H; hh++)
+        for (int s = 0; s < MAXSEL; s++) sel[((long long)t * H + hh) * MAXSEL + s] = outIdx[s];
+    } else {
+      for (int s = 0; s < MAXSEL; s++) sel[((long long)t * H + h) * MAXSEL + s] = outIdx[s];
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sparse attention, FlashAttention-style with bf16 tensor-core MMA (mma.sync m16n8k16).
+// One block of 4 warps per (64-query tile, head); each warp owns 16 query rows.
+// Query t (absolute position p = P + t) sees key positions kp ≤ p with kp ≥ ws(t) (its window),
+// or in a chunk listed in sel[t, h, :]. ws(t) by mode: 0 moba: ⌊p/B⌋·B; 1 dense: 0;
+// 2 official prefill: P + ⌊t/B⌋·B; 3 official decode: wsConst.
+// The keys visited are, chunk by chunk (chunks of B), those of chunks selected by any query of the
+// tile and those at or after the tile's smallest window start; the mask makes the result exact.
+__device__ __forceinline__ void mma16816(float* d, const u32* a, u32 b0, u32 b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ int window_start(int mode, int t, int P, int B, int wsConst) {
+  if (mode == 0) return ((P + t) / B) * B;
+  if (mode == 1) return 0;
+  if (mode == 2) return P + (t / B) * B;
+  return wsConst;
+}
+
+#define KS 72  // padded row length (bf16) of the shared K and Vᵀ tiles
+extern "C" __global__ void __launch_bounds__(128) attention(bf16* out, const float* q, const bf16* K, const bf16* V, const int* sel,
+    int T, int H, int P, int B, int nSel, int mode, int wsConst, float scaleLog2) {
+  __shared__ __align__(16) bf16 Ks[64 * KS];
+  __shared__ __align__(16) bf16 Vt[64 * KS];
+  __shared__ int selS[64][MAXSEL];
+  extern __shared__ u32 bitmap[];
+  const int C = H * 64;
+  const int h = blockIdx.y, t0 = blockIdx.x * 64;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c4 = lane & 3;
+  const int tLast = min(t0 + 63, T - 1);
+  const int pLast = P + tLast;
+  const int chunkLast = pLast / B;
+  const int minWs = window_start(mode, t0, P, B, wsConst);
+  const int chunkWs = minWs / B;
+  const int nWords = chunkLast / 32 + 1;
+  for (int i = tid; i < nWords; i += 128) bitmap[i] = 0u;
+  __syncthreads();
+  if (tid < 64) {
+    int t = t0 + tid;
+    for (int s = 0; s < MAXSEL; s++) {
+      int j = (t < T && s < nSel && sel) ? sel[((long long)t * H + h) * MAXSEL + s] : -1;
+      selS[tid][s] = j;
+      if (j >= 0) atomicOr(&bitmap[j >> 5], 1u << (j & 31));
+    }
+  }
+  __syncthreads();
+
+  // this thread's two query rows
+  const int ra = warp * 16 + g, rb = ra + 8;
+  const int ta = t0 + ra, tb = t0 + rb;
+  const int pa = P + ta, pb = P + tb;
+  const int wsa = window_start(mode, ta, P, B, wsConst), wsb = window_start(mode, tb, P, B, wsConst);
+  u32 qf[4][4];
+#pragma unroll
+  for (int ks = 0; ks < 4; ks++) {
+    int d = h * 64 + ks * 16 + 2 * c4;
+    float2 z = make_float2(0.f, 0.f);
+    const float2* qa = (const float2*)(q + (long long)ta * C + d);
+    const float2* qb = (const float2*)(q + (long long)tb * C + d);
+    float2 a0 = ta < T ? qa[0] : z, a2 = ta < T ? qa[4] : z;
+    float2 b0 = tb < T ? qb[0] : z, b2 = tb < T ? qb[4] : z;
+    qf[ks][0] = pack_bf16(a0.x, a0.y);
+    qf[ks][1] = pack_bf16(b0.x, b0.y);
+    qf[ks][2] = pack_bf16(a2.x, a2.y);
+    qf[ks][3] = pack_bf16(b2.x, b2.y);
+  }
+  float o[8][4];
+#pragma unroll
+  for (int n = 0; n < 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+  float ma = -INFINITY, mb = -INFINITY, la = 0.f, lb = 0.f;
+
+  for (int j = 0; j <= chunkLast; j++) {
+    bool inBm = (bitmap[j >> 5] >> (j & 31)) & 1u;
+    if (!inBm && j < chunkWs) continue;
+    int start = inBm ? j * B : max(j * B, minWs);
+    int end = min((j + 1) * B, pLast + 1);
+    bool sa = false, sb = false;
+#pragma unroll
+    for (int s = 0; s < MAXSEL; s++) { sa |= selS[ra][s] == j; sb |= selS[rb][s] == j; }
+    for (int kt = start; kt < end; kt += 64) {
+      __syncthreads();
+      // load 64 keys × 64 dims of K (row-major) and V (transposed), zero past `end`
+      for (int e = tid; e < 64 * 8; e += 128) {
+        int r = e >> 3, c8 = (e & 7) * 8;
+        uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
+        if (kt + r < end) {
+          long long off = (long long)(kt + r) * C + h * 64 + c8;
+          kv = *(const uint4*)(K + off);
+          vv = *(const uint4*)(V + off);
+        }
+        *(uint4*)&Ks[r * KS + c8] = kv;
+        const bf16* pv = (const bf16*)&vv;
+#pragma unroll
+        for (int u = 0; u < 8; u++) Vt[(c8 + u) * KS + r] = pv[u];
+      }
+      __syncthreads();
+      float s[8][4];
+#pragma unroll
+      for (int n = 0; n < 8; n++) {
+        s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+#pragma unroll
+        for (int ks = 0; ks < 4; ks++) {
+          const bf16* kr = &Ks[(n * 8 + g) * KS + ks * 16 + 2 * c4];
+          mma16816(s[n], qf[ks], *(const u32*)kr, *(const u32*)(kr + 8));
+        }
+      }
+      float mxa = -INFINITY, mxb = -INFINITY;
+#pragma unroll
+      for (int n = 0; n < 8; n++) {
+#pragma unroll
+        for (int u = 0; u < 2; u++) {
+          int kp = kt + n * 8 + 2 * c4 + u;
+          bool va = kp < end && kp <= pa && (kp >= wsa || sa);
+          bool vb = kp < end && kp <= pb && (kp >= wsb || sb);
+          s[n][u] = va ? s[n][u] * scaleLog2 : -INFINITY;
+          s[n][2 + u] = vb ? s[n][2 + u] * scaleLog2 : -INFINITY;
+          mxa = fmaxf(mxa, s[n][u]);
+          mxb = fmaxf(mxb, s[n][2 + u]);
+        }
+      }
+      mxa = fmaxf(mxa, __shfl_xor_sync(0xffffffffu, mxa, 1));
+      mxa = fmaxf(mxa, __shfl_xor_sync(0xffffffffu, mxa, 2));
+      mxb = fmaxf(mxb, __shfl_xor_sync(0xffffffffu, mxb, 1));
+      mxb = fmaxf(mxb, __shfl_xor_sync(0xffffffffu, mxb, 2));
+      float na = fmaxf(ma, mxa), nb = fmaxf(mb, mxb);
+      float ua = na == -INFINITY ? 0.f : na, ub = nb == -INFINITY ? 0.f : nb;
+      float fa = exp2f(ma - ua), fb = exp2f(mb - ub);
+      ma = na; mb = nb;
+      la *= fa; lb *= fb;
+#pragma unroll
+      for (int n = 0; n < 8; n++) { o[n][0] *= fa; o[n][1] *= fa; o[n][2] *= fb; o[n][3] *= fb; }
+#pragma unroll
+      for (int n = 0; n < 8; n++) {
+        s[n][0] = exp2f(s[n][0] - ua); s[n][1] = exp2f(s[n][1] - ua);
+        s[n][2] = exp2f(s[n][2] - ub); s[n][3] = exp2f(s[n][3] - ub);
+        la += s[n][0] + s[n][1]; lb += s[n][2] + s[n][3];
+      }
+#pragma unroll
+      for (int ks = 0; ks < 4; ks++) {
+        u32 pf[4];
+        pf[0] = pack_bf16(s[2 * ks][0], s[2 * ks][1]);
+        pf[1] = pack_bf16(s[2 * ks][2], s[2 * ks][3]);
+        pf[2] = pack_bf16(s[2 * ks + 1][0], s[2 * ks + 1][1]);
+        pf[3] = pack_bf16(s[2 * ks + 1][2], s[2 * ks + 1][3]);
+#pragma unroll
+        for (int n = 0; n < 8; n++) {
+          const bf16* vr = &Vt[(n * 8 + g) * KS + ks * 16 + 2 * c4];
+          mma16816(o[n], pf, *(const u32*)vr, *(const u32*)(vr + 8));
+        }
+      }
+    }
+  }
+  la += __shfl_xor_sync(0xffffffffu, la, 1);
+  la += __shfl_xor_sync(0xffffffffu, la, 2);
+  lb += __shfl_xor_sync(0xffffffffu, lb, 1);
+  lb += __shfl_xor_sync(0xffffffffu, lb, 2);
+  float ia = la > 0.f ? 1.f / la : 0.f, ib = lb > 0.f ? 1.f / lb : 0.f;
+#pragma unroll
+  for (int n = 0; n < 8; n++) {
+    int d = h * 64 + n * 8 + 2 * c4;
+    if (ta < T) *(u32*)(out + (long long)ta * C + d) = pack_bf16(o[n][0] * ia, o[n][1] * ia);
+    if (tb < T) *(u32*)(out + (long long)tb * C + d) = pack_bf16(o[n][2] * ib, o[n][3] * ib);
+  }
+}

@@ -1,0 +1,425 @@
+/**
+ * RWKV-X / RWKV-7 inference on an NVIDIA GPU: the same interface and numbers (within bf16) as the
+ * CPU `Model`. Weights bf16 (converted at load from any checkpoint dtype); residual stream, WKV
+ * state, softmax and the mixing math float32; GEMMs through cuBLAS with float32 accumulation; the
+ * rest in the NVRTC-compiled kernels of kernels/rwkvx.cu. States live on the GPU.
+ */
+import { openCheckpoint } from '../../io/open.js';
+import type { TensorSource } from '../../io/types.js';
+import { fail } from '../../util/errors.js';
+import { layout, type AttentionSemantics, type LayoutEntry, type ModelConfig } from '../../model/config.js';
+import { inferConfig, loadWeights, type ModelWeights } from '../../model/weights.js';
+import { modelFingerprint } from '../../model/state-io.js';
+import { checkAttentionParams, type ForwardOptions, type LoadOptions } from '../../model/model.js';
+import { createState, type ModelState } from '../../model/state.js';
+import { CudaContext } from './driver.js';
+import { Cublas } from './cublas.js';
+import { alloc, copyDtoD, copyDtoH, copyHtoD, DeviceBuffer, fromBf16, toBf16, upload, zero } from './memory.js';
+import { launch, loadModule, type CudaModule } from './module-cache.js';
+
+export interface CudaLoadOptions extends LoadOptions {
+  /** CUDA device ordinal (default 0). */
+  device?: number;
+}
+
+const MAXSEL = 8;
+const HEAD_ROWS = 512;
+const F32 = 4, BF = 2;
+
+interface RwkvW {
+  ln1w: number; ln1b: number; ln2w: number; ln2b: number;
+  mu6: number; // [6, C]: r, w, k, v, a, g
+  w0: number; a0: number; v0: number; kk: number; ka: number; rk: number; lnxw: number; lnxb: number;
+  w1: number; w2: number; a1: number; a2: number; v1: number; v2: number; g1: number; g2: number;
+  Wr: number; Wk: number; Wv: number; Wo: number;
+  ffnXk: number; ffnK: number; ffnV: number;
+}
+interface AttnW {
+  ln1w: number; ln1b: number; ln2w: number; ln2b: number;
+  Wq: number; Wk: number; Wv: number; Wo: number;
+  ffnXk: number; ffnK: number; ffnV: number;
+}
+
+export interface CudaRwkvLayerState { attX: DeviceBuffer; wkv: DeviceBuffer; ffnX: DeviceBuffer }
+export interface CudaAttnLayerState {
+  len: number; cap: number; k: DeviceBuffer | null; v: DeviceBuffer | null;
+  means: DeviceBuffer | null; meansCap: number; nMeans: number; ffnX: DeviceBuffer;
+}
+
+/** A sequence's state on the GPU. dispose() frees it (or let the model free it with its own dispose()). */
+export class CudaState {
+  pos = 0;
+  disposed = false;
+  constructor(readonly rwkv: CudaRwkvLayerState[], readonly attn: CudaAttnLayerState[]) {}
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    for (const r of this.rwkv) { r.attX.free(); r.wkv.free(); r.ffnX.free(); }
+    for (const a of this.attn) { a.k?.free(); a.v?.free(); a.means?.free(); a.ffnX.free(); }
+  }
+}
+
+/** Per-call scratch, sized for `cap` tokens. */
+class Scratch {
+  readonly bufs: DeviceBuffer[] = [];
+  h: number; x: number; mix: number; r: number; k: number; v: number; w: number; a: number; g: number; kk: number;
+  dv: number; vFirst: number; lo: number; lob: number; y: number; yb: number; ab: number; hid: number; q: number;
+  sel: number; tok: number; logits: number;
+  constructor(ctx: CudaContext, readonly cap: number, cfg: ModelConfig) {
+    const C = cfg.dim, D = Math.max(cfg.lora.w, cfg.lora.a, cfg.lora.v, cfg.lora.g), F = Math.max(cfg.ffn, cfg.attnFfn);
+    const a = (bytes: number, what: string) => { const b = alloc(ctx, bytes, `scratch ${what}`); this.bufs.push(b); return b.ptr; };
+    const rc = cap * C;
+    this.h = a(rc * F32, 'h'); this.x = a(rc * F32, 'x'); this.mix = a(6 * rc * BF, 'mix');
+    this.r = a(rc * F32, 'r'); this.k = a(rc * F32, 'k'); this.v = a(rc * F32, 'v'); this.w = a(rc * F32, 'w');
+    this.a = a(rc * F32, 'a'); this.g = a(rc * F32, 'g'); this.kk = a(rc * F32, 'kk'); this.dv = a(rc * F32, 'dv');
+    this.vFirst = a(rc * F32, 'vFirst'); this.lo = a(cap * D * F32, 'lora'); this.lob = a(cap * D * BF, 'lora');
+    this.y = a(rc * F32, 'y'); this.yb = a(rc * BF, 'yb'); this.ab = a(rc * BF, 'attn'); this.hid = a(cap * F * BF, 'ffn');
+    this.q = a(rc * F32, 'q'); this.sel = a(cap * cfg.heads * MAXSEL * 4, 'sel'); this.tok = a(cap * 4, 'tokens');
+    this.logits = a(Math.min(cap, HEAD_ROWS) * cfg.vocab * F32, 'logits');
+  }
+  free(): void { for (const b of this.bufs) b.free(); }
+}
+
+export class CudaModel {
+  readonly backend = 'cuda';
+  readonly order: LayoutEntry[];
+  readonly ctx: CudaContext;
+  private blas: Cublas;
+  private mod: CudaModule;
+  private weightBufs: DeviceBuffer[] = [];
+  private emb = 0; private lnOutW = 0; private lnOutB = 0; private headW = 0;
+  private rw: RwkvW[] = [];
+  private aw: AttnW[] = [];
+  private scratch: Scratch | undefined;
+  private states = new Set<CudaState>();
+  /** Tokens per internal segment of a long call (bounds scratch memory). */
+  segment = 8192;
+
+  private constructor(readonly cfg: ModelConfig, weights: ModelWeights, public attention: AttentionSemantics, device: number) {
+    this.order = layout(cfg);
+    if (cfg.headSize !== 64) fail(`the CUDA backend needs head size 64 (this model has ${cfg.headSize})`);
+    if (cfg.topk - 1 > MAXSEL || (attention === 'official' && cfg.topk > MAXSEL)) fail(`the CUDA backend supports top-k up to ${MAXSEL} (got ${cfg.topk})`);
+    this.ctx = CudaContext.get(device);
+    this.mod = loadModule(this.ctx, 'rwkvx.cu');
+    this.blas = new Cublas(this.ctx);
+    this.fingerprint = modelFingerprint(cfg, weights);
+    this.upload(weights);
+  }
+
+  readonly fingerprint: string;
+
+  exportState(s: CudaState): ModelState {
+    return this.downloadState(s);
+  }
+
+  importState(m: ModelState): CudaState {
+    return this.uploadState(m);
+  }
+
+  static load(path: string, opts: CudaLoadOptions = {}): CudaModel {
+    const src = openCheckpoint(path);
+    try { return CudaModel.fromSource(src, opts); } finally { src.close(); }
+  }
+
+  static fromSource(src: TensorSource, opts: CudaLoadOptions = {}): CudaModel {
+    const cfg = inferConfig(src);
+    if (opts.chunk !== undefined) cfg.chunk = opts.chunk;
+    if (opts.topk !== undefined) cfg.topk = opts.topk;
+    checkAttentionParams(cfg.chunk, cfg.topk);
+    return new CudaModel(cfg, loadWeights(src, cfg, (n) => new Float32Array(n)), opts.attention ?? 'moba', opts.device ?? 0);
+  }
+
+  /** From float32 weights already in memory (e.g. src/model/random.ts). */
+  static fromWeights(cfg: ModelConfig, w: ModelWeights, opts: CudaLoadOptions = {}): CudaModel {
+    const c = { ...cfg, chunk: opts.chunk ?? cfg.chunk, topk: opts.topk ?? cfg.topk };
+    checkAttentionParams(c.chunk, c.topk);
+    return new CudaModel(c, w, opts.attention ?? 'moba', opts.device ?? 0);
+  }
+
+  private upload(w: ModelWeights): void {
+    const f = (x: Float32Array, what: string) => { const b = upload(this.ctx, x, what); this.weightBufs.push(b); return b.ptr; };
+    const h = (x: Float32Array, what: string) => { const b = upload(this.ctx, toBf16(x), what); this.weightBufs.push(b); return b.ptr; };
+    const C = this.cfg.dim;
+    this.emb = h(w.emb, 'embedding');
+    this.lnOutW = f(w.lnOutW, 'ln_out'); this.lnOutB = f(w.lnOutB, 'ln_out');
+    this.headW = h(w.head, 'head');
+    w.blocks.forEach((b, i) => {
+      const n = `block ${i}`;
+      const mu6 = new Float32Array(6 * C);
+      [b.xr, b.xw, b.xk, b.xv, b.xa, b.xg].forEach((m, j) => mu6.set(m, j * C));
+      this.rw.push({
+        ln1w: f(b.ln1w, n), ln1b: f(b.ln1b, n), ln2w: f(b.ln2w, n), ln2b: f(b.ln2b, n), mu6: f(mu6, n),
+        w0: f(b.w0, n), a0: f(b.a0, n), v0: f(b.v0, n), kk: f(b.kk, n), ka: f(b.ka, n), rk: f(b.rk, n), lnxw: f(b.lnxw, n), lnxb: f(b.lnxb, n),
+        w1: h(b.w1, n), w2: h(b.w2, n), a1: h(b.a1, n), a2: h(b.a2, n), v1: h(b.v1, n), v2: h(b.v2, n), g1: h(b.g1, n), g2: h(b.g2, n),
+        Wr: h(b.Wr, n), Wk: h(b.Wk, n), Wv: h(b.Wv, n), Wo: h(b.Wo, n),
+        ffnXk: f(b.ffnXk, n), ffnK: h(b.ffnK, n), ffnV: h(b.ffnV, n),
+      });
+    });
+    w.attn.forEach((a, j) => {
+      const n = `attention block ${j}`;
+      this.aw.push({
+        ln1w: f(a.ln1w, n), ln1b: f(a.ln1b, n), ln2w: f(a.ln2w, n), ln2b: f(a.ln2b, n),
+        Wq: h(a.Wq, n), Wk: h(a.Wk, n), Wv: h(a.Wv, n), Wo: h(a.Wo, n),
+        ffnXk: f(a.ffnXk, n), ffnK: h(a.ffnK, n), ffnV: h(a.ffnV, n),
+      });
+    });
+  }
+
+  newState(): CudaState {
+    const cfg = this.cfg, C = cfg.dim;
+    const z = (bytes: number, what: string) => { const b = alloc(this.ctx, bytes, what); zero(this.ctx, b.ptr, b.bytes); return b; };
+    const rwkv: CudaRwkvLayerState[] = [];
+    for (let i = 0; i < cfg.nLayer; i++) rwkv.push({ attX: z(C * F32, 'state'), wkv: z(cfg.heads * 64 * 64 * F32, 'state'), ffnX: z(C * F32, 'state') });
+    const attn: CudaAttnLayerState[] = [];
+    for (let j = 0; j < cfg.nAttn; j++) attn.push({ len: 0, cap: 0, k: null, v: null, means: null, meansCap: 0, nMeans: 0, ffnX: z(C * F32, 'state') });
+    const s = new CudaState(rwkv, attn);
+    this.states.add(s);
+    return s;
+  }
+
+  /** Copies a GPU state into a CPU `ModelState` (for state files and checks). */
+  downloadState(s: CudaState): ModelState {
+    const cfg = this.cfg, C = cfg.dim;
+    const out = createState(cfg);
+    out.pos = s.pos;
+    s.rwkv.forEach((r, i) => {
+      copyDtoH(out.rwkv[i].attXPrev, r.attX.ptr); copyDtoH(out.rwkv[i].wkv, r.wkv.ptr); copyDtoH(out.rwkv[i].ffnXPrev, r.ffnX.ptr);
+    });
+    s.attn.forEach((a, j) => {
+      const o = out.attn[j];
+      copyDtoH(o.ffnXPrev, a.ffnX.ptr);
+      o.len = a.len;
+      const kb = new Uint16Array(a.len * C), vb = new Uint16Array(a.len * C);
+      if (a.len > 0) { copyDtoH(kb, a.k!.ptr); copyDtoH(vb, a.v!.ptr); }
+      o.k = fromBf16(kb); o.v = fromBf16(vb);
+      o.nMeans = a.nMeans;
+      o.means = new Float32Array(a.nMeans * C);
+      if (a.nMeans > 0) copyDtoH(o.means, a.means!.ptr);
+    });
+    return out;
+  }
+
+  /** Uploads a CPU `ModelState` (e.g. read from a state file). */
+  uploadState(m: ModelState): CudaState {
+    const C = this.cfg.dim;
+    const s = this.newState();
+    s.pos = m.pos;
+    s.rwkv.forEach((r, i) => { copyHtoD(r.attX.ptr, m.rwkv[i].attXPrev); copyHtoD(r.wkv.ptr, m.rwkv[i].wkv); copyHtoD(r.ffnX.ptr, m.rwkv[i].ffnXPrev); });
+    s.attn.forEach((a, j) => {
+      const o = m.attn[j];
+      copyHtoD(a.ffnX.ptr, o.ffnXPrev);
+      this.reserveKv(a, o.len);
+      copyHtoD(a.k!.ptr, toBf16(o.k.subarray(0, o.len * C)));
+      copyHtoD(a.v!.ptr, toBf16(o.v.subarray(0, o.len * C)));
+      a.len = o.len;
+      this.reserveMeans(a, o.nMeans);
+      copyHtoD(a.means!.ptr, o.means.subarray(0, o.nMeans * C));
+      a.nMeans = o.nMeans;
+    });
+    this.ctx.sync();
+    return s;
+  }
+
+  dispose(): void {
+    this.ctx.sync();
+    for (const s of this.states) s.dispose();
+    this.states.clear();
+    this.scratch?.free(); this.scratch = undefined;
+    for (const b of this.weightBufs) b.free();
+    this.weightBufs = [];
+    this.blas.dispose();
+  }
+
+  forward(tokens: ArrayLike<number>, state: CudaState, opts: ForwardOptions = {}): Float32Array {
+    const cfg = this.cfg, V = cfg.vocab;
+    const T = tokens.length;
+    if (T === 0) fail('no tokens to process (empty input)');
+    if (state.disposed) fail('this state was disposed');
+    for (let t = 0; t < T; t++) {
+      const id = tokens[t];
+      if (!Number.isInteger(id) || id < 0 || id >= V) fail(`token id ${id} at position ${t} is out of range for vocabulary ${V}`);
+    }
+    const mode = opts.logits ?? 'all';
+    const seg = this.attention === 'official' ? T : Math.max(1, opts.segment ?? this.segment);
+    const out = new Float32Array(mode === 'all' ? T * V : mode === 'last' ? V : 0);
+    const sc = this.scratchFor(Math.min(seg, T));
+    for (let s = 0; s < T; s += seg) {
+      const n = Math.min(seg, T - s);
+      const ids = new Int32Array(n);
+      for (let t = 0; t < n; t++) ids[t] = tokens[s + t];
+      copyHtoD(sc.tok, ids);
+      this.k('embed', 'pppi', [n], [256], [sc.h, this.emb, sc.tok, cfg.dim]);
+      for (const e of this.order) {
+        if (e.kind === 'rwkv') this.rwkvBlock(sc, e.index, state.rwkv[e.index], n);
+        else this.attnBlock(sc, e.index, state.attn[e.index], state.pos, n);
+        if (e.kind === 'attn') state.attn[e.index].len = state.pos + n;
+      }
+      state.pos += n;
+      if (mode === 'all') this.head(sc, out.subarray(s * V, (s + n) * V), 0, n);
+      else if (mode === 'last' && s + n === T) this.head(sc, out, n - 1, 1);
+    }
+    if (mode === 'none') this.ctx.sync();
+    return out;
+  }
+
+  /** Waits for queued GPU work (forward() returns once logits are back; with logits 'none' it also waits). */
+  sync(): void { this.ctx.sync(); }
+
+  private scratchFor(n: number): Scratch {
+    if (this.scratch && this.scratch.cap >= n) return this.scratch;
+    let cap = 64;
+    while (cap < n) cap *= 2;
+    if (cap > this.segment) cap = Math.max(n, this.segment);
+    if (this.scratch) { this.ctx.sync(); this.scratch.free(); }
+    this.scratch = new Scratch(this.ctx, cap, this.cfg);
+    return this.scratch;
+  }
+
+  private k(name: string, sig: string, grid: [number, number?, number?], block: [number, number?, number?], args: number[], smem = 0): void {
+    if (this.profile) this.timed(name, () => launch(this.ctx, this.mod, name, sig, grid, block, smem, args));
+    else launch(this.ctx, this.mod, name, sig, grid, block, smem, args);
+  }
+
+  /** With `profile` set, every launch is synchronised and timed (wall clock, ms by kernel name). */
+  profile: Map<string, number> | undefined;
+  private timed(name: string, f: () => void): void {
+    this.ctx.sync();
+    const a = performance.now();
+    f();
+    this.ctx.sync();
+    this.profile!.set(name, (this.profile!.get(name) ?? 0) + performance.now() - a);
+  }
+  private gemm(name: string, f: () => void): void {
+    if (this.profile) this.timed(`gemm ${name}`, f); else f();
+  }
+
+  private layerNorm(outF: number, outB: number, x: number, w: number, b: number, n: number): void {
+    this.k('layer_norm', 'pppppi', [n], [256], [outF, outB, x, w, b, this.cfg.dim]);
+  }
+
+  private rwkvBlock(sc: Scratch, li: number, st: CudaRwkvLayerState, n: number): void {
+    const cfg = this.cfg, C = cfg.dim, H = cfg.heads, w = this.rw[li], blas = this.blas, L = cfg.lora;
+    this.layerNorm(sc.x, 0, sc.h, w.ln1w, w.ln1b, n);
+    this.k('mix_shift', 'ppppiii', [n], [256], [sc.mix, sc.x, st.attX.ptr, w.mu6, n, C, 6]);
+    copyDtoD(this.ctx, st.attX.ptr, sc.x + (n - 1) * C * F32, C * F32);
+    const xm = (m: number) => sc.mix + m * n * C * BF; // r, w, k, v, a, g
+    this.gemm('linear', () => blas.linear(sc.r, 'f32', xm(0), w.Wr, n, C, C));
+    this.gemm('linear', () => blas.linear(sc.k, 'f32', xm(2), w.Wk, n, C, C));
+    this.gemm('linear', () => blas.linear(sc.v, 'f32', xm(3), w.Wv, n, C, C));
+    // decay LoRA: tanh(x_w·w1)·w2
+    this.gemm('matmul', () => blas.matmul(sc.lo, 'f32', xm(1), w.w1, n, C, L.w));
+    this.act(sc.lob, sc.lo, n * L.w, 0);
+    this.gemm('matmul', () => blas.matmul(sc.w, 'f32', sc.lob, w.w2, n, L.w, C));
+    // in-context rate LoRA: (x_a·a1)·a2
+    this.gemm('matmul', () => blas.matmul(sc.lob, 'bf16', xm(4), w.a1, n, C, L.a));
+    this.gemm('matmul', () => blas.matmul(sc.a, 'f32', sc.lob, w.a2, n, L.a, C));
+    if (li > 0) {
+      this.gemm('matmul', () => blas.matmul(sc.lob, 'bf16', xm(3), w.v1, n, C, L.v));
+      this.gemm('matmul', () => blas.matmul(sc.dv, 'f32', sc.lob, w.v2, n, L.v, C));
+    }
+    // gate: σ(x_g·g1)·g2
+    this.gemm('matmul', () => blas.matmul(sc.lo, 'f32', xm(5), w.g1, n, C, L.g));
+    this.act(sc.lob, sc.lo, n * L.g, 1);
+    this.gemm('matmul', () => blas.matmul(sc.g, 'f32', sc.lob, w.g2, n, L.g, C));
+    const warps = n * H;
+    this.k('tmix_prep', 'ppppppppppppiii', [Math.ceil(warps / 8)], [256],
+      [sc.w, sc.a, sc.kk, sc.k, sc.v, sc.vFirst, sc.dv, w.w0, w.a0, w.v0, w.kk, w.ka, n, H, li === 0 ? 1 : 0]);
+    this.k('wkv7_seq', 'ppppppppii', [H, 4], [64], [sc.y, st.wkv.ptr, sc.r, sc.w, sc.k, sc.v, sc.kk, sc.a, n, C]);
+    this.k('gn_bonus_gate', 'pppppppppii', [Math.ceil(warps / 8)], [256], [sc.yb, sc.y, sc.r, sc.k, sc.v, sc.g, w.lnxw, w.lnxb, w.rk, n, H]);
+    this.gemm('linear', () => blas.linear(sc.h, 'f32', sc.yb, w.Wo, n, C, C, true));
+    this.layerNorm(sc.x, 0, sc.h, w.ln2w, w.ln2b, n);
+    this.channelMix(sc, w.ffnXk, w.ffnK, w.ffnV, st.ffnX, cfg.ffn, n);
+  }
+
+  private act(out: number, inp: number, count: number, mode: number): void {
+    this.k('act_bf16', 'ppii', [Math.min(4096, Math.ceil(count / 256))], [256], [out, inp, count, mode]);
+  }
+
+  private channelMix(sc: Scratch, mu: number, Wk: number, Wv: number, prev: DeviceBuffer, F: number, n: number): void {
+    const C = this.cfg.dim;
+    this.k('mix_shift', 'ppppiii', [n], [256], [sc.mix, sc.x, prev.ptr, mu, n, C, 1]);
+    copyDtoD(this.ctx, prev.ptr, sc.x + (n - 1) * C * F32, C * F32);
+    this.gemm('linear', () => this.blas.linear(sc.hid, 'bf16', sc.mix, Wk, n, C, F));
+    const n2 = (n * F) / 2;
+    this.k('relu_sq_bf16', 'pi', [Math.min(4096, Math.ceil(n2 / 256))], [256], [sc.hid, n2]);
+    this.gemm('linear', () => this.blas.linear(sc.h, 'f32', sc.hid, Wv, n, F, C, true));
+  }
+
+  private reserveKv(a: CudaAttnLayerState, rows: number): void {
+    if (a.cap >= rows && a.k) return;
+    const C = this.cfg.dim;
+    let cap = Math.max(1024, a.cap);
+    while (cap < rows) cap *= 2;
+    const k = alloc(this.ctx, cap * C * BF, 'K cache'), v = alloc(this.ctx, cap * C * BF, 'V cache');
+    if (a.k && a.v && a.len > 0) {
+      copyDtoD(this.ctx, k.ptr, a.k.ptr, a.len * C * BF);
+      copyDtoD(this.ctx, v.ptr, a.v.ptr, a.len * C * BF);
+    }
+    if (a.k) { this.ctx.sync(); a.k.free(); a.v!.free(); }
+    a.k = k; a.v = v; a.cap = cap;
+  }
+
+  private reserveMeans(a: CudaAttnLayerState, rows: number): void {
+    if (a.meansCap >= rows && a.means) return;
+    const C = this.cfg.dim;
+    let cap = Math.max(64, a.meansCap);
+    while (cap < rows) cap *= 2;
+    const m = alloc(this.ctx, cap * C * F32, 'chunk means');
+    if (a.means && a.nMeans > 0) copyDtoD(this.ctx, m.ptr, a.means.ptr, a.nMeans * C * F32);
+    if (a.means) { this.ctx.sync(); a.means.free(); }
+    a.means = m; a.meansCap = cap;
+  }
+
+  private attnBlock(sc: Scratch, j: number, st: CudaAttnLayerState, P: number, n: number): void {
+    const cfg = this.cfg, C = cfg.dim, H = cfg.heads, B = cfg.chunk, w = this.aw[j], blas = this.blas;
+    if (st.len !== P) fail(`internal: attention cache holds ${st.len} tokens at position ${P}`);
+    this.layerNorm(0, sc.yb, sc.h, w.ln1w, w.ln1b, n);
+    this.reserveKv(st, P + n);
+    this.gemm('linear', () => blas.linear(sc.q, 'f32', sc.yb, w.Wq, n, C, C));
+    this.gemm('linear', () => blas.linear(st.k!.ptr + P * C * BF, 'bf16', sc.yb, w.Wk, n, C, C));
+    this.gemm('linear', () => blas.linear(st.v!.ptr + P * C * BF, 'bf16', sc.yb, w.Wv, n, C, C));
+    const len = P + n;
+    const complete = Math.floor(len / B);
+    if (complete > st.nMeans) {
+      this.reserveMeans(st, complete);
+      this.k('chunk_means', 'ppiii', [complete - st.nMeans, Math.ceil(C / 256)], [256], [st.means!.ptr, st.k!.ptr, C, B, st.nMeans]);
+      st.nMeans = complete;
+    }
+    const dense = B * cfg.topk;
+    let mode = 0, nSel = 0, wsConst = 0, nFixed = -1;
+    if (this.attention === 'moba') {
+      nSel = cfg.topk - 1;
+      if (Math.floor((len - 1) / B) === 0) nSel = 0; // no query has a complete past chunk
+    } else if (n > 1) {
+      mode = len <= dense ? 1 : 2;
+    } else if (P <= dense) {
+      mode = 1;
+    } else {
+      const c = Math.floor(P / B);
+      mode = 3; nSel = cfg.topk; nFixed = c; wsConst = c * B;
+    }
+    if (nSel > 0) {
+      const rows = nFixed >= 0 ? n : n * H;
+      this.k('select_chunks', 'pppiiiiii', [Math.ceil(rows / 8)], [256], [sc.sel, sc.q, st.means!.ptr, n, H, P, B, nSel, nFixed]);
+    }
+    const chunkLast = Math.floor((len - 1) / B);
+    const smem = (Math.floor(chunkLast / 32) + 1) * 4;
+    if (smem > 40 * 1024) fail(`the CUDA attention kernel supports up to ${40 * 1024 * 8} chunks (context ${len}, chunk ${B})`);
+    this.k('attention', 'ppppp' + 'iiiiiii' + 'f', [Math.ceil(n / 64), H], [128],
+      [sc.ab, sc.q, st.k!.ptr, st.v!.ptr, nSel > 0 ? sc.sel : 0, n, H, P, B, nSel, mode, wsConst, 0.125 * Math.LOG2E], smem);
+    this.gemm('linear', () => blas.linear(sc.h, 'f32', sc.ab, w.Wo, n, C, C, true));
+    this.layerNorm(sc.x, 0, sc.h, w.ln2w, w.ln2b, n);
+    this.channelMix(sc, w.ffnXk, w.ffnK, w.ffnV, st.ffnX, cfg.attnFfn, n);
+  }
+
+  /** Logits of rows [r0, r0 + rows) of the segment into `out`. */
+  private head(sc: Scratch, out: Float32Array, r0: number, rows: number): void {
+    const C = this.cfg.dim, V = this.cfg.vocab;
+    for (let i = 0; i < rows; i += HEAD_ROWS) {
+      const m = Math.min(HEAD_ROWS, rows - i);
+      this.layerNorm(0, sc.yb, sc.h + (r0 + i) * C * F32, this.lnOutW, this.lnOutB, m);
+      this.gemm('linear', () => this.blas.linear(sc.logits, 'f32', sc.yb, this.headW, m, C, V));
+      copyDtoH(out.subarray(i * V, (i + m) * V), sc.logits);
+    }
+  }
+}

@@ -1,0 +1,133 @@
+/**
+ * Kernel modules: CUDA C++ sources of src/backend/cuda/kernels compiled by NVRTC for the device's
+ * architecture, cached on disk as cubins keyed by source, options, arch, driver and NVRTC versions
+ * (~/.cache/rwkvx/cuda/<hash>.cubin, or $RWKVX_CACHE_DIR/cuda), written atomically.
+ */
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, writeSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { openAtomic } from '../../util/atomic.js';
+import { check, cu, CudaContext, type Handle } from './driver.js';
+import { compileCubin, nvrtcVersion } from './nvrtc.js';
+
+export const KERNEL_DIR = join(dirname(fileURLToPath(import.meta.url)), 'kernels');
+
+export function cacheDir(): string {
+  const base = process.env.RWKVX_CACHE_DIR ?? join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'rwkvx');
+  return join(base, 'cuda');
+}
+
+export class CudaModule {
+  private fns = new Map<string, Handle>();
+  /** Argument kinds of each extern "C" kernel, read from the source ('p' pointer, 'i' int, 'f' float). */
+  readonly sigs = new Map<string, string>();
+  constructor(readonly mod: Handle, readonly name: string, source = '') {
+    const re = /extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)\s*\(([^)]*)\)/g;
+    for (const m of source.matchAll(re)) {
+      const kinds = m[2].split(',').map((a) => a.trim()).filter((a) => a.length > 0).map((a) =>
+        a.includes('*') ? 'p' : /\bfloat\b/.test(a) ? 'f' : /\blong\b/.test(a) ? 'l' : 'i');
+      this.sigs.set(m[1], kinds.join(''));
+    }
+  }
+  fn(name: string): Handle {
+    let f = this.fns.get(name);
+    if (f === undefined) {
+      const out: Handle[] = [null];
+      check(`cuModuleGetFunction(${name})`, cu().cuModuleGetFunction(out, this.mod, name));
+      f = out[0];
+      this.fns.set(name, f);
+    }
+    return f;
+  }
+}
+
+const loaded = new Map<string, CudaModule>();
+
+/** Loads kernels/<file> for the context's device, compiling it (once, then from the disk cache). */
+export function loadModule(ctx: CudaContext, file: string, options: string[] = []): CudaModule {
+  const source = readFileSync(join(KERNEL_DIR, file), 'utf8');
+  return loadSource(ctx, source, file, options);
+}
+
+export function loadSource(ctx: CudaContext, source: string, name: string, options: string[] = []): CudaModule {
+  const opts = ['--std=c++17', '-default-device', ...options];
+  const key = createHash('sha256')
+    .update(source).update('\0').update(opts.join(' ')).update('\0').update(ctx.arch)
+    .update('\0').update(String(ctx.info.driverVersion)).update('\0').update(nvrtcVersionSafe())
+    .digest('hex').slice(0, 32);
+  const hit = loaded.get(key);
+  if (hit) return hit;
+  const path = join(cacheDir(), `${key}.cubin`);
+  let image: Uint8Array | undefined;
+  if (existsSync(path)) {
+    try { image = readFileSync(path); } catch { image = undefined; }
+  }
+  let mod: Handle | undefined;
+  if (image) mod = tryLoad(image);
+  if (mod === undefined) {
+    image = compileCubin(source, name, ctx.arch, opts);
+    mod = tryLoad(image);
+    if (mod === undefined) {
+      const out: Handle[] = [null];
+      check(`cuModuleLoadData(${name})`, cu().cuModuleLoadData(out, image));
+    }
+    try {
+      mkdirSync(dirname(path), { recursive: true });
+      const f = openAtomic(path);
+      try { writeSync(f.fd, image); f.commit(); } catch { f.abort(); }
+    } catch { /* a cache we cannot write is not an error */ }
+  }
+  const m = new CudaModule(mod, name, source);
+  loaded.set(key, m);
+  return m;
+}
+
+let nvrtcVer: string | undefined;
+function nvrtcVersionSafe(): string {
+  nvrtcVer ??= nvrtcVersion();
+  return nvrtcVer;
+}
+
+function tryLoad(image: Uint8Array): Handle | undefined {
+  const out: Handle[] = [null];
+  return cu().cuModuleLoadData(out, image) === 0 ? out[0] : undefined;
+}
+
+/** A kernel argument: a device pointer ('p'), int32 ('i') or float32 ('f'). */
+export type ArgKind = 'p' | 'i' | 'f';
+
+/**
+ * Launches `fn` on the context's stream. `sig` gives each argument's kind, one letter per argument
+ * (e.g. 'ppif'), checked against the values.
+ */
+export function launch(
+  ctx: CudaContext, mod: CudaModule, name: string, sig: string,
+  grid: [number, number?, number?], block: [number, number?, number?], smem: number, args: number[],
+): void {
+  const want = mod.sigs.get(name);
+  if (want !== undefined && want !== sig) throw new Error(`kernel ${name}: launched with argument kinds '${sig}', the source declares '${want}'`);
+  if (sig.length !== args.length) throw new Error(`kernel ${name}: ${args.length} arguments for signature '${sig}'`);
+  const params: Buffer[] = new Array(args.length);
+  for (let i = 0; i < args.length; i++) {
+    const v = args[i];
+    const k = sig[i];
+    let b: Buffer;
+    if (k === 'p') { b = Buffer.alloc(8); b.writeBigUInt64LE(BigInt(v)); }
+    else if (k === 'i') {
+      if (!Number.isInteger(v)) throw new Error(`kernel ${name}: argument ${i} must be an integer (got ${v})`);
+      b = Buffer.alloc(4); b.writeInt32LE(v);
+    } else if (k === 'f') { b = Buffer.alloc(4); b.writeFloatLE(v); }
+    else throw new Error(`kernel ${name}: bad signature letter '${k}'`);
+    params[i] = b;
+  }
+  const [gx, gy = 1, gz = 1] = grid, [bx, by = 1, bz = 1] = block;
+  if (gx <= 0 || gy <= 0 || gz <= 0) return;
+  check(`cuLaunchKernel(${name})`, cu().cuLaunchKernel(mod.fn(name), gx, gy, gz, bx, by, bz, smem, ctx.stream, params, null));
+}
+
+/** Raises a kernel's dynamic shared-memory limit (CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES). */
+export function setMaxDynamicSmem(mod: CudaModule, name: string, bytes: number): void {
+  check('cuFuncSetAttribute', cu().cuFuncSetAttribute(mod.fn(name), 8, bytes));
+}
