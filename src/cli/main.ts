@@ -8,7 +8,9 @@ import * as tokenize from './commands/tokenize.js';
 import * as forward from './commands/forward.js';
 import * as generate from './commands/generate.js';
 import * as convert from './commands/convert.js';
+import * as grad from './commands/grad.js';
 import * as data from './commands/data.js';
+import * as trainCmd from './commands/train.js';
 import { VERSION } from '../version.js';
 
 export function buildProgram(): Command {
@@ -19,13 +21,13 @@ export function buildProgram(): Command {
     .version(VERSION)
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();
-  for (const m of [info, tokenize, forward, generate, convert, data]) m.register(program);
+  for (const m of [info, tokenize, forward, generate, convert, data, grad, trainCmd]) m.register(program);
   return program;
 }
 
-export function main(argv: string[]): number {
+export async function main(argv: string[]): Promise<number> {
   try {
-    buildProgram().parse(argv, { from: 'user' });
+    await buildProgram().parseAsync(argv, { from: 'user' });
     return 0;
   } catch (e) {
     if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : 2;
@@ -39,4 +41,9 @@ export function main(argv: string[]): number {
   }
 }
 
-process.exitCode = main(process.argv.slice(2));
+// `rwkvx generate … | head` closes stdout early: that is the reader's choice, not an error.
+process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+  if (e.code === 'EPIPE') process.exit(0);
+  throw e;
+});
+process.exitCode = await main(process.argv.slice(2));

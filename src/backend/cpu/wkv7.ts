@@ -35,3 +35,100 @@ export function wkv7(
     }
   }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Training: the same recurrence with the state saved every `every` tokens, and its backward.
+
+type FloatArray = Float32Array | Float64Array;
+
+/**
+ * wkv7 over T tokens, first copying S (the state before token t0) into checkpoint c for every
+ * t0 = c·every. `checkpoints` holds ⌈T/every⌉ states of H·N·N. Results are identical to wkv7.
+ */
+export function wkv7Checkpointed(
+  y: Float32Array, S: Float32Array,
+  r: Float32Array, w: Float32Array, kt: Float32Array, v: Float32Array, kk: Float32Array, a: Float32Array,
+  T: number, H: number, N: number, every: number, checkpoints: Float32Array,
+): void {
+  const C = H * N, SS = H * N * N;
+  for (let t0 = 0, c = 0; t0 < T; t0 += every, c++) {
+    const n = Math.min(every, T - t0);
+    checkpoints.set(S, c * SS);
+    const s = (x: Float32Array) => x.subarray(t0 * C, (t0 + n) * C);
+    wkv7(s(y), S, s(r), s(w), s(kt), s(v), s(kk), s(a), n, H, N);
+  }
+}
+
+/**
+ * Backward of wkv7 through the state recurrence, from the checkpoints of wkv7Checkpointed. Per head,
+ * with S the state before token t, S' after it, b = κ̂⊙a, sa = −S·κ̂ and G = dS' = dS_next + dy·rᵀ:
+ *   dr = S'ᵀ·dy;  dω_j = Σ_i G_ij S_ij;  dv = G·k̃;  dk̃ = Gᵀ·v;  dsa = G·b;  db = Gᵀ·sa;
+ *   dS = G·diag(ω) − dsa·κ̂ᵀ;  dκ̂ = −Sᵀ·dsa + db⊙a;  da = db⊙κ̂.
+ * Chunks are processed last to first; inside a chunk the states are recomputed forward from its
+ * checkpoint (with wkv7 itself, so they are bit-identical) and walked backwards. Memory: one chunk of
+ * states, (every + 1)·H·N·N floats. The final state's gradient is zero (the loss sees only y).
+ * Gradients accumulate (+=) into dr, dw, dkt, dv, dkk, da.
+ */
+export function wkv7Backward(
+  dr: FloatArray, dw: FloatArray, dkt: FloatArray, dv: FloatArray, dkk: FloatArray, da: FloatArray, dy: FloatArray,
+  r: Float32Array, w: Float32Array, kt: Float32Array, v: Float32Array, kk: Float32Array, a: Float32Array,
+  T: number, H: number, N: number, every: number, checkpoints: Float32Array,
+): void {
+  const C = H * N, SS = H * N * N;
+  const states = new Float32Array((Math.min(every, T) + 1) * SS);
+  const dS = new Float64Array(SS);
+  const yScratch = new Float32Array(C);
+  const b = new Float64Array(N), db = new Float64Array(N), drj = new Float64Array(N), dwj = new Float64Array(N);
+  const dktj = new Float64Array(N), dkkj = new Float64Array(N);
+  const nChunks = Math.ceil(T / every);
+  for (let c = nChunks - 1; c >= 0; c--) {
+    const t0 = c * every, n = Math.min(every, T - t0);
+    states.set(checkpoints.subarray(c * SS, (c + 1) * SS), 0);
+    for (let u = 0; u < n; u++) {
+      const S = states.subarray((u + 1) * SS, (u + 2) * SS);
+      S.set(states.subarray(u * SS, (u + 1) * SS));
+      const o = (t0 + u) * C, s = (x: Float32Array) => x.subarray(o, o + C);
+      wkv7(yScratch, S, s(r), s(w), s(kt), s(v), s(kk), s(a), 1, H, N);
+    }
+    for (let u = n - 1; u >= 0; u--) {
+      const po = u * SS, co = (u + 1) * SS; // S before and after token t0 + u
+      const to = (t0 + u) * C;
+      for (let h = 0; h < H; h++) {
+        const ho = to + h * N, so = h * N * N;
+        for (let j = 0; j < N; j++) {
+          b[j] = kk[ho + j] * a[ho + j];
+          db[j] = 0; drj[j] = 0; dwj[j] = 0; dktj[j] = 0; dkkj[j] = 0;
+        }
+        for (let i = 0; i < N; i++) {
+          const row = so + i * N, pr = po + row, cr = co + row;
+          let sa = 0;
+          for (let j = 0; j < N; j++) sa -= states[pr + j] * kk[ho + j];
+          const dyi = dy[ho + i], vi = v[ho + i];
+          let dsa = 0, dvi = 0;
+          for (let j = 0; j < N; j++) {
+            const g = dS[row + j] + dyi * r[ho + j];
+            drj[j] += states[cr + j] * dyi;
+            dwj[j] += g * states[pr + j];
+            dsa += g * b[j];
+            db[j] += g * sa;
+            dvi += g * kt[ho + j];
+            dktj[j] += g * vi;
+            dS[row + j] = g * w[ho + j];
+          }
+          for (let j = 0; j < N; j++) {
+            dS[row + j] -= dsa * kk[ho + j];
+            dkkj[j] -= dsa * states[pr + j];
+          }
+          dv[ho + i] += dvi;
+        }
+        for (let j = 0; j < N; j++) {
+          dr[ho + j] += drj[j];
+          dw[ho + j] += dwj[j];
+          dkt[ho + j] += dktj[j];
+          dkk[ho + j] += dkkj[j] + db[j] * a[ho + j];
+          da[ho + j] += db[j] * kk[ho + j];
+        }
+      }
+    }
+  }
+}

@@ -1,0 +1,163 @@
+/**
+ * The training loop (SPEC §5): windows from a binidx dataset by the magic-prime schedule, gradients on
+ * the CPU, AdamW, warm-up + cosine/constant schedule, clipping, checkpoints that resume exactly.
+ *
+ * OUT/train-state.safetensors holds everything a resume needs in one atomically written file:
+ * `param.<name>`, `optim.m.<name>`, `optim.v.<name>` and metadata (step, optimizer step, config).
+ * OUT/model.safetensors is the same parameters as a plain native model, for inference.
+ */
+import { appendFileSync, existsSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { BinIdxReader, magicPrime, sampleOffset } from '../io/binidx.js';
+import { openCheckpoint } from '../io/open.js';
+import { MemorySource } from '../io/memory-source.js';
+import { writeSafetensors } from '../io/safetensors.js';
+import { fail } from '../util/errors.js';
+import { expectedTensors, NATIVE_META_KEY } from '../model/weights.js';
+import { nativeMetadata } from '../model/expand.js';
+import { shapeConfig } from '../model/random.js';
+import type { ModelConfig } from '../model/config.js';
+import { AdamW, clipGradients, isMatrix, type Param } from './adamw.js';
+import { learningRate } from './schedule.js';
+import { initRwkv7 } from './init.js';
+import type { TrainConfig } from './config.js';
+import { computeGradients, loadTrainModel, parameterTensors, trainModelFromSource, type TrainModel } from './model-grad.js';
+
+export interface StepLog {
+  step: number;
+  loss: number;
+  lr: number;
+  gradNorm: number;
+  tokensPerSec: number;
+  elapsedSec: number;
+}
+
+export interface TrainHooks {
+  /** Called after every optimizer step. */
+  onStep?: (log: StepLog) => void;
+  /** Set `stop` to end training after the current step (saving first). */
+  control?: { stop: boolean };
+}
+
+export const STATE_FILE = 'train-state.safetensors';
+export const MODEL_FILE = 'model.safetensors';
+export const LOG_FILE = 'log.jsonl';
+const TRAIN_STATE_VERSION = 1;
+
+interface Resumed { model: TrainModel; step: number; adamT: number; m: Map<string, Float32Array>; v: Map<string, Float32Array> }
+
+function readTrainState(path: string, c: TrainConfig): Resumed {
+  const src = openCheckpoint(path);
+  try {
+    const meta = JSON.parse(src.metadata.rwkvx_train ?? 'null') as { version: number; step: number; adamT: number } | null;
+    if (!meta || meta.version !== TRAIN_STATE_VERSION) fail(`${path} is not an rwkvx training state (version ${TRAIN_STATE_VERSION})`);
+    const params = new Map<string, { shape: number[]; data: Float32Array }>();
+    const m = new Map<string, Float32Array>(), v = new Map<string, Float32Array>();
+    for (const n of src.names()) {
+      if (n.startsWith('param.')) params.set(n.slice(6), { shape: src.info(n)!.shape, data: src.readF32(n) });
+      else if (n.startsWith('optim.m.')) m.set(n.slice(8), src.readF32(n));
+      else if (n.startsWith('optim.v.')) v.set(n.slice(8), src.readF32(n));
+    }
+    const model = trainModelFromSource(new MemorySource(path, params, { [NATIVE_META_KEY]: src.metadata[NATIVE_META_KEY] ?? '{}' }), { chunk: c.chunk, topk: c.topk });
+    return { model, step: meta.step, adamT: meta.adamT, m, v };
+  } finally {
+    src.close();
+  }
+}
+
+function freshModel(c: TrainConfig): TrainModel {
+  const cfg: ModelConfig = shapeConfig({ vocab: c.init.vocab, dim: c.init.dim, nLayer: c.init.layers });
+  if (cfg.dim % 64 !== 0) fail(`init.dim must be a multiple of 64 (head size), got ${cfg.dim}`);
+  const t = initRwkv7(cfg, c.seed);
+  const shapes = new Map(expectedTensors(cfg));
+  const tensors = new Map([...t].map(([n, d]) => [n, { shape: shapes.get(n)!, data: d }]));
+  return trainModelFromSource(new MemorySource('(fresh init)', tensors));
+}
+
+function save(dir: string, model: TrainModel, opt: AdamW, step: number, c: TrainConfig): void {
+  const params = parameterTensors(model);
+  const shapes = new Map(expectedTensors(model.cfg));
+  const meta = nativeMetadata(model.cfg);
+  writeSafetensors(join(dir, MODEL_FILE), [...params].map(([name, data]) => ({ name, dtype: 'F32' as const, shape: shapes.get(name)!, data })), meta);
+  const all = [...params].map(([name, data]) => ({ name: `param.${name}`, dtype: 'F32' as const, shape: shapes.get(name)!, data }));
+  for (const p of opt.params) {
+    all.push({ name: `optim.m.${p.name}`, dtype: 'F32', shape: p.shape, data: opt.m.get(p.name)! });
+    all.push({ name: `optim.v.${p.name}`, dtype: 'F32', shape: p.shape, data: opt.v.get(p.name)! });
+  }
+  writeSafetensors(join(dir, STATE_FILE), all, { ...meta, rwkvx_train: JSON.stringify({ version: TRAIN_STATE_VERSION, step, adamT: opt.t, config: c }) });
+}
+
+export async function train(c: TrainConfig, resume: boolean, hooks: TrainHooks = {}): Promise<{ step: number; model: TrainModel; stopped: boolean }> {
+  mkdirSync(c.out, { recursive: true });
+  const statePath = join(c.out, STATE_FILE);
+  let model: TrainModel, startStep = 0, resumed: Resumed | undefined;
+  if (resume) {
+    if (!existsSync(statePath)) fail(`--resume: no ${STATE_FILE} in ${c.out}`);
+    resumed = readTrainState(statePath, c);
+    model = resumed.model;
+    startStep = resumed.step;
+  } else {
+    model = c.model ? loadTrainModel(c.model, { chunk: c.chunk, topk: c.topk }) : freshModel(c);
+  }
+  const cfg = model.cfg;
+  if (c.freeze === 'rwkv' && cfg.nAttn === 0) fail('--freeze rwkv trains only attention blocks, but this model has none (expand it first)');
+  const reader = new BinIdxReader(c.data);
+  const p = magicPrime(reader.tokens, c.ctx);
+  const shapes = new Map(expectedTensors(cfg));
+  const live = parameterTensors(model);
+  const params: Param[] = [];
+  for (const [name, value] of live) {
+    if (c.freeze === 'rwkv' && !name.startsWith('moba.')) continue;
+    const shape = shapes.get(name)!;
+    params.push({ name, shape, value, decay: isMatrix(shape), lrScale: /\.att\.w0$/.test(name) ? c.w0LrScale : 1 });
+  }
+  const opt = new AdamW(params, { beta1: c.beta1, beta2: c.beta2, eps: c.adamEps, weightDecay: c.weightDecay });
+  if (resumed) {
+    opt.t = resumed.adamT;
+    for (const q of params) {
+      const m = resumed.m.get(q.name), v = resumed.v.get(q.name);
+      if (!m || !v) fail(`${statePath}: no optimizer state for '${q.name}' (was it saved with another --freeze?)`);
+      opt.m.get(q.name)!.set(m);
+      opt.v.get(q.name)!.set(v);
+    }
+  }
+  const seqPerStep = c.microBatch * c.gradAccum;
+  const logPath = join(c.out, LOG_FILE);
+  const t0 = performance.now();
+  let step = startStep;
+  let stopped = false;
+  while (step < c.steps) {
+    const ts = performance.now();
+    const lr = learningRate(step, { lr: c.lr, lrFinal: c.lrFinal, warmupSteps: c.warmupSteps, totalSteps: c.steps, kind: c.schedule });
+    const grads = new Map<string, Float32Array>(params.map((q) => [q.name, new Float32Array(q.value.length)]));
+    let loss = 0;
+    for (let j = 0; j < seqPerStep; j++) {
+      const off = sampleOffset(step * seqPerStep + j, p, c.ctx);
+      const tokens = reader.read(off, c.ctx + 1);
+      const r = computeGradients(model, tokens, { chunk: c.chunk, topk: c.topk, l2wrap: c.l2wrap });
+      if (!Number.isFinite(r.loss)) {
+        fail(`loss became ${r.loss} at step ${step}; stopped without saving (the last good checkpoint in ${c.out} is kept). Try a lower learning rate.`);
+      }
+      loss += r.loss / seqPerStep;
+      for (const q of params) {
+        const g = grads.get(q.name)!, s = r.grads.get(q.name)!;
+        for (let i = 0; i < g.length; i++) g[i] += s[i] / seqPerStep;
+      }
+    }
+    const gradNorm = clipGradients(grads, c.gradClip);
+    if (!Number.isFinite(gradNorm)) fail(`gradient norm became ${gradNorm} at step ${step}; stopped without saving (the last good checkpoint in ${c.out} is kept).`);
+    opt.step(grads, lr);
+    step++;
+    const now = performance.now();
+    const log: StepLog = { step, loss, lr, gradNorm, tokensPerSec: (seqPerStep * c.ctx) / ((now - ts) / 1000), elapsedSec: (now - t0) / 1000 };
+    appendFileSync(logPath, JSON.stringify(log) + '\n');
+    hooks.onStep?.(log);
+    // yield to the event loop so Ctrl-C (SIGINT) handlers can run between steps
+    await new Promise((r) => setImmediate(r));
+    stopped = hooks.control?.stop === true;
+    if (step % c.saveEvery === 0 || step === c.steps || stopped) save(c.out, model, opt, step, c);
+    if (stopped) break;
+  }
+  reader.close();
+  return { step, model, stopped };
+}

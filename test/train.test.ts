@@ -1,0 +1,114 @@
+/** Training on the CPU: a fresh model learns, resume is exact, stage 1 freezes the RWKV part, bad runs stop clearly. */
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, readFileSync, existsSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { BinIdxWriter } from '../src/io/binidx.js';
+import { DEFAULT_TRAIN, loadTrainConfig, type TrainConfig } from '../src/train/config.js';
+import { train, type StepLog } from '../src/train/trainer.js';
+import { openCheckpoint } from '../src/io/open.js';
+import { shutdownPool } from '../src/backend/cpu/matmul.js';
+import { rwkvx, expectUserError } from './helpers/cli.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'rwkvx-train-'));
+after(() => { shutdownPool(); rmSync(dir, { recursive: true, force: true }); });
+
+// a learnable corpus over a 32-token vocabulary: counting patterns with a few variants
+const data = join(dir, 'toy');
+{
+  const w = new BinIdxWriter(data);
+  for (let d = 0; d < 60; d++) {
+    const doc: number[] = [];
+    const start = 1 + (d % 7), step = 1 + (d % 3);
+    for (let i = 0; i < 40; i++) doc.push(1 + ((start + i * step) % 31));
+    w.addDocument(doc);
+  }
+  w.finish();
+}
+
+function cfg(over: Partial<TrainConfig>): TrainConfig {
+  return loadTrainConfig(undefined, { data, ctx: 24, steps: 6, lr: 3e-3, lrFinal: 3e-4, warmupSteps: 2, saveEvery: 3, init: { vocab: 32, dim: 64, layers: 2 }, ...over });
+}
+
+async function run(c: TrainConfig, resume = false): Promise<StepLog[]> {
+  const logs: StepLog[] = [];
+  await train(c, resume, { onStep: (s) => logs.push(s) });
+  return logs;
+}
+
+test('a fresh RWKV-7 learns a toy corpus (loss clearly falls)', async () => {
+  const logs = await run(cfg({ out: join(dir, 'learn'), steps: 40, saveEvery: 40, microBatch: 2 }));
+  const first = logs[0].loss;
+  const last = logs.slice(-5).reduce((s, l) => s + l.loss, 0) / 5;
+  assert.ok(Math.abs(first - Math.log(32)) < 0.2, `starts near ln(32) = 3.47 (got ${first})`);
+  assert.ok(last < first - 1.5, `loss falls: ${first.toFixed(3)} → ${last.toFixed(3)}`);
+  const log = readFileSync(join(dir, 'learn', 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+  assert.equal(log.length, 40);
+  for (const k of ['step', 'loss', 'lr', 'gradNorm', 'tokensPerSec']) assert.equal(typeof log[0][k], 'number');
+});
+
+test('resume continues exactly: the loss curve equals the uninterrupted one step for step', async () => {
+  const whole = await run(cfg({ out: join(dir, 'whole') }));
+  const part = join(dir, 'part');
+  const a = await run(cfg({ out: part, steps: 6 }), false).then(() => null).catch((e) => e);
+  assert.equal(a, null);
+  // interrupted run: stop after step 3 via the control hook, then resume to step 6
+  const outB = join(dir, 'interrupted');
+  const control = { stop: false };
+  const first: StepLog[] = [];
+  await train(cfg({ out: outB }), false, { control, onStep: (s) => { first.push(s); if (s.step === 3) control.stop = true; } });
+  assert.equal(first.length, 3);
+  const rest = await run(cfg({ out: outB }), true);
+  assert.deepEqual([...first, ...rest].map((l) => l.loss), whole.map((l) => l.loss));
+  const m1 = openCheckpoint(join(dir, 'whole', 'model.safetensors')), m2 = openCheckpoint(join(outB, 'model.safetensors'));
+  for (const n of m1.names()) assert.deepEqual(m1.readRaw(n), m2.readRaw(n), n);
+  m1.close(); m2.close();
+});
+
+test('stage 1 (--freeze rwkv) trains only the attention blocks of an expanded model', async () => {
+  const base = join(dir, 'whole', 'model.safetensors');
+  const expanded = join(dir, 'x.safetensors');
+  const r = rwkvx(['expand', '--base', base, '--attn-layers', '1', '--out', expanded, '--chunk', '8', '--topk', '2']);
+  assert.equal(r.code, 0, r.stderr);
+  const out = join(dir, 'stage1');
+  await run(cfg({ out, model: expanded, freeze: 'rwkv', steps: 3, w0LrScale: 1 }));
+  const before = openCheckpoint(expanded), after = openCheckpoint(join(out, 'model.safetensors'));
+  let changedAttn = 0;
+  for (const n of before.names()) {
+    const same = Buffer.compare(Buffer.from(before.readRaw(n)), Buffer.from(after.readRaw(n))) === 0;
+    if (n.startsWith('rwkv.')) assert.ok(same, `${n} must stay frozen`);
+    else if (!same) changedAttn++;
+  }
+  assert.ok(changedAttn >= 4, 'attention parameters moved');
+  before.close(); after.close();
+});
+
+test('a diverging run stops with a clear message and keeps the last good checkpoint', async () => {
+  const out = join(dir, 'diverge');
+  await run(cfg({ out, steps: 2, saveEvery: 1 }));
+  const good = readFileSync(join(out, 'train-state.safetensors'));
+  await assert.rejects(run(cfg({ out, steps: 8, lr: 1e30, warmupSteps: 0, gradClip: 0 }), true), /became (NaN|Infinity|-Infinity)|loss became/);
+  assert.ok(existsSync(join(out, 'train-state.safetensors')));
+  const after = readFileSync(join(out, 'train-state.safetensors'));
+  assert.ok(after.length === good.length, 'the checkpoint on disk is a complete one');
+});
+
+test('rwkvx train and plot-loss from the command line; config files and bad options', () => {
+  const conf = join(dir, 'conf.json');
+  writeFileSync(conf, JSON.stringify({ data, ctx: 16, steps: 3, lr: 1e-3, init: { vocab: 32, dim: 64, layers: 1 }, saveEvery: 3 }));
+  const out = join(dir, 'cli');
+  const r = rwkvx(['train', '--config', conf, '--out', out, '--quiet']);
+  assert.equal(r.code, 0, r.stderr);
+  assert.ok(existsSync(join(out, 'model.safetensors')));
+  const svg = join(dir, 'loss.svg');
+  const p = rwkvx(['plot-loss', join(out, 'log.jsonl'), '--out', svg]);
+  assert.equal(p.code, 0, p.stderr);
+  assert.match(readFileSync(svg, 'utf8'), /^<svg[\s\S]*<path[\s\S]*<\/svg>$/);
+  const bad = join(dir, 'bad.json');
+  writeFileSync(bad, JSON.stringify({ data, ctxx: 3 }));
+  expectUserError(rwkvx(['train', '--config', bad, '--out', out]), /unknown option 'ctxx'/);
+  expectUserError(rwkvx(['train', '--data', join(dir, 'nothing'), '--out', out]), /nothing\.idx/);
+  expectUserError(rwkvx(['train', '--out', out]), /no training data/);
+  assert.equal(DEFAULT_TRAIN.beta2, 0.99);
+});
