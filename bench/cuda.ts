@@ -73,6 +73,13 @@ for (const name of which) {
         times.push(performance.now() - b);
       }
       dec = median(times);
+      const bare: number[] = [];
+      for (let i = 0; i < 8; i++) {
+        const b = performance.now();
+        m.forward([toks[i % n]], s, { logits: 'none' });
+        bare.push(performance.now() - b);
+      }
+      console.log(`decode at ${n}: ${dec.toFixed(3)} ms with the logits copied back, ${median(bare).toFixed(3)} ms without (graph replay + sync)`);
     }
     const row: Row = { model: name === 'rwkvx' ? 'rwkvx RWKV-X 0.22B' : 'rwkvx RWKV-7 0.19B', tokens: n, prefill_ms: prefill, prefill_tok_s: n / (prefill / 1000), decode_ms: dec, peak_gib: peakAllocatedBytes() / 2 ** 30 };
     rows.push(row);

@@ -3,6 +3,7 @@
  * in the row-major [rows, features] layout of the rest of the engine.
  */
 import { openCudaLibrary, type CudaContext, type Handle } from './driver.js';
+import { alloc, type DeviceBuffer } from './memory.js';
 
 type Fn = (...args: unknown[]) => number;
 interface CublasApi { create: Fn; setStream: Fn; gemmEx: Fn; destroy: Fn; getStatusString: (s: number) => string; setWorkspace: Fn }
@@ -41,7 +42,11 @@ export class Cublas {
     ck('cublasCreate', cublas().create(h));
     this.handle = h[0];
     ck('cublasSetStream', cublas().setStream(this.handle, ctx.stream));
+    // a workspace of our own, so that calls captured in a CUDA graph allocate nothing
+    this.ws = alloc(ctx, 32 << 20, 'cuBLAS workspace');
+    ck('cublasSetWorkspace', cublas().setWorkspace(this.handle, this.ws.ptr, this.ws.bytes));
   }
+  private ws: DeviceBuffer;
 
   /**
    * y[T, N] (+)= x[T, K] · W[N, K]ᵀ — a PyTorch linear layer. x, W bf16; y float32 or bf16;
@@ -58,5 +63,5 @@ export class Cublas {
       this.zero, y, yType === 'f32' ? DT.F32 : DT.BF16, N, COMPUTE_32F, GEMM_DEFAULT));
   }
 
-  dispose(): void { cublas().destroy(this.handle); }
+  dispose(): void { cublas().destroy(this.handle); this.ws.free(); }
 }

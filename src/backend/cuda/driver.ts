@@ -84,6 +84,13 @@ const CU_SIGS = {
   cuEventSynchronize: 'int cuEventSynchronize(void *ev)',
   cuEventElapsedTime: 'int cuEventElapsedTime(_Out_ float *ms, void *start, void *end)',
   cuEventDestroy: 'int cuEventDestroy_v2(void *ev)',
+  cuMemcpyHtoDAsync: 'int cuMemcpyHtoDAsync_v2(uint64_t dst, const void *src, size_t bytes, void *stream)',
+  cuStreamBeginCapture: 'int cuStreamBeginCapture_v2(void *stream, int mode)',
+  cuStreamEndCapture: 'int cuStreamEndCapture(void *stream, _Out_ void **graph)',
+  cuGraphInstantiate: 'int cuGraphInstantiateWithFlags(_Out_ void **exec, void *graph, unsigned long long flags)',
+  cuGraphLaunch: 'int cuGraphLaunch(void *exec, void *stream)',
+  cuGraphExecDestroy: 'int cuGraphExecDestroy(void *exec)',
+  cuGraphDestroy: 'int cuGraphDestroy(void *graph)',
   cuGetErrorName: 'int cuGetErrorName(int err, _Out_ const char **s)',
   cuGetErrorString: 'int cuGetErrorString(int err, _Out_ const char **s)',
 } as const;
@@ -238,4 +245,34 @@ export class CudaTimer {
     return ms[0];
   }
   dispose(): void { cu().cuEventDestroy(this.a); cu().cuEventDestroy(this.b); }
+}
+
+/**
+ * A CUDA graph recorded from the context's stream: `capture(f)` runs f with the stream in capture
+ * mode (relaxed: no synchronous calls may happen inside), instantiates it; `launch()` replays it.
+ */
+export class CudaGraph {
+  private exec: Handle = null;
+  constructor(private ctx: CudaContext) {}
+  capture(f: () => void): void {
+    this.dispose();
+    const a = cu();
+    check('cuStreamBeginCapture', a.cuStreamBeginCapture(this.ctx.stream, 2 /* CU_STREAM_CAPTURE_MODE_RELAXED */));
+    let g: Handle[] = [null];
+    try { f(); } catch (e) {
+      a.cuStreamEndCapture(this.ctx.stream, g);
+      if (g[0]) a.cuGraphDestroy(g[0]);
+      throw e;
+    }
+    g = [null];
+    check('cuStreamEndCapture', a.cuStreamEndCapture(this.ctx.stream, g));
+    const ex: Handle[] = [null];
+    try { check('cuGraphInstantiate', a.cuGraphInstantiate(ex, g[0], 0)); } finally { a.cuGraphDestroy(g[0]); }
+    this.exec = ex[0];
+  }
+  get ready(): boolean { return this.exec !== null; }
+  launch(): void { check('cuGraphLaunch', cu().cuGraphLaunch(this.exec, this.ctx.stream)); }
+  dispose(): void {
+    if (this.exec !== null) { cu().cuGraphExecDestroy(this.exec); this.exec = null; }
+  }
 }

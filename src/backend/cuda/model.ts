@@ -12,7 +12,7 @@ import { inferConfig, loadWeights, type ModelWeights } from '../../model/weights
 import { modelFingerprint } from '../../model/state-io.js';
 import { checkAttentionParams, type ForwardOptions, type LoadOptions } from '../../model/model.js';
 import { createState, type ModelState } from '../../model/state.js';
-import { CudaContext } from './driver.js';
+import { CudaContext, CudaGraph } from './driver.js';
 import { Cublas } from './cublas.js';
 import { alloc, copyDtoD, copyDtoH, copyHtoD, DeviceBuffer, fromBf16, toBf16, upload, zero } from './memory.js';
 import { launch, loadModule, type CudaModule } from './module-cache.js';
@@ -94,6 +94,17 @@ export class CudaModel {
   private states = new Set<CudaState>();
   /** Tokens per internal segment of a long call (bounds scratch memory). */
   segment = 8192;
+  /** Threads per WKV state row (4, 8 or 16; RWKVX_WKV_TPR). */
+  wkvThreadsPerRow = [4, 8, 16].includes(Number(process.env.RWKVX_WKV_TPR)) ? Number(process.env.RWKVX_WKV_TPR) : 16;
+  /** One-token moba steps replay a CUDA graph (RWKVX_CUDA_GRAPH=0 turns it off). */
+  useGraph = process.env.RWKVX_CUDA_GRAPH !== '0';
+  private graph: CudaGraph;
+  private graphState: CudaState | undefined;
+  private graphGen = -1;
+  /** Bumped whenever a buffer that a captured graph may use is reallocated. */
+  private gen = 0;
+  private tmpBufs = new Map<string, DeviceBuffer>();
+  private stepIds = new Int32Array(2);
 
   private constructor(readonly cfg: ModelConfig, weights: ModelWeights, public attention: AttentionSemantics, device: number) {
     this.order = layout(cfg);
@@ -102,6 +113,7 @@ export class CudaModel {
     this.ctx = CudaContext.get(device);
     this.mod = loadModule(this.ctx, 'rwkvx.cu');
     this.blas = new Cublas(this.ctx);
+    this.graph = new CudaGraph(this.ctx);
     this.fingerprint = modelFingerprint(cfg, weights);
     this.upload(weights);
   }
@@ -224,6 +236,9 @@ export class CudaModel {
     this.ctx.sync();
     for (const s of this.states) s.dispose();
     this.states.clear();
+    this.graph.dispose(); this.graphState = undefined;
+    for (const b of this.tmpBufs.values()) b.free();
+    this.tmpBufs.clear();
     this.scratch?.free(); this.scratch = undefined;
     for (const b of this.weightBufs) b.free();
     this.weightBufs = [];
@@ -240,6 +255,7 @@ export class CudaModel {
       if (!Number.isInteger(id) || id < 0 || id >= V) fail(`token id ${id} at position ${t} is out of range for vocabulary ${V}`);
     }
     const mode = opts.logits ?? 'all';
+    if (T === 1 && this.attention === 'moba' && this.useGraph && !this.profile) return this.step(tokens[0], state, mode);
     const seg = this.attention === 'official' ? T : Math.max(1, opts.segment ?? this.segment);
     const out = new Float32Array(mode === 'all' ? T * V : mode === 'last' ? V : 0);
     const sc = this.scratchFor(Math.min(seg, T));
@@ -272,6 +288,7 @@ export class CudaModel {
     if (cap > this.segment) cap = Math.max(n, this.segment);
     if (this.scratch) { this.ctx.sync(); this.scratch.free(); }
     this.scratch = new Scratch(this.ctx, cap, this.cfg);
+    this.gen++;
     return this.scratch;
   }
 
@@ -299,9 +316,12 @@ export class CudaModel {
 
   private rwkvBlock(sc: Scratch, li: number, st: CudaRwkvLayerState, n: number): void {
     const cfg = this.cfg, C = cfg.dim, H = cfg.heads, w = this.rw[li], blas = this.blas, L = cfg.lora;
-    this.layerNorm(sc.x, 0, sc.h, w.ln1w, w.ln1b, n);
-    this.k('mix_shift', 'ppppiii', [n], [256], [sc.mix, sc.x, st.attX.ptr, w.mu6, n, C, 6]);
-    copyDtoD(this.ctx, st.attX.ptr, sc.x + (n - 1) * C * F32, C * F32);
+    if (n === 1) this.k('ln_mix_step', 'ppppppii', [1], [256], [sc.mix, sc.h, w.ln1w, w.ln1b, st.attX.ptr, w.mu6, C, 6]);
+    else {
+      this.layerNorm(sc.x, 0, sc.h, w.ln1w, w.ln1b, n);
+      this.k('mix_shift', 'ppppiii', [n], [256], [sc.mix, sc.x, st.attX.ptr, w.mu6, n, C, 6]);
+      copyDtoD(this.ctx, st.attX.ptr, sc.x + (n - 1) * C * F32, C * F32);
+    }
     const xm = (m: number) => sc.mix + m * n * C * BF; // r, w, k, v, a, g
     this.gemm('linear', () => blas.linear(sc.r, 'f32', xm(0), w.Wr, n, C, C));
     this.gemm('linear', () => blas.linear(sc.k, 'f32', xm(2), w.Wk, n, C, C));
@@ -324,21 +344,26 @@ export class CudaModel {
     const warps = n * H;
     this.k('tmix_prep', 'ppppppppppppiii', [Math.ceil(warps / 8)], [256],
       [sc.w, sc.a, sc.kk, sc.k, sc.v, sc.vFirst, sc.dv, w.w0, w.a0, w.v0, w.kk, w.ka, n, H, li === 0 ? 1 : 0]);
-    this.k('wkv7_seq', 'ppppppppii', [H, 4], [64], [sc.y, st.wkv.ptr, sc.r, sc.w, sc.k, sc.v, sc.kk, sc.a, n, C]);
+    const tpr = this.wkvThreadsPerRow;
+    this.k(tpr === 4 ? 'wkv7_seq' : `wkv7_seq${tpr}`, 'ppppppppii', [H, 4], [16 * tpr], [sc.y, st.wkv.ptr, sc.r, sc.w, sc.k, sc.v, sc.kk, sc.a, n, C]);
     this.k('gn_bonus_gate', 'pppppppppii', [Math.ceil(warps / 8)], [256], [sc.yb, sc.y, sc.r, sc.k, sc.v, sc.g, w.lnxw, w.lnxb, w.rk, n, H]);
     this.gemm('linear', () => blas.linear(sc.h, 'f32', sc.yb, w.Wo, n, C, C, true));
-    this.layerNorm(sc.x, 0, sc.h, w.ln2w, w.ln2b, n);
-    this.channelMix(sc, w.ffnXk, w.ffnK, w.ffnV, st.ffnX, cfg.ffn, n);
+    this.channelMix(sc, w.ln2w, w.ln2b, w.ffnXk, w.ffnK, w.ffnV, st.ffnX, cfg.ffn, n);
   }
 
   private act(out: number, inp: number, count: number, mode: number): void {
     this.k('act_bf16', 'ppii', [Math.min(4096, Math.ceil(count / 256))], [256], [out, inp, count, mode]);
   }
 
-  private channelMix(sc: Scratch, mu: number, Wk: number, Wv: number, prev: DeviceBuffer, F: number, n: number): void {
+  /** LN2 + token shift + W_key + relu² + W_value (added into the residual). */
+  private channelMix(sc: Scratch, lnw: number, lnb: number, mu: number, Wk: number, Wv: number, prev: DeviceBuffer, F: number, n: number): void {
     const C = this.cfg.dim;
-    this.k('mix_shift', 'ppppiii', [n], [256], [sc.mix, sc.x, prev.ptr, mu, n, C, 1]);
-    copyDtoD(this.ctx, prev.ptr, sc.x + (n - 1) * C * F32, C * F32);
+    if (n === 1) this.k('ln_mix_step', 'ppppppii', [1], [256], [sc.mix, sc.h, lnw, lnb, prev.ptr, mu, C, 1]);
+    else {
+      this.layerNorm(sc.x, 0, sc.h, lnw, lnb, n);
+      this.k('mix_shift', 'ppppiii', [n], [256], [sc.mix, sc.x, prev.ptr, mu, n, C, 1]);
+      copyDtoD(this.ctx, prev.ptr, sc.x + (n - 1) * C * F32, C * F32);
+    }
     this.gemm('linear', () => this.blas.linear(sc.hid, 'bf16', sc.mix, Wk, n, C, F));
     const n2 = (n * F) / 2;
     this.k('relu_sq_bf16', 'pi', [Math.min(4096, Math.ceil(n2 / 256))], [256], [sc.hid, n2]);
@@ -357,6 +382,7 @@ export class CudaModel {
     }
     if (a.k) { this.ctx.sync(); a.k.free(); a.v!.free(); }
     a.k = k; a.v = v; a.cap = cap;
+    this.gen++;
   }
 
   private reserveMeans(a: CudaAttnLayerState, rows: number): void {
@@ -368,6 +394,7 @@ export class CudaModel {
     if (a.means && a.nMeans > 0) copyDtoD(this.ctx, m.ptr, a.means.ptr, a.nMeans * C * F32);
     if (a.means) { this.ctx.sync(); a.means.free(); }
     a.means = m; a.meansCap = cap;
+    this.gen++;
   }
 
   private attnBlock(sc: Scratch, j: number, st: CudaAttnLayerState, P: number, n: number): void {
@@ -398,18 +425,121 @@ export class CudaModel {
       const c = Math.floor(P / B);
       mode = 3; nSel = cfg.topk; nFixed = c; wsConst = c * B;
     }
+    const nC = st.nMeans;
+    let scores = 0;
+    if (nSel > 0 && nFixed < 0 && n >= 64) {
+      // q·mean for every (query, head, complete chunk) at once; the same sums select_chunks would make
+      scores = this.tmp('scores', n * H * nC * F32);
+      this.k('chunk_scores', 'pppiii', [Math.ceil(n / 64), H, Math.ceil(nC / 64)], [256], [scores, sc.q, st.means!.ptr, n, H, nC]);
+    }
     if (nSel > 0) {
       const rows = nFixed >= 0 ? n : n * H;
-      this.k('select_chunks', 'pppiiiiii', [Math.ceil(rows / 8)], [256], [sc.sel, sc.q, st.means!.ptr, n, H, P, B, nSel, nFixed]);
+      this.k('select_chunks', 'ppppp' + 'iiiiiii', [Math.ceil(rows / 8)], [256], [sc.sel, sc.q, st.means!.ptr, scores, 0, n, H, P, B, nSel, nFixed, nC]);
     }
     const chunkLast = Math.floor((len - 1) / B);
     const smem = (Math.floor(chunkLast / 32) + 1) * 4;
     if (smem > 40 * 1024) fail(`the CUDA attention kernel supports up to ${40 * 1024 * 8} chunks (context ${len}, chunk ${B})`);
-    this.k('attention', 'ppppp' + 'iiiiiii' + 'f', [Math.ceil(n / 64), H], [128],
-      [sc.ab, sc.q, st.k!.ptr, st.v!.ptr, nSel > 0 ? sc.sel : 0, n, H, P, B, nSel, mode, wsConst, 0.125 * Math.LOG2E], smem);
+    const scale = 0.125 * Math.LOG2E;
+    if (this.attention === 'moba' && nSel > 0) {
+      this.mobaAttention(sc, st, P, n, nSel, nC, scale, smem);
+    } else {
+      this.k('attention', 'ppppppp' + 'iiiiiiii' + 'f', [Math.ceil(n / 64), H], [128],
+        [sc.ab, sc.q, st.k!.ptr, st.v!.ptr, nSel > 0 ? sc.sel : 0, 0, 0, n, H, P, B, nSel, mode, wsConst, 1, scale], smem);
+    }
     this.gemm('linear', () => blas.linear(sc.h, 'f32', sc.ab, w.Wo, n, C, C, true));
-    this.layerNorm(sc.x, 0, sc.h, w.ln2w, w.ln2b, n);
-    this.channelMix(sc, w.ffnXk, w.ffnK, w.ffnV, st.ffnX, cfg.attnFfn, n);
+    this.channelMix(sc, w.ln2w, w.ln2b, w.ffnXk, w.ffnK, w.ffnV, st.ffnX, cfg.attnFfn, n);
+  }
+
+  /** A device buffer of at least `bytes` kept between calls under `name` (grown on demand). */
+  private tmp(name: string, bytes: number): number {
+    const b = this.tmpBufs.get(name);
+    if (b && b.bytes >= bytes) return b.ptr;
+    if (b) { this.ctx.sync(); b.free(); }
+    const nb = alloc(this.ctx, Math.max(bytes, b ? Math.ceil(b.bytes * 1.5) : 0), `attention scratch (${name})`);
+    this.tmpBufs.set(name, nb);
+    this.gen++;
+    return nb.ptr;
+  }
+
+  /**
+   * moba prefill: the own chunk (causal) per 64-query tile, then, per head and selected chunk, the
+   * queries that chose it, 64 at a time, over that whole chunk; the slots merged by log-sum-exp. The
+   * work done is what the queries use (no masked union of chunks).
+   */
+  private mobaAttention(sc: Scratch, st: CudaAttnLayerState, P: number, n: number, nSel: number, nC: number, scale: number, smem: number): void {
+    const H = this.cfg.heads, B = this.cfg.chunk, nSlot = nSel + 1;
+    const partO = this.tmp('partO', n * H * nSlot * 64 * F32), partL = this.tmp('partL', n * H * nSlot * F32);
+    this.k('attention', 'ppppppp' + 'iiiiiiii' + 'f', [Math.ceil(n / 64), H], [128],
+      [sc.ab, sc.q, st.k!.ptr, st.v!.ptr, 0, partO, partL, n, H, P, B, 0, 0, 0, nSlot, scale], smem);
+    const nPairs = H * nC, entries = n * H * nSel;
+    const ib = this.tmp('lists', (4 * nPairs + 2 + entries) * 4);
+    const cnt = ib, fill = ib + nPairs * 4, off = ib + 2 * nPairs * 4, tileOff = off + (nPairs + 1) * 4, list = tileOff + (nPairs + 1) * 4;
+    zero(this.ctx, ib, 2 * nPairs * 4);
+    const g = Math.ceil(entries / 256);
+    this.k('moba_count', 'ppiiii', [g], [256], [cnt, sc.sel, n, H, nSel, nC]);
+    this.k('moba_scan', 'pppi', [1], [1024], [off, tileOff, cnt, nPairs]);
+    this.k('moba_scatter', 'ppppiiii', [g], [256], [list, fill, off, sc.sel, n, H, nSel, nC]);
+    const tiles = Math.floor(entries / 64) + nPairs + 1;
+    this.k('moba_attn', 'pppppppp' + 'iiii' + 'f', [tiles], [128],
+      [partO, partL, sc.q, st.k!.ptr, st.v!.ptr, list, off, tileOff, H, nC, B, nSlot, scale]);
+    this.k('moba_merge', 'ppppiii', [Math.ceil((n * H) / 8)], [256], [sc.ab, partO, partL, sc.sel, n, H, nSel]);
+  }
+
+  /**
+   * One moba token: the whole step is a CUDA graph (captured on first use for this state and these
+   * buffers, replayed after); the token id and position go to the device in one copy.
+   */
+  private step(token: number, state: CudaState, mode: 'all' | 'last' | 'none'): Float32Array {
+    const cfg = this.cfg, V = cfg.vocab, H = cfg.heads, B = cfg.chunk, P = state.pos;
+    const sc = this.scratchFor(1);
+    for (const a of state.attn) {
+      if (a.len !== P) fail(`internal: attention cache holds ${a.len} tokens at position ${P}`);
+      this.reserveKv(a, P + 1);
+      this.reserveMeans(a, Math.floor((P + 1) / B));
+    }
+    const nSel = cfg.topk - 1, nSplit = Math.ceil(B / 256), nBlk = nSplit * (nSel + 1);
+    const part = this.tmp('decode', H * nBlk * 66 * F32);
+    const scores = this.tmp('decodeScores', H * Math.max(...state.attn.map((a) => a.meansCap), 1) * F32);
+    if (this.graphState !== state || this.graphGen !== this.gen || !this.graph.ready) {
+      this.ctx.sync();
+      this.graph.capture(() => this.stepBody(sc, state, part, scores, nSel, nSplit));
+      this.graphState = state; this.graphGen = this.gen;
+    }
+    this.stepIds[0] = token; this.stepIds[1] = P;
+    copyHtoD(sc.tok, this.stepIds);
+    this.graph.launch();
+    for (const a of state.attn) { a.len = P + 1; a.nMeans = Math.floor((P + 1) / B); }
+    state.pos = P + 1;
+    const out = new Float32Array(mode === 'none' ? 0 : V);
+    if (mode === 'none') this.ctx.sync(); else copyDtoH(out, sc.logits);
+    return out;
+  }
+
+  private stepBody(sc: Scratch, state: CudaState, part: number, scores: number, nSel: number, nSplit: number): void {
+    const cfg = this.cfg, C = cfg.dim, H = cfg.heads, B = cfg.chunk, blas = this.blas;
+    this.k('embed', 'pppi', [1], [256], [sc.h, this.emb, sc.tok, C]);
+    for (const e of this.order) {
+      if (e.kind === 'rwkv') { this.rwkvBlock(sc, e.index, state.rwkv[e.index], 1); continue; }
+      const st = state.attn[e.index], w = this.aw[e.index];
+      const kn = sc.mix, vn = sc.mix + C * BF;
+      this.layerNorm(0, sc.yb, sc.h, w.ln1w, w.ln1b, 1);
+      blas.linear(sc.q, 'f32', sc.yb, w.Wq, 1, C, C);
+      blas.linear(kn, 'bf16', sc.yb, w.Wk, 1, C, C);
+      blas.linear(vn, 'bf16', sc.yb, w.Wv, 1, C, C);
+      this.k('kv_append', 'ppppp' + 'i', [Math.ceil(C / 256)], [256], [st.k!.ptr, st.v!.ptr, kn, vn, sc.tok, C]);
+      this.k('chunk_means_dyn', 'ppiip', [Math.ceil(C / 256)], [256], [st.means!.ptr, st.k!.ptr, C, B, sc.tok]);
+      if (nSel > 0) {
+        const cap = st.meansCap;
+        this.k('dec_scores', 'pppp' + 'iii', [Math.ceil((H * cap) / 128)], [128], [scores, sc.q, st.means!.ptr, sc.tok, H, B, cap]);
+        this.k('select_chunks', 'ppppp' + 'iiiiiii', [Math.ceil(H / 8)], [256], [sc.sel, sc.q, st.means!.ptr, scores, sc.tok, 1, H, 0, B, nSel, -1, cap]);
+      }
+      this.k('attn_decode', 'pppppp' + 'iii' + 'f', [nSplit * (nSel + 1), H], [128], [part, sc.q, st.k!.ptr, st.v!.ptr, sc.sel, sc.tok, H, B, nSplit, 0.125 * Math.LOG2E]);
+      this.k('attn_decode_combine', 'ppii', [H], [64], [sc.ab, part, H, nSplit * (nSel + 1)]);
+      blas.linear(sc.h, 'f32', sc.ab, w.Wo, 1, C, C, true);
+      this.channelMix(sc, w.ln2w, w.ln2b, w.ffnXk, w.ffnK, w.ffnV, st.ffnX, cfg.attnFfn, 1);
+    }
+    this.layerNorm(0, sc.yb, sc.h, this.lnOutW, this.lnOutB, 1);
+    blas.linear(sc.logits, 'f32', sc.yb, this.headW, 1, C, cfg.vocab);
   }
 
   /** Logits of rows [r0, r0 + rows) of the segment into `out`. */

@@ -137,19 +137,21 @@ extern "C" __global__ void tmix_prep(float* w, float* da, float* kk, float* k, f
 // Inputs are staged in shared memory WKV_TT steps at a time (16-byte loads).
 //   S ← S·diag(w) + (S·(−kk))·(kk⊙a)ᵀ + v·kᵀ ;  y = S·r
 #define WKV_TT 32
-extern "C" __global__ void __launch_bounds__(64) wkv7_seq(float* y, float* state, const float* r, const float* w, const float* k,
+// TPR threads per state row (NS = 64/TPR state values each in registers), 16 rows per block.
+template <int TPR>
+__device__ __forceinline__ void wkv7_body(float* y, float* state, const float* r, const float* w, const float* k,
     const float* v, const float* kk, const float* a, int T, int C) {
+  constexpr int NS = 64 / TPR, NT = 16 * TPR, NV = NS / 4;
   __shared__ __align__(16) float sr[WKV_TT][64], sw[WKV_TT][64], sk[WKV_TT][64], skk[WKV_TT][64], ska[WKV_TT][64], sv[WKV_TT][16];
-  int h = blockIdx.x, tid = threadIdx.x, il = tid >> 2, i = blockIdx.y * 16 + il, q = tid & 3;
-  float* S = state + (long long)h * 4096 + i * 64 + q * 16;
-  float s[16];
+  int h = blockIdx.x, tid = threadIdx.x, il = tid / TPR, i = blockIdx.y * 16 + il, q = tid % TPR;
+  float* S = state + (long long)h * 4096 + i * 64 + q * NS;
+  float s[NS];
 #pragma unroll
-  for (int j = 0; j < 16; j++) s[j] = S[j];
+  for (int j = 0; j < NS; j++) s[j] = S[j];
   for (int t0 = 0; t0 < T; t0 += WKV_TT) {
     int n = min(WKV_TT, T - t0);
     __syncthreads();
-#pragma unroll 4
-    for (int e = tid; e < n * 16; e += 64) {
+    for (int e = tid; e < n * 16; e += NT) {
       int tt = e >> 4, c = (e & 15) * 4;
       long long idx = (long long)(t0 + tt) * C + h * 64 + c;
       float4 rr = *(const float4*)(r + idx), ww = *(const float4*)(w + idx), kt = *(const float4*)(k + idx);
@@ -157,31 +159,32 @@ extern "C" __global__ void __launch_bounds__(64) wkv7_seq(float* y, float* state
       *(float4*)&sr[tt][c] = rr; *(float4*)&sw[tt][c] = ww; *(float4*)&sk[tt][c] = kt; *(float4*)&skk[tt][c] = kq;
       *(float4*)&ska[tt][c] = make_float4(kq.x * aa.x, kq.y * aa.y, kq.z * aa.z, kq.w * aa.w);
     }
-    for (int e = tid; e < n * 16; e += 64) {
+    for (int e = tid; e < n * 16; e += NT) {
       int tt = e >> 4, c = e & 15;
       sv[tt][c] = v[(long long)(t0 + tt) * C + h * 64 + blockIdx.y * 16 + c];
     }
     __syncthreads();
+#pragma unroll 2
     for (int tt = 0; tt < n; tt++) {
-      const float4* pkk = (const float4*)&skk[tt][q * 16];
+      const float4* pkk = (const float4*)&skk[tt][q * NS];
       float sa0 = 0.f, sa1 = 0.f;
 #pragma unroll
-      for (int j4 = 0; j4 < 4; j4 += 2) {
-        float4 z = pkk[j4], z2 = pkk[j4 + 1];
-        sa0 += s[4 * j4] * z.x + s[4 * j4 + 1] * z.y + s[4 * j4 + 2] * z.z + s[4 * j4 + 3] * z.w;
-        sa1 += s[4 * j4 + 4] * z2.x + s[4 * j4 + 5] * z2.y + s[4 * j4 + 6] * z2.z + s[4 * j4 + 7] * z2.w;
+      for (int j4 = 0; j4 < NV; j4++) {
+        float4 z = pkk[j4];
+        float part = s[4 * j4] * z.x + s[4 * j4 + 1] * z.y + s[4 * j4 + 2] * z.z + s[4 * j4 + 3] * z.w;
+        if (j4 & 1) sa1 += part; else sa0 += part;
       }
       float sa = -(sa0 + sa1);
-      sa += __shfl_xor_sync(0xffffffffu, sa, 1);
-      sa += __shfl_xor_sync(0xffffffffu, sa, 2);
+#pragma unroll
+      for (int o = 1; o < TPR; o <<= 1) sa += __shfl_xor_sync(0xffffffffu, sa, o);
       float vi = sv[tt][il];
-      const float4* pw = (const float4*)&sw[tt][q * 16];
-      const float4* pka = (const float4*)&ska[tt][q * 16];
-      const float4* pk = (const float4*)&sk[tt][q * 16];
-      const float4* pr = (const float4*)&sr[tt][q * 16];
+      const float4* pw = (const float4*)&sw[tt][q * NS];
+      const float4* pka = (const float4*)&ska[tt][q * NS];
+      const float4* pk = (const float4*)&sk[tt][q * NS];
+      const float4* pr = (const float4*)&sr[tt][q * NS];
       float y0 = 0.f, y1 = 0.f;
 #pragma unroll
-      for (int j4 = 0; j4 < 4; j4++) {
+      for (int j4 = 0; j4 < NV; j4++) {
         float4 ww = pw[j4], aa = pka[j4], kt = pk[j4], rr = pr[j4];
         s[4 * j4 + 0] = s[4 * j4 + 0] * ww.x + sa * aa.x + vi * kt.x;
         s[4 * j4 + 1] = s[4 * j4 + 1] * ww.y + sa * aa.y + vi * kt.y;
@@ -191,14 +194,21 @@ extern "C" __global__ void __launch_bounds__(64) wkv7_seq(float* y, float* state
         y1 += s[4 * j4 + 2] * rr.z + s[4 * j4 + 3] * rr.w;
       }
       float yi = y0 + y1;
-      yi += __shfl_xor_sync(0xffffffffu, yi, 1);
-      yi += __shfl_xor_sync(0xffffffffu, yi, 2);
+#pragma unroll
+      for (int o = 1; o < TPR; o <<= 1) yi += __shfl_xor_sync(0xffffffffu, yi, o);
       if (q == 0) y[(long long)(t0 + tt) * C + h * 64 + i] = yi;
     }
   }
 #pragma unroll
-  for (int j = 0; j < 16; j++) S[j] = s[j];
+  for (int j = 0; j < NS; j++) S[j] = s[j];
 }
+// grid (H, 4): block y holds rows 16·y … 16·y + 15 of head x
+extern "C" __global__ void __launch_bounds__(64) wkv7_seq(float* y, float* state, const float* r, const float* w, const float* k,
+    const float* v, const float* kk, const float* a, int T, int C) { wkv7_body<4>(y, state, r, w, k, v, kk, a, T, C); }
+extern "C" __global__ void __launch_bounds__(128) wkv7_seq8(float* y, float* state, const float* r, const float* w, const float* k,
+    const float* v, const float* kk, const float* a, int T, int C) { wkv7_body<8>(y, state, r, w, k, v, kk, a, T, C); }
+extern "C" __global__ void __launch_bounds__(256) wkv7_seq16(float* y, float* state, const float* r, const float* w, const float* k,
+    const float* v, const float* kk, const float* a, int T, int C) { wkv7_body<16>(y, state, r, w, k, v, kk, a, T, C); }
 
 // GroupNorm per head (eps 64e-5) + bonus (Σ r⊙k⊙r_k)·v, times the gate; bf16 out. One warp per (t, head).
 extern "C" __global__ void gn_bonus_gate(bf16* out, const float* y, const float* r, const float* k, const float* v, const float* g,
@@ -233,8 +243,12 @@ extern "C" __global__ void chunk_means(float* means, const bf16* K, int C, int B
 // One warp per (t, head). nFixed < 0: query t may choose among its complete past chunks (P+t)/B
 // (moba); else among nFixed chunks with the score summed over all heads (official decoding), the
 // choice written for every head. sel[t, h, s] = chunk index or −1.
-extern "C" __global__ void select_chunks(int* sel, const float* q, const float* means, int T, int H, int P, int B, int nSel, int nFixed) {
+// scores (optional, moba only): precomputed q·mean [T, H, nScore] by chunk_scores (bitwise the same
+// sums). dyn (optional): P = dyn[1] (a captured decode step).
+extern "C" __global__ void select_chunks(int* sel, const float* q, const float* means, const float* scores, const int* dyn,
+    int T, int H, int P, int B, int nSel, int nFixed, int nScore) {
   int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+  if (dyn) P = dyn[1];
   int together = nFixed >= 0;
   int rows = together ? T : T * H;
   if (warp >= rows) return;
@@ -246,9 +260,13 @@ extern "C" __global__ void select_chunks(int* sel, const float* q, const float* 
 #pragma unroll
   for (int s = 0; s < MAXSEL; s++) { bs[s] = -INFINITY; bi[s] = -1; }
   for (int j = lane; j < nAvail; j += 32) {
-    const float* m = means + (long long)j * C + off;
     float sc = 0.f;
-    for (int d = 0; d < len; d++) sc += qq[d] * m[d];
+    if (scores) sc = scores[((long long)t * H + h) * nScore + j];
+    else {
+      const float* m = means + (long long)j * C + off;
+      for (int d = 0; d < 64; d++) sc = fmaf(qq[d], m[d], sc);
+      for (int d = 64; d < len; d++) sc = fmaf(qq[d], m[d], sc);
+    }
     // insert (strictly better moves ahead; equal scores keep the lower index first)
     int carryI = j; float carryS = sc;
 #pragma unroll
@@ -312,8 +330,10 @@ __device__ __forceinline__ int window_start(int mode, int t, int P, int B, int w
 }
 
 #define KS 72  // padded row length (bf16) of the shared K and Vᵀ tiles
+// partO (optional): instead of bf16 out, the normalised output (fp32) and its log2-sum-exp go to
+// slot 0 of partO [T, H, nSlot, 64] / partL [T, H, nSlot] (moba prefill: own chunk only, merged later).
 extern "C" __global__ void __launch_bounds__(128) attention(bf16* out, const float* q, const bf16* K, const bf16* V, const int* sel,
-    int T, int H, int P, int B, int nSel, int mode, int wsConst, float scaleLog2) {
+    float* partO, float* partL, int T, int H, int P, int B, int nSel, int mode, int wsConst, int nSlot, float scaleLog2) {
   __shared__ __align__(16) bf16 Ks[64 * KS];
   __shared__ __align__(16) bf16 Vt[64 * KS];
   __shared__ int selS[64][MAXSEL];
@@ -449,10 +469,396 @@ extern "C" __global__ void __launch_bounds__(128) attention(bf16* out, const flo
   lb += __shfl_xor_sync(0xffffffffu, lb, 1);
   lb += __shfl_xor_sync(0xffffffffu, lb, 2);
   float ia = la > 0.f ? 1.f / la : 0.f, ib = lb > 0.f ? 1.f / lb : 0.f;
+  if (partO) {
+    long long ba = ((long long)ta * H + h) * nSlot, bb = ((long long)tb * H + h) * nSlot;
+#pragma unroll
+    for (int n = 0; n < 8; n++) {
+      int d = n * 8 + 2 * c4;
+      if (ta < T) *(float2*)(partO + ba * 64 + d) = make_float2(o[n][0] * ia, o[n][1] * ia);
+      if (tb < T) *(float2*)(partO + bb * 64 + d) = make_float2(o[n][2] * ib, o[n][3] * ib);
+    }
+    if (c4 == 0) {
+      if (ta < T) partL[ba] = la > 0.f ? ma + log2f(la) : -INFINITY;
+      if (tb < T) partL[bb] = lb > 0.f ? mb + log2f(lb) : -INFINITY;
+    }
+    return;
+  }
 #pragma unroll
   for (int n = 0; n < 8; n++) {
     int d = h * 64 + n * 8 + 2 * c4;
     if (ta < T) *(u32*)(out + (long long)ta * C + d) = pack_bf16(o[n][0] * ia, o[n][1] * ia);
     if (tb < T) *(u32*)(out + (long long)tb * C + d) = pack_bf16(o[n][2] * ib, o[n][3] * ib);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// moba prefill by (query group, chunk) pairs. The own chunk is the `attention` kernel above with
+// nSel 0 writing slot 0 of partO/partL; each selected chunk j of query t adds slot s + 1 through the
+// lists below (queries of head h that chose j, 64 per block); moba_merge combines the slots.
+
+// scores[t, h, j] = q_t,h · mean_j,h for j < nC (the same fmaf order as select_chunks: equal bits)
+#define CS_J 64
+extern "C" __global__ void __launch_bounds__(256) chunk_scores(float* scores, const float* q, const float* means, int T, int H, int nC) {
+  __shared__ float qs[64][65];
+  __shared__ float ms[CS_J][65];
+  const int C = H * 64, t0 = blockIdx.x * 64, h = blockIdx.y, j0 = blockIdx.z * CS_J, tid = threadIdx.x;
+  for (int e = tid; e < 64 * 64; e += 256) {
+    int r = e >> 6, d = e & 63;
+    qs[r][d] = t0 + r < T ? q[(long long)(t0 + r) * C + h * 64 + d] : 0.f;
+  }
+  for (int e = tid; e < CS_J * 64; e += 256) {
+    int r = e >> 6, d = e & 63;
+    ms[r][d] = j0 + r < nC ? means[(long long)(j0 + r) * C + h * 64 + d] : 0.f;
+  }
+  __syncthreads();
+  const int tq = tid & 63, g = tid >> 6, t = t0 + tq;
+  for (int i = 0; i < CS_J / 4; i++) {
+    int jl = g + 4 * i, j = j0 + jl;
+    float sc = 0.f;
+#pragma unroll 16
+    for (int d = 0; d < 64; d++) sc = fmaf(qs[tq][d], ms[jl][d], sc);
+    if (t < T && j < nC) scores[((long long)t * H + h) * nC + j] = sc;
+  }
+}
+
+// cnt[h, j] += number of (t, s) with sel[t, h, s] = j
+extern "C" __global__ void moba_count(int* cnt, const int* sel, int T, int H, int nSel, int nC) {
+  long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= (long long)T * H * nSel) return;
+  int s = (int)(i % nSel); long long th = i / nSel; int h = (int)(th % H);
+  int j = sel[th * MAXSEL + s];
+  if (j >= 0) atomicAdd(&cnt[h * nC + j], 1);
+}
+
+// exclusive scans of cnt (→ off) and of ⌈cnt/64⌉ (→ tileOff), n + 1 entries each; one block of 1024
+extern "C" __global__ void __launch_bounds__(1024) moba_scan(int* off, int* tileOff, const int* cnt, int n) {
+  __shared__ int sa[1024], sb[1024];
+  int tid = threadIdx.x, per = (n + 1023) / 1024, beg = min(n, tid * per), end = min(n, beg + per);
+  int a = 0, b = 0;
+  for (int i = beg; i < end; i++) { a += cnt[i]; b += (cnt[i] + 63) >> 6; }
+  sa[tid] = a; sb[tid] = b;
+  __syncthreads();
+  for (int o = 1; o < 1024; o <<= 1) {
+    int va = tid >= o ? sa[tid - o] : 0, vb = tid >= o ? sb[tid - o] : 0;
+    __syncthreads();
+    sa[tid] += va; sb[tid] += vb;
+    __syncthreads();
+  }
+  int ra = sa[tid] - a, rb = sb[tid] - b;
+  for (int i = beg; i < end; i++) { off[i] = ra; tileOff[i] = rb; ra += cnt[i]; rb += (cnt[i] + 63) >> 6; }
+  if (tid == 1023) { off[n] = sa[1023]; tileOff[n] = sb[1023]; }
+}
+
+// list[off[h, j] + k] = t·MAXSEL + s for the (t, s) with sel[t, h, s] = j (order within a list: any)
+extern "C" __global__ void moba_scatter(int* list, int* fill, const int* off, const int* sel, int T, int H, int nSel, int nC) {
+  long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= (long long)T * H * nSel) return;
+  int s = (int)(i % nSel); long long th = i / nSel; int h = (int)(th % H); int t = (int)(th / H);
+  int j = sel[th * MAXSEL + s];
+  if (j < 0) return;
+  int k = atomicAdd(&fill[h * nC + j], 1);
+  list[off[h * nC + j] + k] = t * MAXSEL + s;
+}
+
+// One block of 4 warps per 64 queries of one (head, chunk) list: attention over the whole chunk
+// (every key is in the past of every listed query), normalised output and log2-sum-exp to slot s + 1.
+extern "C" __global__ void __launch_bounds__(128) moba_attn(float* partO, float* partL, const float* q, const bf16* K, const bf16* V,
+    const int* list, const int* off, const int* tileOff, int H, int nC, int B, int nSlot, float scaleLog2) {
+  __shared__ __align__(16) bf16 Ks[64 * KS];
+  __shared__ __align__(16) bf16 Vt[64 * KS];
+  const int nPairs = H * nC, b = blockIdx.x;
+  if (b >= tileOff[nPairs]) return;
+  int lo = 0, hi = nPairs - 1;
+  while (lo < hi) { int mid = (lo + hi) >> 1; if (tileOff[mid + 1] > b) hi = mid; else lo = mid + 1; }
+  const int pair = lo, h = pair / nC, j = pair % nC, tile = b - tileOff[pair];
+  const int count = off[pair + 1] - off[pair];
+  const int C = H * 64;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c4 = lane & 3;
+  const int ra = tile * 64 + warp * 16 + g, rb = ra + 8;
+  const int ea = ra < count ? list[off[pair] + ra] : -1, eb = rb < count ? list[off[pair] + rb] : -1;
+  const int ta = ea >= 0 ? ea / MAXSEL : 0, tb = eb >= 0 ? eb / MAXSEL : 0;
+  u32 qf[4][4];
+#pragma unroll
+  for (int ks = 0; ks < 4; ks++) {
+    int d = h * 64 + ks * 16 + 2 * c4;
+    float2 z = make_float2(0.f, 0.f);
+    const float2* qa = (const float2*)(q + (long long)ta * C + d);
+    const float2* qb = (const float2*)(q + (long long)tb * C + d);
+    float2 a0 = ea >= 0 ? qa[0] : z, a2 = ea >= 0 ? qa[4] : z;
+    float2 b0 = eb >= 0 ? qb[0] : z, b2 = eb >= 0 ? qb[4] : z;
+    qf[ks][0] = pack_bf16(a0.x, a0.y);
+    qf[ks][1] = pack_bf16(b0.x, b0.y);
+    qf[ks][2] = pack_bf16(a2.x, a2.y);
+    qf[ks][3] = pack_bf16(b2.x, b2.y);
+  }
+  float o[8][4];
+#pragma unroll
+  for (int n = 0; n < 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+  float ma = -INFINITY, mb = -INFINITY, la = 0.f, lb = 0.f;
+  const int start = j * B, end = (j + 1) * B;
+  for (int kt = start; kt < end; kt += 64) {
+    __syncthreads();
+    for (int e = tid; e < 64 * 8; e += 128) {
+      int r = e >> 3, c8 = (e & 7) * 8;
+      uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
+      if (kt + r < end) {
+        long long o2 = (long long)(kt + r) * C + h * 64 + c8;
+        kv = *(const uint4*)(K + o2);
+        vv = *(const uint4*)(V + o2);
+      }
+      *(uint4*)&Ks[r * KS + c8] = kv;
+      const bf16* pv = (const bf16*)&vv;
+#pragma unroll
+      for (int u = 0; u < 8; u++) Vt[(c8 + u) * KS + r] = pv[u];
+    }
+    __syncthreads();
+    float s[8][4];
+#pragma unroll
+    for (int n = 0; n < 8; n++) {
+      s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+#pragma unroll
+      for (int ks = 0; ks < 4; ks++) {
+        const bf16* kr = &Ks[(n * 8 + g) * KS + ks * 16 + 2 * c4];
+        mma16816(s[n], qf[ks], *(const u32*)kr, *(const u32*)(kr + 8));
+      }
+    }
+    float mxa = -INFINITY, mxb = -INFINITY;
+#pragma unroll
+    for (int n = 0; n < 8; n++) {
+#pragma unroll
+      for (int u = 0; u < 2; u++) {
+        bool v = kt + n * 8 + 2 * c4 + u < end;
+        s[n][u] = v ? s[n][u] * scaleLog2 : -INFINITY;
+        s[n][2 + u] = v ? s[n][2 + u] * scaleLog2 : -INFINITY;
+        mxa = fmaxf(mxa, s[n][u]);
+        mxb = fmaxf(mxb, s[n][2 + u]);
+      }
+    }
+    mxa = fmaxf(mxa, __shfl_xor_sync(0xffffffffu, mxa, 1));
+    mxa = fmaxf(mxa, __shfl_xor_sync(0xffffffffu, mxa, 2));
+    mxb = fmaxf(mxb, __shfl_xor_sync(0xffffffffu, mxb, 1));
+    mxb = fmaxf(mxb, __shfl_xor_sync(0xffffffffu, mxb, 2));
+    float na = fmaxf(ma, mxa), nb = fmaxf(mb, mxb);
+    float ua = na == -INFINITY ? 0.f : na, ub = nb == -INFINITY ? 0.f : nb;
+    float fa = exp2f(ma - ua), fb = exp2f(mb - ub);
+    ma = na; mb = nb;
+    la *= fa; lb *= fb;
+#pragma unroll
+    for (int n = 0; n < 8; n++) { o[n][0] *= fa; o[n][1] *= fa; o[n][2] *= fb; o[n][3] *= fb; }
+#pragma unroll
+    for (int n = 0; n < 8; n++) {
+      s[n][0] = exp2f(s[n][0] - ua); s[n][1] = exp2f(s[n][1] - ua);
+      s[n][2] = exp2f(s[n][2] - ub); s[n][3] = exp2f(s[n][3] - ub);
+      la += s[n][0] + s[n][1]; lb += s[n][2] + s[n][3];
+    }
+#pragma unroll
+    for (int ks = 0; ks < 4; ks++) {
+      u32 pf[4];
+      pf[0] = pack_bf16(s[2 * ks][0], s[2 * ks][1]);
+      pf[1] = pack_bf16(s[2 * ks][2], s[2 * ks][3]);
+      pf[2] = pack_bf16(s[2 * ks + 1][0], s[2 * ks + 1][1]);
+      pf[3] = pack_bf16(s[2 * ks + 1][2], s[2 * ks + 1][3]);
+#pragma unroll
+      for (int n = 0; n < 8; n++) {
+        const bf16* vr = &Vt[(n * 8 + g) * KS + ks * 16 + 2 * c4];
+        mma16816(o[n], pf, *(const u32*)vr, *(const u32*)(vr + 8));
+      }
+    }
+  }
+  la += __shfl_xor_sync(0xffffffffu, la, 1);
+  la += __shfl_xor_sync(0xffffffffu, la, 2);
+  lb += __shfl_xor_sync(0xffffffffu, lb, 1);
+  lb += __shfl_xor_sync(0xffffffffu, lb, 2);
+  float ia = la > 0.f ? 1.f / la : 0.f, ib = lb > 0.f ? 1.f / lb : 0.f;
+  long long ba = ((long long)ta * H + h) * nSlot + (ea % MAXSEL) + 1, bb = ((long long)tb * H + h) * nSlot + (eb % MAXSEL) + 1;
+#pragma unroll
+  for (int n = 0; n < 8; n++) {
+    int d = n * 8 + 2 * c4;
+    if (ea >= 0) *(float2*)(partO + ba * 64 + d) = make_float2(o[n][0] * ia, o[n][1] * ia);
+    if (eb >= 0) *(float2*)(partO + bb * 64 + d) = make_float2(o[n][2] * ib, o[n][3] * ib);
+  }
+  if (c4 == 0) {
+    if (ea >= 0) partL[ba] = la > 0.f ? ma + log2f(la) : -INFINITY;
+    if (eb >= 0) partL[bb] = lb > 0.f ? mb + log2f(lb) : -INFINITY;
+  }
+}
+
+// out[t, h] = Σ_slots 2^(L_s − M)·O_s / Σ 2^(L_s − M) over slot 0 and the slots whose chunk exists; bf16.
+// One warp per (t, head), two dims per lane.
+extern "C" __global__ void moba_merge(bf16* out, const float* partO, const float* partL, const int* sel, int T, int H, int nSel) {
+  int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+  if (warp >= T * H) return;
+  const int nSlot = nSel + 1;
+  const long long base = (long long)warp * nSlot;
+  float L[MAXSEL + 1];
+  float M = -INFINITY;
+#pragma unroll
+  for (int s = 0; s <= MAXSEL; s++) {
+    bool v = s < nSlot && (s == 0 || sel[(long long)warp * MAXSEL + s - 1] >= 0);
+    L[s] = v ? partL[base + s] : -INFINITY;
+    M = fmaxf(M, L[s]);
+  }
+  float wsum = 0.f, o0 = 0.f, o1 = 0.f;
+#pragma unroll
+  for (int s = 0; s <= MAXSEL; s++) {
+    if (L[s] == -INFINITY) continue;
+    float w = exp2f(L[s] - M);
+    float2 v = *(const float2*)(partO + (base + s) * 64 + 2 * lane);
+    wsum += w; o0 += w * v.x; o1 += w * v.y;
+  }
+  float inv = wsum > 0.f ? 1.f / wsum : 0.f;
+  int t = warp / H, h = warp % H;
+  *(u32*)(out + (long long)t * H * 64 + h * 64 + 2 * lane) = pack_bf16(o0 * inv, o1 * inv);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoding one token (moba) inside a CUDA graph: the position P is read from dyn[1] on the device.
+
+// K, V rows of the new token into the caches at row P
+extern "C" __global__ void kv_append(bf16* K, bf16* V, const bf16* kn, const bf16* vn, const int* dyn, int C) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  long long P = dyn[1];
+  if (i < C) { K[P * C + i] = kn[i]; V[P * C + i] = vn[i]; }
+}
+
+// the chunk that the new token completes (if it completes one): its mean key
+extern "C" __global__ void chunk_means_dyn(float* means, const bf16* K, int C, int B, const int* dyn) {
+  int len = dyn[1] + 1;
+  if (len % B) return;
+  int c = len / B - 1;
+  int col = blockIdx.x * blockDim.x + threadIdx.x;
+  if (col >= C) return;
+  const bf16* p = K + (long long)c * B * C + col;
+  float s = 0.f;
+  for (int r = 0; r < B; r++) s += bf2f(p[(long long)r * C]);
+  means[(long long)c * C + col] = s / B;
+}
+
+// Split-K decode attention: block (x, h) handles up to 256 keys of slot x / nSplit (0: the own chunk
+// up to P; s ≥ 1: selected chunk sel[h, s − 1]), piece x % nSplit. Writes the unnormalised partial
+// output, its max and sum: part[h, x, 0..63 | 64: max | 65: sum] (log2 domain).
+#define DEC_SPL 256
+extern "C" __global__ void __launch_bounds__(128) attn_decode(float* part, const float* q, const bf16* K, const bf16* V, const int* sel,
+    const int* dyn, int H, int B, int nSplit, float scaleLog2) {
+  __shared__ float qs[64];
+  __shared__ float ps[DEC_SPL];
+  __shared__ float red[4];
+  __shared__ float acc[4][64];
+  const int C = H * 64, h = blockIdx.y, slot = blockIdx.x / nSplit, piece = blockIdx.x % nSplit;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int P = dyn[1];
+  int k0 = 0, k1 = 0;
+  if (slot == 0) { int cs = (P / B) * B; k0 = cs + piece * DEC_SPL; k1 = min(k0 + DEC_SPL, P + 1); }
+  else {
+    int j = sel[h * MAXSEL + slot - 1];
+    if (j >= 0) { k0 = j * B + piece * DEC_SPL; k1 = min(k0 + DEC_SPL, (j + 1) * B); }
+  }
+  const int n = max(0, k1 - k0);
+  float* outp = part + ((long long)h * gridDim.x + blockIdx.x) * 66;
+  if (n == 0) {
+    if (tid < 64) outp[tid] = 0.f;
+    if (tid == 0) { outp[64] = -INFINITY; outp[65] = 0.f; }
+    return;
+  }
+  if (tid < 64) qs[tid] = bf2f(f2bf(q[h * 64 + tid]));
+  __syncthreads();
+  float mx = -INFINITY;
+  float sv[2];
+#pragma unroll
+  for (int u = 0; u < 2; u++) {
+    int kk = tid + 128 * u;
+    float s = -INFINITY;
+    if (kk < n) {
+      const uint4* row = (const uint4*)(K + (long long)(k0 + kk) * C + h * 64);
+      float d = 0.f;
+#pragma unroll
+      for (int c = 0; c < 8; c++) {
+        uint4 x = row[c];
+        const u32 w[4] = {x.x, x.y, x.z, x.w};
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          d = fmaf(qs[c * 8 + 2 * e], bf2f((bf16)(w[e] & 0xffff)), d);
+          d = fmaf(qs[c * 8 + 2 * e + 1], bf2f((bf16)(w[e] >> 16)), d);
+        }
+      }
+      s = d * scaleLog2;
+    }
+    sv[u] = s;
+    mx = fmaxf(mx, s);
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+  if (lane == 0) red[warp] = mx;
+  __syncthreads();
+  const float m = fmaxf(fmaxf(red[0], red[1]), fmaxf(red[2], red[3]));
+  float l = 0.f;
+#pragma unroll
+  for (int u = 0; u < 2; u++) {
+    int kk = tid + 128 * u;
+    float p = sv[u] == -INFINITY ? 0.f : exp2f(sv[u] - m);
+    l += p;
+    ps[kk] = bf2f(f2bf(p));
+  }
+  l = warp_sum(l);
+  __syncthreads();
+  if (lane == 0) red[warp] = l;
+  float a0 = 0.f, a1 = 0.f;
+  for (int kk = warp * 64; kk < min(n, warp * 64 + 64); kk++) {
+    u32 x = *(const u32*)(V + (long long)(k0 + kk) * C + h * 64 + 2 * lane);
+    float p = ps[kk];
+    a0 = fmaf(p, bf2f((bf16)(x & 0xffff)), a0);
+    a1 = fmaf(p, bf2f((bf16)(x >> 16)), a1);
+  }
+  acc[warp][2 * lane] = a0; acc[warp][2 * lane + 1] = a1;
+  __syncthreads();
+  if (tid < 64) outp[tid] = acc[0][tid] + acc[1][tid] + acc[2][tid] + acc[3][tid];
+  if (tid == 0) { outp[64] = m; outp[65] = red[0] + red[1] + red[2] + red[3]; }
+}
+
+// out[h, :] = combination of the nBlk partials of head h (bf16). One block of 64 threads per head.
+extern "C" __global__ void attn_decode_combine(bf16* out, const float* part, int H, int nBlk) {
+  const int h = blockIdx.x, d = threadIdx.x;
+  const float* p = part + (long long)h * nBlk * 66;
+  float M = -INFINITY;
+  for (int b = 0; b < nBlk; b++) M = fmaxf(M, p[b * 66 + 64]);
+  float L = 0.f, o = 0.f;
+  for (int b = 0; b < nBlk; b++) {
+    float mb = p[b * 66 + 64];
+    if (mb == -INFINITY) continue;
+    float w = exp2f(mb - M);
+    L += w * p[b * 66 + 65];
+    o += w * p[b * 66 + d];
+  }
+  out[h * 64 + d] = f2bf(L > 0.f ? o / L : 0.f);
+}
+
+// decode scores: scores[h, j] = q_h · mean_j,h for j < P/B (the fmaf order of chunk_scores); one thread each
+extern "C" __global__ void dec_scores(float* scores, const float* q, const float* means, const int* dyn, int H, int B, int cap) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  int h = i / cap, j = i % cap;
+  if (h >= H || j >= dyn[1] / B) return;
+  const int C = H * 64;
+  const float* m = means + (long long)j * C + h * 64;
+  const float* qq = q + h * 64;
+  float sc = 0.f;
+#pragma unroll 16
+  for (int d = 0; d < 64; d++) sc = fmaf(qq[d], m[d], sc);
+  scores[h * cap + j] = sc;
+}
+
+// One token (T = 1): LayerNorm of h, the M token-shift mixes against prev, and prev ← the LN output.
+extern "C" __global__ void ln_mix_step(bf16* out, const float* x, const float* w, const float* b, float* prev, const float* mu, int C, int M) {
+  __shared__ float sh[32];
+  float s = 0.f;
+  for (int i = threadIdx.x; i < C; i += blockDim.x) s += x[i];
+  float mean = block_sum(s, sh) / C;
+  float v = 0.f;
+  for (int i = threadIdx.x; i < C; i += blockDim.x) { float d = x[i] - mean; v += d * d; }
+  float inv = rsqrtf(block_sum(v, sh) / C + 1e-5f);
+  for (int i = threadIdx.x; i < C; i += blockDim.x) {
+    float xv = (x[i] - mean) * inv * w[i] + b[i];
+    float d = prev[i] - xv;
+    for (int m = 0; m < M; m++) out[(long long)m * C + i] = f2bf(xv + d * mu[m * C + i]);
+    prev[i] = xv;
   }
 }
