@@ -223,6 +223,15 @@ export function decodeToF32(dtype: DType, src: Uint8Array, count: number, dst: F
 // ---------------------------------------------------------------------------------------------
 
 /** Largest single read; also the size of the scratch buffer used for types that need converting. */
+/** Opens a file for reading; failure is a UserError naming the file and the reason. */
+export function openReadOnly(path: string): number {
+  try {
+    return fs.openSync(path, 'r');
+  } catch (e) {
+    throw new UserError(`${path}: cannot open (${(e as NodeJS.ErrnoException).code ?? String(e)})`);
+  }
+}
+
 export const DEFAULT_CHUNK_BYTES = 16 * 1024 * 1024;
 
 /**

@@ -1,4 +1,5 @@
 import * as fs from 'node:fs';
+import { openReadOnly } from './dtype.js';
 import { UserError } from '../util/errors.js';
 import { PthSource } from './pth.js';
 import { SafetensorsSource } from './safetensors.js';
@@ -23,12 +24,7 @@ export function openCheckpoint(path: string): TensorSource {
   if (st.size === 0) throw new UserError(`${path} is empty`);
 
   const head = Buffer.alloc(Math.min(16, st.size));
-  let fd: number;
-  try {
-    fd = fs.openSync(path, 'r');
-  } catch (e) {
-    throw new UserError(`${path}: cannot open (${(e as NodeJS.ErrnoException).code ?? String(e)})`);
-  }
+  const fd = openReadOnly(path);
   try {
     fs.readSync(fd, head, 0, head.length, 0);
   } finally {

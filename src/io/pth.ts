@@ -5,7 +5,7 @@
  */
 import * as fs from 'node:fs';
 import { UserError } from '../util/errors.js';
-import { DEFAULT_CHUNK_BYTES, Scratch, decodeToF32, readExactly, readRegionF32 } from './dtype.js';
+import { DEFAULT_CHUNK_BYTES, Scratch, decodeToF32, readExactly, readRegionF32, openReadOnly } from './dtype.js';
 import { isPyCallable, isTuple, unpickle, type PyCallable } from './pickle.js';
 import { DTYPE_BYTES, type DType, type F32Alloc, type TensorInfo, type TensorSource } from './types.js';
 import { ZipDirectory, type ZipEntry } from './zip.js';
@@ -233,12 +233,7 @@ export class PthSource implements TensorSource {
 
   constructor(readonly path: string, options: PthOptions = {}) {
     this.scratch = new Scratch(options.chunkBytes ?? DEFAULT_CHUNK_BYTES);
-    let fd: number;
-    try {
-      fd = fs.openSync(path, 'r');
-    } catch (e) {
-      throw new UserError(`${path}: cannot open (${(e as NodeJS.ErrnoException).code ?? String(e)})`);
-    }
+    const fd = openReadOnly(path);
     try {
       this.fd = fd;
       this.load(fd);

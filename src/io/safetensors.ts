@@ -6,7 +6,7 @@
 import * as fs from 'node:fs';
 import { UserError } from '../util/errors.js';
 import { openAtomic, writeAll } from '../util/atomic.js';
-import { DEFAULT_CHUNK_BYTES, Scratch, readExactly, readRegionF32 } from './dtype.js';
+import { DEFAULT_CHUNK_BYTES, Scratch, readExactly, readRegionF32, openReadOnly } from './dtype.js';
 import { DTYPE_BYTES, type DType, type F32Alloc, type TensorInfo, type TensorSource } from './types.js';
 
 /** The reference implementation's limit; a larger header is a sign of a wrong or hostile file. */
@@ -38,12 +38,7 @@ export class SafetensorsSource implements TensorSource {
 
   constructor(readonly path: string, options: SafetensorsOptions = {}) {
     this.scratch = new Scratch(options.chunkBytes ?? DEFAULT_CHUNK_BYTES);
-    let fd: number;
-    try {
-      fd = fs.openSync(path, 'r');
-    } catch (e) {
-      throw new UserError(`${path}: cannot open (${(e as NodeJS.ErrnoException).code ?? String(e)})`);
-    }
+    const fd = openReadOnly(path);
     try {
       this.fd = fd;
       this.load(fd);
