@@ -20,7 +20,7 @@ const lengths = arg('lengths', '4096,16384,65536,131072').split(',').map(Number)
 const decodeAt = new Set(arg('decode', '4096,65536').split(',').map(Number));
 const steps = Number(arg('steps', '32'));
 const jsonOut = arg('json', '');
-const which = arg('models', 'rwkvx,rwkv7').split(',');
+const which = arg('models', 'rwkvx,rwkv7').split(',').filter((x) => x === 'rwkvx' || x === 'rwkv7');
 
 interface Row { model: string; tokens: number; prefill_ms: number; prefill_tok_s: number; decode_ms: number | null; peak_gib: number }
 const rows: Row[] = [];
@@ -31,6 +31,40 @@ function randomTokens(n: number, V: number, seed: number): Int32Array {
   let x = seed >>> 0;
   for (let i = 0; i < n; i++) { x = (Math.imul(x, 1664525) + 1013904223) >>> 0; out[i] = x % V; }
   return out;
+}
+
+// --wkv N: the WKV-7 kernels alone at N tokens, C768 (12 heads), one layer: sequential vs chunked
+// (rows per scan block 4 / 8 / 16), median of 5, random inputs of real scale.
+const wkvN = Number(arg('wkv', '0'));
+if (wkvN > 0) {
+  const { alloc, copyHtoD } = await import('../src/backend/cuda/memory.js');
+  const cfg = shapeConfig({ vocab: 256, dim: 768, nLayer: 1, nAttn: 0 });
+  const m = CudaModel.fromWeights(cfg, randomWeights(cfg, 2));
+  const C = cfg.dim, H = cfg.heads, n = wkvN * C;
+  const sig = (x: number) => 1 / (1 + Math.exp(-x));
+  const host = Array.from({ length: 6 }, () => new Float32Array(n));
+  for (let i = 0; i < n; i++) {
+    host[0][i] = Math.random() * 2 - 1; host[1][i] = Math.exp(-0.6065306597126334 * sig(4 * Math.random() - 2));
+    host[2][i] = Math.random() - 0.5; host[3][i] = Math.random() * 2 - 1; host[4][i] = 0.125 * (Math.random() * 2 - 1); host[5][i] = sig(Math.random() * 4 - 2);
+  }
+  const dev = host.map((x) => { const d = alloc(m.ctx, x.byteLength, 'wkv bench'); copyHtoD(d.ptr, x); return d; });
+  const y = alloc(m.ctx, n * 4, 'y'), st = alloc(m.ctx, H * 4096 * 4, 'state'), rec = alloc(m.ctx, Math.ceil(wkvN / 16) * H * 6208 * 4, 'rec');
+  const [r, w, k, v, kk, a] = dev.map((d) => d.ptr);
+  const time = (f: () => void) => { const t: number[] = []; for (let i = 0; i < 6; i++) { m.sync(); const b = performance.now(); f(); m.sync(); if (i) t.push(performance.now() - b); } return median(t); };
+  const out: string[] = [];
+  out.push(`seq (TPR ${m.wkvThreadsPerRow}) ${time(() => m.wkv(y.ptr, st.ptr, r, w, k, v, kk, a, wkvN, rec.ptr, false)).toFixed(2)} ms`);
+  for (const R of [4, 8, 16]) {
+    m.wkvScanRows = R;
+    out.push(`chunked R${R} ${time(() => m.wkv(y.ptr, st.ptr, r, w, k, v, kk, a, wkvN, rec.ptr, true)).toFixed(2)} ms`);
+  }
+  m.profile = new Map();
+  m.wkvScanRows = 8;
+  m.wkv(y.ptr, st.ptr, r, w, k, v, kk, a, wkvN, rec.ptr, true);
+  out.push(`split (R8): ${[...m.profile].map(([x, t]) => `${x} ${t.toFixed(2)} ms`).join(', ')}`);
+  m.profile = undefined;
+  console.log(`wkv ${wkvN} tokens, C${C}, one layer, ${m.ctx.info.name}: ${out.join('; ')}`);
+  for (const d of [...dev, y, st, rec]) d.free();
+  m.dispose();
 }
 
 for (const name of which) {

@@ -115,7 +115,9 @@ test('CUDA: RWKV-7 fixture — prefill, step, prefill-then-step match the CPU', 
     ['rwkv7 prefill vs bf16-weight CPU', maxAbsDiff(pre, want), FIXTURE_TOL],
     ['rwkv7 step vs bf16-weight CPU', maxAbsDiff(stepwise(m as never, tokens), want), FIXTURE_TOL],
     ['rwkv7 prefill 77 + step vs bf16-weight CPU', maxAbsDiff(prefillThenStep(m, tokens, 77), want), FIXTURE_TOL],
-    ['rwkv7 GPU step vs GPU prefill', maxAbsDiff(stepwise(m as never, tokens), pre), TOL],
+    // steps run the sequential WKV-7 kernel, prefill the chunked one (equal to fp32 rounding); this
+    // tiny model turns that into ~2e-2 through bf16 GEMM inputs, so the fixture bound applies
+    ['rwkv7 GPU step vs GPU prefill', maxAbsDiff(stepwise(m as never, tokens), pre), FIXTURE_TOL],
     ['rwkv7 logits last', maxAbsDiff(m.forward(tokens, m.newState(), { logits: 'last' }), pre.subarray((tokens.length - 1) * 1000)), TOL],
   ];
   const cs = cpu.newState(); cpu.forward(tokens, cs);
@@ -131,6 +133,13 @@ test('CUDA: RWKV-X fixture (chunk 16, top-k 3, moba) — prefill, step and split
   const m = cuda!.CudaModel.load(A('rwkvx.pth'), { chunk: 16, topk: 3 }); made.push(m);
   const V = 1000;
   const want = cpu.forward(tokens, cpu.newState());
+  // Chunked WKV-7 (the default for calls of ≥ 64 tokens) and sequential WKV-7 agree to fp32 rounding,
+  // but on this fixture such differences flip near-tied top-k chunk choices (as bf16 weights do against
+  // the authors' fp32 logits), so the chunked prefill is checked where no choice exists (rows < 48) and
+  // by arg-max; the decoding/prefill/segmentation consistency checks below use the sequential kernel
+  // on both sides, so that they stay about the attention paths.
+  const preChunked = m.forward(tokens, m.newState());
+  m.wkvChunked = false;
   const pre = m.forward(tokens, m.newState());
   const step = stepwise(m as never, tokens);
   const checks: [string, number, number | null][] = [
@@ -143,6 +152,12 @@ test('CUDA: RWKV-X fixture (chunk 16, top-k 3, moba) — prefill, step and split
     // decoding (split-K, fp32 dot products) and prefill (tensor cores, per-slot log-sum-exp merge) sum
     // the attention in different orders: rounding-level differences that this tiny model amplifies
     ['rwkvx GPU step vs GPU prefill', maxAbsDiff(step, pre), FIXTURE_TOL],
+    ['rwkvx chunked-WKV prefill vs bf16-weight CPU, rows < 48', rowsDiff(preChunked, want, V, 0, 48), FIXTURE_TOL],
+    // the two WKV kernels agree to ~4e-7 relative (test below); this fixture amplifies that like the
+    // rwkv7 step/prefill pair above (measured 2.9e-2 on an H100), hence the fixture bound
+    ['rwkvx chunked-WKV prefill vs sequential-WKV prefill, rows < 48', rowsDiff(preChunked, pre, V, 0, 48), FIXTURE_TOL],
+    ['rwkvx chunked-WKV prefill vs sequential-WKV prefill, all rows', maxAbsDiff(preChunked, pre), null],
+    ['rwkvx chunked-WKV prefill, arg-max disagreement with bf16-weight CPU (fraction)', 1 - argmaxAgreement(preChunked, want, V), 0.05],
   ];
   for (const n of [1, 16, 17, 100]) checks.push([`rwkvx GPU prefill ${n} + step vs GPU prefill`, maxAbsDiff(prefillThenStep(m, tokens, n), pre), FIXTURE_TOL]);
   const st = m.newState();
@@ -154,6 +169,7 @@ test('CUDA: RWKV-X fixture (chunk 16, top-k 3, moba) — prefill, step and split
   const agree = argmaxAgreement(pre, want, V);
   checks.push(['rwkvx arg-max disagreement with bf16-weight CPU (fraction)', 1 - agree, 0.05]);
   for (const [w, d, tol] of checks) report(t, w, d, tol);
+  m.wkvChunked = true;
 });
 
 test('CUDA: RWKV-X official semantics — prefill 48 then step', (t) => {
@@ -212,4 +228,61 @@ test('CUDA: moba with chunk 512 (split decode, gathered prefill) and the graph a
   const eager = prefillThenStep(m, ids, n0);
   m.useGraph = true;
   report(t, 'chunk 512 eager steps vs graph steps', rowsDiff(eager, graphed, V, n0, N), TOL);
+});
+
+/** Max |a − b|, Infinity where either holds a NaN (unwritten outputs are poisoned with NaN). */
+function diffNaN(a: Float32Array, b: Float32Array): number {
+  let d = 0;
+  for (let i = 0; i < a.length; i++) { const e = Math.abs(a[i] - b[i]); if (!(e <= d)) d = Number.isNaN(e) ? Infinity : e; }
+  return d;
+}
+test('CUDA: chunked WKV-7 equals the sequential kernel (random inputs of real scale, T = 1 … 65537)', async (t) => {
+  if (skipReason) { t.skip(skipReason); return; }
+  const { alloc, copyDtoH, copyHtoD } = await import('../src/backend/cuda/memory.js');
+  const cfg = shapeConfig({ vocab: 256, dim: 128, nLayer: 1, nAttn: 0, chunk: 16, topk: 3 });
+  const m = cuda!.CudaModel.fromWeights(cfg, randomWeights(cfg, 3)); made.push(m);
+  const C = cfg.dim, H = cfg.heads, Tmax = 65537;
+  let seed = 12345;
+  const rnd = () => { seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0; return seed / 2 ** 32; };
+  const gauss = () => Math.sqrt(-2 * Math.log(rnd() + 1e-12)) * Math.cos(2 * Math.PI * rnd());
+  const sig = (x: number) => 1 / (1 + Math.exp(-x));
+  // as tmix_prep makes them: ω = exp(−e^−0.5 σ(d)), a = σ(·), κ̂ unit per head, k̃ = k(1 + (a − 1)k_a)
+  const r = new Float32Array(Tmax * C), w = new Float32Array(Tmax * C), k = new Float32Array(Tmax * C), v = new Float32Array(Tmax * C);
+  const kk = new Float32Array(Tmax * C), a = new Float32Array(Tmax * C);
+  for (let i = 0; i < Tmax * C; i++) {
+    r[i] = gauss(); w[i] = Math.exp(-0.6065306597126334 * sig(2 * gauss())); a[i] = sig(gauss());
+    k[i] = gauss() * (1 + (a[i] - 1) * 0.5); v[i] = gauss(); kk[i] = gauss();
+  }
+  for (let i = 0; i < Tmax * H; i++) {
+    let ss = 0;
+    for (let j = 0; j < 64; j++) ss += kk[i * 64 + j] ** 2;
+    for (let j = 0; j < 64; j++) kk[i * 64 + j] /= Math.sqrt(ss);
+  }
+  const up = (x: Float32Array) => { const b = alloc(m.ctx, x.byteLength, 'test'); copyHtoD(b.ptr, x); return b; };
+  const bufs = [r, w, k, v, kk, a].map(up);
+  const [dr, dw, dk, dv, dkk, da] = bufs.map((b) => b.ptr);
+  const rec = alloc(m.ctx, Math.ceil(Tmax / 16) * H * 6208 * 4, 'test rec');
+  const s0 = Float32Array.from({ length: H * 4096 }, () => gauss() * 0.3);
+  const nan = new Float32Array(Tmax * C).fill(NaN);
+  let worstY = 0, worstS = 0;
+  for (const T of [1, 15, 16, 17, 33, 64, 100, 1000, 4097, 16400, 65537]) {
+    const out: { y: Float32Array; s: Float32Array }[] = [];
+    for (const chunked of [false, true]) {
+      const dy = up(nan), ds = up(s0);
+      m.wkv(dy.ptr, ds.ptr, dr, dw, dk, dv, dkk, da, T, rec.ptr, chunked);
+      const y = new Float32Array(T * C), s = new Float32Array(H * 4096);
+      copyDtoH(y, dy.ptr); copyDtoH(s, ds.ptr);
+      dy.free(); ds.free();
+      out.push({ y, s });
+    }
+    let ymax = 0;
+    for (const x of out[0].y) ymax = Math.max(ymax, Math.abs(x));
+    const dyv = diffNaN(out[1].y, out[0].y), dsv = diffNaN(out[1].s, out[0].s);
+    console.log(`cuda wkv chunked vs seq T=${T}: max |Δy| ${dyv.toExponential(3)} (max |y| ${ymax.toFixed(2)}), max |Δstate| ${dsv.toExponential(3)}`);
+    worstY = Math.max(worstY, dyv / Math.max(1, ymax)); worstS = Math.max(worstS, dsv);
+  }
+  for (const b of bufs) b.free();
+  rec.free();
+  report(t, 'chunked WKV-7 vs sequential, max |Δy| / max(1, max |y|)', worstY, 1e-4);
+  report(t, 'chunked WKV-7 vs sequential, max |Δstate|', worstS, 1e-3);
 });

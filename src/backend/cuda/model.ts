@@ -25,6 +25,8 @@ export interface CudaLoadOptions extends LoadOptions {
 const MAXSEL = 8;
 const HEAD_ROWS = 512;
 const F32 = 4, BF = 2;
+/** Chunked WKV-7: tokens per chunk and floats per (chunk, head) record (kernels/rwkvx.cu WKV_CL, WKV_REC). */
+const WKV_CL = 16, WKV_REC = 6208;
 
 interface RwkvW {
   ln1w: number; ln1b: number; ln2w: number; ln2b: number;
@@ -65,6 +67,8 @@ class Scratch {
   h: number; x: number; mix: number; r: number; k: number; v: number; w: number; a: number; g: number; kk: number;
   dv: number; vFirst: number; lo: number; lob: number; y: number; yb: number; ab: number; hid: number; q: number;
   sel: number; tok: number; logits: number;
+  /** Chunked WKV-7 records: one of WKV_REC floats per (16-token chunk, head). */
+  wkvRec: number;
   constructor(ctx: CudaContext, readonly cap: number, cfg: ModelConfig) {
     const C = cfg.dim, D = Math.max(cfg.lora.w, cfg.lora.a, cfg.lora.v, cfg.lora.g), F = Math.max(cfg.ffn, cfg.attnFfn);
     const a = (bytes: number, what: string) => { const b = alloc(ctx, bytes, `scratch ${what}`); this.bufs.push(b); return b.ptr; };
@@ -76,6 +80,7 @@ class Scratch {
     this.y = a(rc * F32, 'y'); this.yb = a(rc * BF, 'yb'); this.ab = a(rc * BF, 'attn'); this.hid = a(cap * F * BF, 'ffn');
     this.q = a(rc * F32, 'q'); this.sel = a(cap * cfg.heads * MAXSEL * 4, 'sel'); this.tok = a(cap * 4, 'tokens');
     this.logits = a(Math.min(cap, HEAD_ROWS) * cfg.vocab * F32, 'logits');
+    this.wkvRec = a(Math.ceil(cap / WKV_CL) * cfg.heads * WKV_REC * F32, 'wkv chunks');
   }
   free(): void { for (const b of this.bufs) b.free(); }
 }
@@ -96,6 +101,14 @@ export class CudaModel {
   segment = 8192;
   /** Threads per WKV state row (4, 8 or 16; RWKVX_WKV_TPR). */
   wkvThreadsPerRow = [4, 8, 16].includes(Number(process.env.RWKVX_WKV_TPR)) ? Number(process.env.RWKVX_WKV_TPR) : 16;
+  /**
+   * WKV-7 over a call of n tokens: the chunked-parallel kernels (`wkv7_chunk_prep` + `wkv7_chunk_scan*`)
+   * when n ≥ wkvChunkMin, else the sequential one. RWKVX_WKV=seq always takes the sequential kernel.
+   */
+  wkvChunked = process.env.RWKVX_WKV !== 'seq';
+  wkvChunkMin = 64;
+  /** State rows per block of `wkv7_chunk_scan` (4, 8 or 16; RWKVX_WKV_ROWS). */
+  wkvScanRows = [4, 8, 16].includes(Number(process.env.RWKVX_WKV_ROWS)) ? Number(process.env.RWKVX_WKV_ROWS) : 8;
   /** One-token moba steps replay a CUDA graph (RWKVX_CUDA_GRAPH=0 turns it off). */
   useGraph = process.env.RWKVX_CUDA_GRAPH !== '0';
   private graph: CudaGraph;
@@ -344,11 +357,23 @@ export class CudaModel {
     const warps = n * H;
     this.k('tmix_prep', 'ppppppppppppiii', [Math.ceil(warps / 8)], [256],
       [sc.w, sc.a, sc.kk, sc.k, sc.v, sc.vFirst, sc.dv, w.w0, w.a0, w.v0, w.kk, w.ka, n, H, li === 0 ? 1 : 0]);
-    const tpr = this.wkvThreadsPerRow;
-    this.k(tpr === 4 ? 'wkv7_seq' : `wkv7_seq${tpr}`, 'ppppppppii', [H, 4], [16 * tpr], [sc.y, st.wkv.ptr, sc.r, sc.w, sc.k, sc.v, sc.kk, sc.a, n, C]);
+    this.wkv(sc.y, st.wkv.ptr, sc.r, sc.w, sc.k, sc.v, sc.kk, sc.a, n, sc.wkvRec);
     this.k('gn_bonus_gate', 'pppppppppii', [Math.ceil(warps / 8)], [256], [sc.yb, sc.y, sc.r, sc.k, sc.v, sc.g, w.lnxw, w.lnxb, w.rk, n, H]);
     this.gemm('linear', () => blas.linear(sc.h, 'f32', sc.yb, w.Wo, n, C, C, true));
     this.channelMix(sc, w.ln2w, w.ln2b, w.ffnXk, w.ffnK, w.ffnV, st.ffnX, cfg.ffn, n);
+  }
+
+  /** WKV-7 over n tokens (y [n, C] fp32 out, state updated in place); `rec` scratch for the chunked path. */
+  wkv(y: number, state: number, r: number, w: number, k: number, v: number, kk: number, a: number, n: number, rec: number, chunked = this.wkvChunked && n >= this.wkvChunkMin): void {
+    const C = this.cfg.dim, H = this.cfg.heads;
+    if (chunked) {
+      const R = this.wkvScanRows;
+      this.k('wkv7_chunk_prep', 'pppppppii', [Math.ceil(n / WKV_CL), H], [256], [rec, r, w, k, v, kk, a, n, C]);
+      this.k(`wkv7_chunk_scan${R}`, 'ppppii', [H, 64 / R], [16 * R], [y, state, rec, v, n, C]);
+      return;
+    }
+    const tpr = this.wkvThreadsPerRow;
+    this.k(tpr === 4 ? 'wkv7_seq' : `wkv7_seq${tpr}`, 'ppppppppii', [H, 4], [16 * tpr], [y, state, r, w, k, v, kk, a, n, C]);
   }
 
   private act(out: number, inp: number, count: number, mode: number): void {
