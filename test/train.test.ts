@@ -112,3 +112,31 @@ test('rwkvx train and plot-loss from the command line; config files and bad opti
   expectUserError(rwkvx(['train', '--out', out]), /no training data/);
   assert.equal(DEFAULT_TRAIN.beta2, 0.99);
 });
+
+test('LongCE: weights are exp(CE_short − CE_full) capped, 1 before the window; they scale the loss and gradients', async () => {
+  const { loadTrainModel, computeGradients } = await import('../src/train/model-grad.js');
+  const { inferenceModel, longCeWeights } = await import('../src/train/longce.js');
+  const { A, expectedTokens } = await import('./helpers/vectors.js');
+  const m = loadTrainModel(A('rwkv7.pth'));
+  const tokens = expectedTokens().slice(0, 61);
+  const inf = inferenceModel(m);
+  const w = longCeWeights(inf, tokens, { window: 20, stride: 15, cap: 10 });
+  assert.equal(w.length, 60);
+  for (let t = 0; t < 20; t++) assert.equal(w[t], 1);
+  // brute force for target 37: its window starts at 35 − 20 (the stride block holding 37 starts at 35)
+  const ce = (ctx: number[], target: number) => {
+    const l = inf.forward(ctx, inf.newState(), { logits: 'last' });
+    let mx = -Infinity; for (const v of l) mx = Math.max(mx, v);
+    let s = 0; for (const v of l) s += Math.exp(v - mx);
+    return mx + Math.log(s) - l[target];
+  };
+  const full = ce(tokens.slice(0, 38), tokens[38]);
+  const short = ce(tokens.slice(15, 38), tokens[38]);
+  assert.ok(Math.abs(w[37] - Math.min(Math.exp(short - full), 10)) < 1e-4, `${w[37]} vs ${Math.exp(short - full)}`);
+  assert.ok(w.some((x) => x !== 1), 'some weights differ from 1');
+  const plain = computeGradients(m, tokens);
+  const doubled = computeGradients(m, tokens, { tokenWeights: new Float64Array(60).fill(2) });
+  assert.ok(Math.abs(doubled.loss - 2 * plain.loss) < 1e-9);
+  const g1 = plain.grads.get('blocks.2.att.key.weight')!, g2 = doubled.grads.get('blocks.2.att.key.weight')!;
+  for (let i = 0; i < g1.length; i += 97) assert.ok(Math.abs(g2[i] - 2 * g1[i]) <= 1e-6 + 1e-5 * Math.abs(g1[i]));
+});

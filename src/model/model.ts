@@ -13,7 +13,7 @@ import { modelFingerprint } from './state-io.js';
 import { rwkvBlock } from './rwkv7-block.js';
 import { attentionBlock } from './attention-block.js';
 import { Workspace } from '../backend/cpu/workspace.js';
-import { sharedF32 } from '../backend/cpu/shared.js';
+import { heapF32 } from '../backend/cpu/shared.js';
 import { linear } from '../backend/cpu/matmul.js';
 import { layerNorm } from '../backend/cpu/ops.js';
 
@@ -52,7 +52,7 @@ export class Model {
     if (opts.chunk !== undefined) cfg.chunk = opts.chunk;
     if (opts.topk !== undefined) cfg.topk = opts.topk;
     checkAttentionParams(cfg.chunk, cfg.topk);
-    return new Model(cfg, loadWeights(src, cfg, sharedF32), opts.attention ?? 'moba');
+    return new Model(cfg, loadWeights(src, cfg, heapF32), opts.attention ?? 'moba');
   }
 
   readonly backend = 'cpu';

@@ -29,6 +29,11 @@ export interface TrainConfig {
   /** w0 learning-rate multiplier (2 from scratch, as the authors do). */
   w0LrScale: number;
   l2wrap: boolean;
+  /** LongCE loss weighting (SPEC §5): off by default; window/stride/cap as the authors use them. */
+  longce: boolean;
+  longceWindow: number;
+  longceStride: number;
+  longceCap: number;
   saveEvery: number;
   seed: number;
   chunk?: number;
@@ -42,6 +47,7 @@ export const DEFAULT_TRAIN: TrainConfig = {
   lr: 6e-4, lrFinal: 6e-5, warmupSteps: 10, schedule: 'cosine',
   weightDecay: 0.001, beta1: 0.9, beta2: 0.99, adamEps: 1e-18, gradClip: 1.0,
   freeze: 'none', w0LrScale: 2, l2wrap: true, saveEvery: 100, seed: 0,
+  longce: false, longceWindow: 8000, longceStride: 4000, longceCap: 10,
 };
 
 export function loadTrainConfig(file: string | undefined, flags: Partial<TrainConfig>): TrainConfig {

@@ -39,13 +39,14 @@ export function embedBackward(
  * the final hidden rows) and the head and ln_out gradients. Softmax in float64.
  * Works `segment` tokens at a time (logits [segment, V] at most).
  *
+ * `weights` (LongCE) scales each token's term of the mean.
  * With `l2wrap` (RWKV-LM's L2Wrap, SPEC §5), each token's arg-max logit also gets 1e-4/T·(its value)
  * added to its gradient, pulling large logits towards 0; the loss value is unchanged.
  */
 export function headLossBackward(
   ws: Workspace, dh: Float32Array, dHead: Float32Array, dlnw: Float32Array, dlnb: Float32Array,
   h: Float32Array, lnw: Float32Array, lnb: Float32Array, head: Float32Array, targets: ArrayLike<number>,
-  T: number, C: number, V: number, segment = 256, l2wrap = false,
+  T: number, C: number, V: number, segment = 256, l2wrap = false, weights?: ArrayLike<number>,
 ): number {
   let loss = 0;
   const dw = new Float64Array(C), db = new Float64Array(C);
@@ -62,9 +63,11 @@ export function headLossBackward(
       let sum = 0;
       for (let i = 0; i < V; i++) sum += Math.exp(logits[o + i] - m);
       const lse = m + Math.log(sum);
-      loss += lse - logits[o + tgt];
-      for (let i = 0; i < V; i++) logits[o + i] = Math.exp(logits[o + i] - lse) / T;
-      logits[o + tgt] -= 1 / T;
+      // LongCE: a per-token weight (a constant: no gradient flows through it)
+      const wt = weights ? weights[s + t] : 1;
+      loss += wt * (lse - logits[o + tgt]);
+      for (let i = 0; i < V; i++) logits[o + i] = (wt * Math.exp(logits[o + i] - lse)) / T;
+      logits[o + tgt] -= wt / T;
       if (l2wrap) logits[o + arg] += (1e-4 / T) * m;
     }
     matmulTN(dHead, logits, x, n, V, C, s > 0);

@@ -46,6 +46,8 @@ export interface GradOptions {
    * logit); the loss value is unchanged. Default false (the plain cross-entropy gradient).
    */
   l2wrap?: boolean;
+  /** Per-target-token loss weights (LongCE), length T−1; constants, not differentiated. */
+  tokenWeights?: ArrayLike<number>;
 }
 
 export interface GradResult {
@@ -107,6 +109,7 @@ export function computeGradients(m: TrainModel, tokens: ArrayLike<number>, opts:
   const every = opts.wkvEvery ?? WKV_EVERY;
   if (!Number.isInteger(every) || every < 1) fail(`WKV checkpoint interval must be a positive integer (got ${every})`);
   const T = tokens.length - 1;
+  if (opts.tokenWeights && opts.tokenWeights.length !== T) fail(`tokenWeights has ${opts.tokenWeights.length} entries for ${T} target tokens`);
   const inputs = Array.from({ length: T }, (_, t) => tokens[t]);
   const targets = Array.from({ length: T }, (_, t) => tokens[t + 1]);
   const order = layout(cfg);
@@ -134,7 +137,7 @@ export function computeGradients(m: TrainModel, tokens: ArrayLike<number>, opts:
 
   // backward
   const dh = sharedF32(T * C);
-  const loss = headLossBackward(ws, dh, g.head, g.lnOutW, g.lnOutB, h, w.lnOutW, w.lnOutB, w.head, targets, T, C, V, opts.segment, opts.l2wrap ?? false);
+  const loss = headLossBackward(ws, dh, g.head, g.lnOutW, g.lnOutB, h, w.lnOutW, w.lnOutB, w.head, targets, T, C, V, opts.segment, opts.l2wrap ?? false, opts.tokenWeights);
   const dvFirst = sharedF32(T * C);
   for (let b = order.length - 1; b >= 0; b--) {
     const e = order[b], hIn = inputsOf[b]!;

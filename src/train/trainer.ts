@@ -21,6 +21,7 @@ import { AdamW, clipGradients, isMatrix, type Param } from './adamw.js';
 import { learningRate } from './schedule.js';
 import { initRwkv7 } from './init.js';
 import type { TrainConfig } from './config.js';
+import { inferenceModel, longCeWeights } from './longce.js';
 import { computeGradients, loadTrainModel, parameterTensors, trainModelFromSource, type TrainModel } from './model-grad.js';
 
 export interface StepLog {
@@ -134,7 +135,10 @@ export async function train(c: TrainConfig, resume: boolean, hooks: TrainHooks =
     for (let j = 0; j < seqPerStep; j++) {
       const off = sampleOffset(step * seqPerStep + j, p, c.ctx);
       const tokens = reader.read(off, c.ctx + 1);
-      const r = computeGradients(model, tokens, { chunk: c.chunk, topk: c.topk, l2wrap: c.l2wrap });
+      const tokenWeights = c.longce
+        ? longCeWeights(inferenceModel(model), tokens, { window: c.longceWindow, stride: c.longceStride, cap: c.longceCap })
+        : undefined;
+      const r = computeGradients(model, tokens, { chunk: c.chunk, topk: c.topk, l2wrap: c.l2wrap, tokenWeights });
       if (!Number.isFinite(r.loss)) {
         fail(`loss became ${r.loss} at step ${step}; stopped without saving (the last good checkpoint in ${c.out} is kept). Try a lower learning rate.`);
       }

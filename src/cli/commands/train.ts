@@ -32,6 +32,7 @@ interface TrainFlags {
   layers?: number;
   vocab?: number;
   l2wrap?: boolean;
+  longce?: boolean;
   quiet?: boolean;
 }
 
@@ -64,13 +65,14 @@ export function register(program: Command): void {
     .option('--layers <n>', 'fresh model RWKV-7 blocks', int('--layers', 1))
     .option('--vocab <n>', 'fresh model vocabulary', int('--vocab', 2))
     .option('--no-l2wrap', 'disable the L2Wrap logit regulariser')
+    .option('--longce', 'weight token losses by LongCE (long-context gain; window 8000, cap 10 unless the config says otherwise)')
     .option('--quiet', 'no progress line')
     .action(async (o: TrainFlags) => {
       const flags: Partial<TrainConfig> = {
         model: o.model, data: o.data, out: o.out, ctx: o.ctx, microBatch: o.microBatch, gradAccum: o.gradAccum, steps: o.steps,
         lr: o.lr, lrFinal: o.lrFinal, warmupSteps: o.warmup, schedule: o.schedule as TrainConfig['schedule'],
         weightDecay: o.weightDecay, gradClip: o.gradClip, freeze: o.freeze as TrainConfig['freeze'], saveEvery: o.saveEvery,
-        seed: o.seed, chunk: o.chunk, topk: o.topk, l2wrap: o.l2wrap === false ? false : undefined,
+        seed: o.seed, chunk: o.chunk, topk: o.topk, l2wrap: o.l2wrap === false ? false : undefined, longce: o.longce,
       };
       const init = { ...(o.dim ? { dim: o.dim } : {}), ...(o.layers ? { layers: o.layers } : {}), ...(o.vocab ? { vocab: o.vocab } : {}) };
       const c = loadTrainConfig(o.config, { ...flags, init: init as TrainConfig['init'] });
