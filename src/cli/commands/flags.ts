@@ -8,5 +8,5 @@ export function addModelFlags(cmd: Command): Command {
     .option('--chunk <n>', 'attention chunk size B (default: from the model, else 2048)', int('--chunk'))
     .option('--topk <n>', 'chunks attended per query, own chunk included (default: from the model, else 3)', int('--topk'))
     .option('--attention <mode>', "attention semantics: 'moba' (as trained) or 'official' (the authors' inference package)", 'moba')
-    .option('--backend <name>', 'compute backend: cpu, cuda, or auto (CUDA when an NVIDIA GPU is present)', 'auto');
+    .option('--backend <name>', 'compute backend: cpu, cuda, or auto (CUDA when an NVIDIA GPU is present); default $RWKVX_BACKEND or auto', process.env.RWKVX_BACKEND ?? 'auto');
 }

@@ -1,0 +1,669 @@
+// RWKV-X training kernels: forward-with-saved-activations and backward of every non-GEMM op
+// (compiled at run time by NVRTC; no headers). GEMMs are cuBLAS (src/backend/cuda/train/grad.ts).
+// Layout: activations row-major [T, C] float32 unless named ...B (bf16 raw words, GEMM inputs).
+// Head size N = 64; a "head warp" handles one (token, head) with lane j owning columns j and j + 32.
+// Gradients of parameters ACCUMULATE (+=) into their buffers (zeroed by the host once per step).
+
+#ifndef INFINITY
+#define INFINITY __int_as_float(0x7f800000)
+#endif
+
+typedef unsigned short bf16;
+typedef unsigned int u32;
+typedef long long i64;
+
+__device__ __forceinline__ float bf2f(bf16 x) { return __uint_as_float(((u32)x) << 16); }
+__device__ __forceinline__ bf16 f2bf(float f) {
+  u32 u = __float_as_uint(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (bf16)0x7fc0;
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return (bf16)(u >> 16);
+}
+__device__ __forceinline__ float sigm(float x) { return 1.f / (1.f + expf(-x)); }
+__device__ __forceinline__ float wsum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+// sum over the block (blockDim.x a multiple of 32); every thread gets the result
+__device__ float bsum(float v, float* sh) {
+  v = wsum(v);
+  int w = threadIdx.x >> 5, l = threadIdx.x & 31, nw = blockDim.x >> 5;
+  if (l == 0) sh[w] = v;
+  __syncthreads();
+  float s = 0.f;
+  for (int i = 0; i < nw; i++) s += sh[i];
+  __syncthreads();
+  return s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Generic
+
+extern "C" __global__ void tr_f2bf(bf16* out, const float* in, int n) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) out[i] = f2bf(in[i]);
+}
+
+// out[i] += Σ_t f(t, i) over rows of C: mode 0 x; 1 x·y; 2 x[t]·(y[t−1] − y[t]) (y[−1] = 0: the token-shift
+// delta). Block (32, 8); grid (⌈C/32⌉, row splits); one atomic per column per block.
+extern "C" __global__ void tr_colsum(float* out, const float* x, const float* y, int T, int C, int mode) {
+  __shared__ float sh[8][33];
+  int i = blockIdx.x * 32 + threadIdx.x;
+  float s = 0.f;
+  if (i < C) {
+    for (int t = blockIdx.y * 8 + threadIdx.y; t < T; t += gridDim.y * 8) {
+      i64 o = (i64)t * C + i;
+      float v = x[o];
+      if (mode == 1) v *= y[o];
+      else if (mode == 2) v *= (t > 0 ? y[o - C] : 0.f) - y[o];
+      s += v;
+    }
+  }
+  sh[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y == 0 && i < C) {
+    float a = 0.f;
+    for (int r = 0; r < 8; r++) a += sh[r][threadIdx.x];
+    atomicAdd(out + i, a);
+  }
+}
+
+// Σ g² over [lo, hi) into *out (double)
+extern "C" __global__ void tr_sumsq(double* out, const float* g, int lo, int hi) {
+  __shared__ float sh[32];
+  float s = 0.f;
+  for (int i = lo + blockIdx.x * blockDim.x + threadIdx.x; i < hi; i += gridDim.x * blockDim.x) s += g[i] * g[i];
+  s = bsum(s, sh);
+  if (threadIdx.x == 0) atomicAdd(out, (double)s);
+}
+
+// AdamW over [lo, hi) of the flat parameter buffer, with the global-norm clip folded in. Segment s covers
+// [segStart[s], segStart[s+1]) with learning-rate multiplier segLr[s] and decay flag segDecay[s].
+// The bf16 copy is refreshed for every updated element.
+extern "C" __global__ void tr_adamw(float* p, bf16* pb, float* m, float* v, const float* g, const int* segStart,
+                                    const float* segLr, const int* segDecay, int nSeg, int lo, int hi, float lr, float b1,
+                                    float b2, float eps, float wd, float c1, float c2, const double* sumsq, float maxNorm) {
+  float norm = (float)sqrt(*sumsq);
+  float cs = (maxNorm > 0.f && norm > maxNorm) ? maxNorm / (norm + 1e-6f) : 1.f;
+  for (int i = lo + blockIdx.x * blockDim.x + threadIdx.x; i < hi; i += gridDim.x * blockDim.x) {
+    int a = 0, b = nSeg;  // largest s with segStart[s] <= i
+    while (b - a > 1) { int c = (a + b) >> 1; if (segStart[c] <= i) a = c; else b = c; }
+    float plr = lr * segLr[a];
+    float decay = segDecay[a] ? 1.f - plr * wd : 1.f;
+    float gi = g[i] * cs;
+    float mi = b1 * m[i] + (1.f - b1) * gi;
+    float vi = b2 * v[i] + (1.f - b2) * gi * gi;
+    m[i] = mi; v[i] = vi;
+    float w = p[i] * decay - (plr * (mi / c1)) / (sqrtf(vi / c2) + eps);
+    p[i] = w;
+    pb[i] = f2bf(w);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Embedding, LayerNorm, token shift
+
+extern "C" __global__ void tr_gather(float* out, const float* emb, const int* ids, int C) {
+  i64 t = blockIdx.x;
+  const float* e = emb + (i64)ids[t] * C;
+  for (int i = threadIdx.x; i < C; i += blockDim.x) out[t * C + i] = e[i];
+}
+extern "C" __global__ void tr_scatter_add(float* demb, const float* de, const int* ids, int C) {
+  i64 t = blockIdx.x;
+  float* e = demb + (i64)ids[t] * C;
+  for (int i = threadIdx.x; i < C; i += blockDim.x) atomicAdd(e + i, de[t * C + i]);
+}
+
+// LayerNorm over rows of C (eps 1e-5); float32 and/or bf16 output (either may be null)
+extern "C" __global__ void tr_ln(float* outF, bf16* outB, const float* x, const float* w, const float* b, int C) {
+  __shared__ float sh[32];
+  i64 o = (i64)blockIdx.x * C;
+  float s = 0.f;
+  for (int i = threadIdx.x; i < C; i += blockDim.x) s += x[o + i];
+  float mean = bsum(s, sh) / C;
+  float q = 0.f;
+  for (int i = threadIdx.x; i < C; i += blockDim.x) { float d = x[o + i] - mean; q += d * d; }
+  float inv = rsqrtf(bsum(q, sh) / C + 1e-5f);
+  for (int i = threadIdx.x; i < C; i += blockDim.x) {
+    float y = (x[o + i] - mean) * inv * w[i] + b[i];
+    if (outF) outF[o + i] = y;
+    if (outB) outB[o + i] = f2bf(y);
+  }
+}
+
+// Backward of tr_ln: dx (= or += when add) from dout; pw = dout⊙x̂ (for the weight gradient's column sum;
+// the bias gradient is the column sum of dout itself). x is the forward's input.
+extern "C" __global__ void tr_ln_bwd(float* dx, float* pw, const float* dout, const float* x, const float* w, int C, int add) {
+  __shared__ float sh[32];
+  i64 o = (i64)blockIdx.x * C;
+  float s = 0.f;
+  for (int i = threadIdx.x; i < C; i += blockDim.x) s += x[o + i];
+  float mean = bsum(s, sh) / C;
+  float q = 0.f;
+  for (int i = threadIdx.x; i < C; i += blockDim.x) { float d = x[o + i] - mean; q += d * d; }
+  float inv = rsqrtf(bsum(q, sh) / C + 1e-5f);
+  float m1 = 0.f, m2 = 0.f;
+  for (int i = threadIdx.x; i < C; i += blockDim.x) {
+    float xh = (x[o + i] - mean) * inv, gw = dout[o + i] * w[i];
+    m1 += gw; m2 += gw * xh;
+  }
+  m1 = bsum(m1, sh) / C;
+  m2 = bsum(m2, sh) / C;
+  for (int i = threadIdx.x; i < C; i += blockDim.x) {
+    float xh = (x[o + i] - mean) * inv, d = dout[o + i], gw = d * w[i];
+    float r = inv * (gw - m1 - xh * m2);
+    dx[o + i] = add ? dx[o + i] + r : r;
+    pw[o + i] = d * xh;
+  }
+}
+
+// out[m][t] = x[t] + (x[t−1] − x[t])⊙mu[m] (x[−1] = 0), M mixes, bf16
+extern "C" __global__ void tr_mix(bf16* out, const float* x, const float* mu, int T, int C, int M) {
+  i64 n = (i64)T * C;
+  for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < n; e += (i64)gridDim.x * blockDim.x) {
+    int i = (int)(e % C);
+    i64 t = e / C;
+    float xv = x[e], d = (t > 0 ? x[e - C] : 0.f) - xv;
+    for (int m = 0; m < M; m++) out[m * n + e] = f2bf(xv + d * mu[m * C + i]);
+  }
+}
+
+// Backward of tr_mix: dx (= or +=) = Σ_m dmix_m − dd[t] + dd[t+1], dd = Σ_m dmix_m⊙mu_m. dmix float32 [M, T, C].
+extern "C" __global__ void tr_mix_bwd(float* dx, const float* dmix, const float* mu, int T, int C, int M, int add) {
+  i64 n = (i64)T * C;
+  for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < n; e += (i64)gridDim.x * blockDim.x) {
+    int i = (int)(e % C);
+    i64 t = e / C;
+    float s = 0.f, dd = 0.f, dn = 0.f;
+    for (int m = 0; m < M; m++) {
+      float a = dmix[m * n + e];
+      s += a; dd += a * mu[m * C + i];
+      if (t + 1 < T) dn += dmix[m * n + e + C] * mu[m * C + i];
+    }
+    float r = s - dd + dn;
+    dx[e] = add ? dx[e] + r : r;
+  }
+}
+
+// mode 0: tanh, 1: sigmoid, 2: relu²; outF may alias in; either output may be null
+extern "C" __global__ void tr_act(float* outF, bf16* outB, const float* in, int n, int mode) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+    float x = in[i], y;
+    if (mode == 0) y = tanhf(x);
+    else if (mode == 1) y = sigm(x);
+    else { float r = x > 0.f ? x : 0.f; y = r * r; }
+    if (outF) outF[i] = y;
+    if (outB) outB[i] = f2bf(y);
+  }
+}
+// backward given the forward's output y (tanh, sigmoid) or input (relu²): d ← d·f'(·); bf16 copy too
+extern "C" __global__ void tr_act_bwd(float* d, bf16* dB, const float* y, int n, int mode) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+    float v = y[i], g = d[i];
+    if (mode == 0) g *= 1.f - v * v;
+    else if (mode == 1) g *= v * (1.f - v);
+    else g = v > 0.f ? g * 2.f * v : 0.f;
+    if (d) d[i] = g;
+    if (dB) dB[i] = f2bf(g);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// TimeMix element-wise parts (head warps)
+
+// In: d (= x_w·w1·w2, becomes d + w0), a (pre-activation, becomes σ), sv (pre, becomes σ; blocks ≥ 1), k, vraw.
+// Out: om = ω, kh = κ̂, kt = k̃, v (block 0 also writes vFirst), knorm [T, H] = ‖k⊙k_k‖ per head.
+extern "C" __global__ void tr_tmix_prep(float* d, float* om, float* a, float* sv, float* kh, float* kt, float* v,
+                                        float* vFirst, float* knorm, const float* k, const float* vraw, const float* w0,
+                                        const float* a0, const float* v0, const float* kkp, const float* ka, int T, int H,
+                                        int first) {
+  int wid = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+  if (wid >= T * H) return;
+  int t = wid / H, h = wid % H, C = H * 64;
+  float kap[2], ss = 0.f;
+  for (int q = 0; q < 2; q++) {
+    int c = h * 64 + lane + 32 * q;
+    i64 o = (i64)t * C + c;
+    float z = d[o] + w0[c];
+    d[o] = z;
+    om[o] = expf(-0.60653065971f * sigm(z));
+    float av = sigm(a[o] + a0[c]);
+    a[o] = av;
+    if (first) { v[o] = vraw[o]; vFirst[o] = vraw[o]; }
+    else {
+      float s = sigm(sv[o] + v0[c]);
+      sv[o] = s;
+      v[o] = vraw[o] + (vFirst[o] - vraw[o]) * s;
+    }
+    float kv = k[o];
+    kap[q] = kv * kkp[c];
+    ss += kap[q] * kap[q];
+    kt[o] = kv * (1.f + (av - 1.f) * ka[c]);
+  }
+  float nrm = sqrtf(wsum(ss));
+  if (lane == 0) knorm[wid] = nrm;
+  float inv = 1.f / fmaxf(nrm, 1e-12f);
+  for (int q = 0; q < 2; q++) kh[(i64)t * C + h * 64 + lane + 32 * q] = kap[q] * inv;
+}
+
+// z = (GroupNorm(y)·lnxw + lnxb + (Σ_j r_j k̃_j ρ_j)·v)⊙gate, bf16 (the W_o input)
+extern "C" __global__ void tr_out_fwd(bf16* z, const float* y, const float* r, const float* kt, const float* v,
+                                      const float* gate, const float* lnxw, const float* lnxb, const float* rk, int T, int H) {
+  int wid = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+  if (wid >= T * H) return;
+  int t = wid / H, h = wid % H, C = H * 64;
+  i64 o0 = (i64)t * C + h * 64 + lane, o1 = o0 + 32;
+  int c0 = h * 64 + lane, c1 = c0 + 32;
+  float y0 = y[o0], y1 = y[o1];
+  float mean = wsum(y0 + y1) / 64.f;
+  float var = wsum((y0 - mean) * (y0 - mean) + (y1 - mean) * (y1 - mean)) / 64.f;
+  float inv = rsqrtf(var + 64e-5f);
+  float bonus = wsum(r[o0] * kt[o0] * rk[c0] + r[o1] * kt[o1] * rk[c1]);
+  float a0 = (y0 - mean) * inv * lnxw[c0] + lnxb[c0] + bonus * v[o0];
+  float a1 = (y1 - mean) * inv * lnxw[c1] + lnxb[c1] + bonus * v[o1];
+  z[o0] = f2bf(a0 * gate[o0]);
+  z[o1] = f2bf(a1 * gate[o1]);
+}
+
+// Backward of tr_out_fwd given dz: dgate, dv, dr, dkt, dy (all =); column-sum products prk (ρ), pw (lnxw), pb (lnxb).
+extern "C" __global__ void tr_out_bwd(float* dgate, float* dv, float* dr, float* dkt, float* dy, float* prk, float* pw,
+                                      float* pb, const float* dz, const float* y, const float* r, const float* kt,
+                                      const float* v, const float* gate, const float* lnxw, const float* lnxb,
+                                      const float* rk, int T, int H) {
+  int wid = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+  if (wid >= T * H) return;
+  int t = wid / H, h = wid % H, C = H * 64;
+  i64 o[2] = {(i64)t * C + h * 64 + lane, (i64)t * C + h * 64 + lane + 32};
+  int c[2] = {h * 64 + lane, h * 64 + lane + 32};
+  float yv[2] = {y[o[0]], y[o[1]]};
+  float mean = wsum(yv[0] + yv[1]) / 64.f;
+  float var = wsum((yv[0] - mean) * (yv[0] - mean) + (yv[1] - mean) * (yv[1] - mean)) / 64.f;
+  float inv = rsqrtf(var + 64e-5f);
+  float bonus = wsum(r[o[0]] * kt[o[0]] * rk[c[0]] + r[o[1]] * kt[o[1]] * rk[c[1]]);
+  float xh[2], e[2], gw[2], ds = 0.f, m1 = 0.f, m2 = 0.f;
+  for (int q = 0; q < 2; q++) {
+    xh[q] = (yv[q] - mean) * inv;
+    float ov = xh[q] * lnxw[c[q]] + lnxb[c[q]] + bonus * v[o[q]];
+    float d = dz[o[q]];
+    dgate[o[q]] = d * ov;
+    e[q] = d * gate[o[q]];
+    ds += e[q] * v[o[q]];
+    gw[q] = e[q] * lnxw[c[q]];
+    m1 += gw[q]; m2 += gw[q] * xh[q];
+  }
+  ds = wsum(ds);
+  m1 = wsum(m1) / 64.f;
+  m2 = wsum(m2) / 64.f;
+  for (int q = 0; q < 2; q++) {
+    float rr = r[o[q]], kk = kt[o[q]], rho = rk[c[q]];
+    dv[o[q]] = e[q] * bonus;
+    dr[o[q]] = ds * kk * rho;
+    dkt[o[q]] = ds * rr * rho;
+    prk[o[q]] = ds * rr * kk;
+    dy[o[q]] = inv * (gw[q] - m1 - xh[q] * m2);
+    pw[o[q]] = e[q] * xh[q];
+    pb[o[q]] = e[q];
+  }
+}
+
+// After the WKV backward: keys, in-context rate, decay and value residual, element-wise.
+//   dκ̂ = dkk + db⊙a, da = db⊙κ̂ + dk̃⊙k⊙k_a → dapre = da·a(1−a);
+//   dk = dk̃⊙(1 + (a−1)k_a) + k_k⊙(dκ̂ − κ̂(κ̂·dκ̂))/‖κ‖;  pka = dk̃⊙k⊙(a−1), pkk = k⊙dκ;
+//   dom ← dω·ω·(−e^{−1/2})σ(d)(1−σ(d));
+//   value: block 0 dvraw = dv + dvFirst; else dvraw = dv(1−s), dvFirst += dv·s, dvpre = dv(vFirst − vraw)s(1−s).
+extern "C" __global__ void tr_tmix_bwd(float* dk, float* dapre, float* pka, float* pkk, float* dom, float* dvraw,
+                                       float* dvpre, float* dvFirst, const float* db, const float* dkk, const float* dkt,
+                                       const float* dv, const float* kh, const float* a, const float* k, const float* knorm,
+                                       const float* kkp, const float* ka, const float* om, const float* d,
+                                       const float* sv, const float* vFirst, const float* vraw, int T, int H, int first) {
+  int wid = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+  if (wid >= T * H) return;
+  int t = wid / H, h = wid % H, C = H * 64;
+  float dkh[2], dot = 0.f;
+  for (int q = 0; q < 2; q++) {
+    i64 o = (i64)t * C + h * 64 + lane + 32 * q;
+    dkh[q] = dkk[o] + db[o] * a[o];
+    dot += kh[o] * dkh[q];
+  }
+  dot = wsum(dot);
+  float nrm = knorm[wid];
+  bool clamped = !(nrm > 1e-12f);
+  float inv = 1.f / fmaxf(nrm, 1e-12f);
+  for (int q = 0; q < 2; q++) {
+    int c = h * 64 + lane + 32 * q;
+    i64 o = (i64)t * C + c;
+    float av = a[o], kv = k[o], kap = kh[o], g = dkt[o];
+    float dkap = (clamped ? dkh[q] : dkh[q] - kap * dot) * inv;
+    dk[o] = g * (1.f + (av - 1.f) * ka[c]) + dkap * kkp[c];
+    float da = db[o] * kap + g * kv * ka[c];
+    dapre[o] = da * av * (1.f - av);
+    pka[o] = g * kv * (av - 1.f);
+    pkk[o] = dkap * kv;
+    float s = sigm(d[o]);
+    dom[o] = dom[o] * om[o] * -0.60653065971f * s * (1.f - s);
+    float dvv = dv[o];
+    if (first) { dvraw[o] = dvv + dvFirst[o]; }
+    else {
+      float sg = sv[o];
+      dvraw[o] = dvv * (1.f - sg);
+      dvFirst[o] += dvv * sg;
+      dvpre[o] = dvv * (vFirst[o] - vraw[o]) * sg * (1.f - sg);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// WKV-7 (SPEC §2 step 8–9) for training. Grid (H, 64/WR), block 32·WR: one warp per state row i,
+// lane owning columns j = lane and lane + 32. Rows evolve independently given the token inputs.
+// The forward saves the state before every WKV_EVERY-th token (ckpt [⌈T/16⌉, H, 64, 64]).
+
+#define WR 8
+#define WKV_EVERY 16
+
+__device__ __forceinline__ void wkv_step(float& s0, float& s1, float& sa, float w0, float w1, float k0, float k1,
+                                         float a0, float a1, float t0, float t1, float vi) {
+  sa = -wsum(s0 * k0 + s1 * k1);
+  s0 = s0 * w0 + sa * (k0 * a0) + vi * t0;
+  s1 = s1 * w1 + sa * (k1 * a1) + vi * t1;
+}
+
+extern "C" __global__ void __launch_bounds__(256) tr_wkv_fwd(float* y, float* ckpt, const float* r, const float* om,
+                                                             const float* kt, const float* v, const float* kh,
+                                                             const float* a, int T, int C) {
+  int h = blockIdx.x, lane = threadIdx.x & 31, i = blockIdx.y * WR + (threadIdx.x >> 5);
+  int H = C / 64;
+  int j0 = h * 64 + lane, j1 = j0 + 32;
+  float s0 = 0.f, s1 = 0.f, sa;
+  // the next token's inputs are loaded one step ahead (the loop is latency-bound)
+  float x[11];
+#define WKV_LOAD(t_) { i64 o_ = (i64)(t_) * C; x[0] = om[o_ + j0]; x[1] = om[o_ + j1]; x[2] = kh[o_ + j0]; x[3] = kh[o_ + j1]; \
+    x[4] = a[o_ + j0]; x[5] = a[o_ + j1]; x[6] = kt[o_ + j0]; x[7] = kt[o_ + j1]; x[8] = v[o_ + h * 64 + i]; \
+    x[9] = r[o_ + j0]; x[10] = r[o_ + j1]; }
+  if (T > 0) WKV_LOAD(0);
+  for (int t = 0; t < T; t++) {
+    if (t % WKV_EVERY == 0) {
+      float* cp = ckpt + (((i64)(t / WKV_EVERY) * H + h) * 64 + i) * 64;
+      cp[lane] = s0; cp[lane + 32] = s1;
+    }
+    float c[11];
+#pragma unroll
+    for (int q = 0; q < 11; q++) c[q] = x[q];
+    if (t + 1 < T) WKV_LOAD(t + 1);
+    wkv_step(s0, s1, sa, c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8]);
+    float yi = wsum(s0 * c[9] + s1 * c[10]);
+    if (lane == 0) y[(i64)t * C + h * 64 + i] = yi;
+  }
+#undef WKV_LOAD
+}
+
+// Backward through the recurrence (see src/backend/cpu/wkv7.ts wkv7Backward for the formulas). Per row,
+// each 16-token stretch is recomputed from its checkpoint (in registers) and walked backwards. Row
+// quantities (dv) are written directly (added); column quantities (dr, dω, dk̃, dκ̂ partial, db) are summed
+// over the block's rows in shared memory and added to global memory with one atomic per column.
+extern "C" __global__ void __launch_bounds__(256) tr_wkv_bwd(float* dr, float* dom, float* dkt, float* dv, float* dkk,
+                                                             float* db, const float* dy, const float* r,
+                                                             const float* om, const float* kt, const float* v,
+                                                             const float* kh, const float* a, const float* ckpt,
+                                                             int T, int C) {
+  __shared__ float red[5][WR][64];
+  int h = blockIdx.x, lane = threadIdx.x & 31, wi = threadIdx.x >> 5, i = blockIdx.y * WR + wi;
+  int H = C / 64;
+  int j0 = h * 64 + lane, j1 = j0 + 32;
+  i64 vi_off = h * 64 + i;
+  float d0 = 0.f, d1 = 0.f;  // dS of this row (after the current token)
+  int nChunks = (T + WKV_EVERY - 1) / WKV_EVERY;
+  for (int c = nChunks - 1; c >= 0; c--) {
+    int t0 = c * WKV_EVERY, n = min(WKV_EVERY, T - t0);
+    const float* cp = ckpt + (((i64)c * H + h) * 64 + i) * 64;
+    float st0[WKV_EVERY + 1], st1[WKV_EVERY + 1], sav[WKV_EVERY];
+    st0[0] = cp[lane]; st1[0] = cp[lane + 32];
+#pragma unroll
+    for (int u = 0; u < WKV_EVERY; u++) {
+      if (u < n) {
+        i64 o = (i64)(t0 + u) * C;
+        float s0 = st0[u], s1 = st1[u], sa;
+        wkv_step(s0, s1, sa, om[o + j0], om[o + j1], kh[o + j0], kh[o + j1], a[o + j0], a[o + j1], kt[o + j0],
+                 kt[o + j1], v[o + vi_off]);
+        st0[u + 1] = s0; st1[u + 1] = s1; sav[u] = sa;
+      }
+    }
+#pragma unroll
+    for (int u = WKV_EVERY - 1; u >= 0; u--) {
+      if (u < n) {
+        i64 o = (i64)(t0 + u) * C;
+        float w0 = om[o + j0], w1 = om[o + j1], k0 = kh[o + j0], k1 = kh[o + j1];
+        float b0 = k0 * a[o + j0], b1 = k1 * a[o + j1];
+        float dyi = dy[o + vi_off], vi = v[o + vi_off];
+        float g0 = d0 + dyi * r[o + j0], g1 = d1 + dyi * r[o + j1];
+        float dsa = wsum(g0 * b0 + g1 * b1);
+        float dvi = wsum(g0 * kt[o + j0] + g1 * kt[o + j1]);
+        if (lane == 0) dv[o + vi_off] += dvi;
+        float sa = sav[u];
+        red[0][wi][lane] = st0[u + 1] * dyi; red[0][wi][lane + 32] = st1[u + 1] * dyi;  // dr
+        red[1][wi][lane] = g0 * st0[u];      red[1][wi][lane + 32] = g1 * st1[u];      // dω
+        red[2][wi][lane] = g0 * vi;          red[2][wi][lane + 32] = g1 * vi;          // dk̃
+        red[3][wi][lane] = -dsa * st0[u];    red[3][wi][lane + 32] = -dsa * st1[u];    // dκ̂ (S part)
+        red[4][wi][lane] = g0 * sa;          red[4][wi][lane + 32] = g1 * sa;          // db
+        d0 = g0 * w0 - dsa * k0;
+        d1 = g1 * w1 - dsa * k1;
+        __syncthreads();
+        for (int idx = threadIdx.x; idx < 5 * 64; idx += blockDim.x) {
+          int q = idx >> 6, j = idx & 63;
+          float s = 0.f;
+#pragma unroll
+          for (int w = 0; w < WR; w++) s += red[q][w][j];
+          float* out = q == 0 ? dr : q == 1 ? dom : q == 2 ? dkt : q == 3 ? dkk : db;
+          atomicAdd(out + o + h * 64 + j, s);
+        }
+        __syncthreads();
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sparse attention ("moba", SPEC §3) for training: thread per (query or key, head); grid (⌈T/64⌉, H), block 64.
+
+extern "C" __global__ void tr_chunk_means(float* means, const float* k, int C, int B) {
+  int c = blockIdx.x, i = blockIdx.y * blockDim.x + threadIdx.x;
+  if (i >= C) return;
+  float s = 0.f;
+  for (int p = c * B; p < (c + 1) * B; p++) s += k[(i64)p * C + i];
+  means[(i64)c * C + i] = s / B;
+}
+
+__device__ __forceinline__ float dot64(const float* q, const float* k) {
+  float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;  // four chains (latency)
+#pragma unroll
+  for (int d = 0; d < 64; d += 4) {
+    float4 kv = *reinterpret_cast<const float4*>(k + d);
+    s0 += q[d] * kv.x; s1 += q[d + 1] * kv.y; s2 += q[d + 2] * kv.z; s3 += q[d + 3] * kv.w;
+  }
+  return (s0 + s1) + (s2 + s3);
+}
+
+// selection + softmax·V; writes y, lse [T, H], sel [T, H, nSel] (−1 unused)
+extern "C" __global__ void __launch_bounds__(64) tr_moba_fwd(float* y, float* lse, int* sel, const float* q,
+                                                             const float* k, const float* v, const float* means, int T,
+                                                             int H, int B, int nSel, float scale) {
+  int t = blockIdx.x * 64 + threadIdx.x, h = blockIdx.y;
+  if (t >= T) return;
+  int C = H * 64, c = t / B;
+  float qr[64], acc[64];
+  const float* qp = q + (i64)t * C + h * 64;
+#pragma unroll
+  for (int d = 0; d < 64; d++) { qr[d] = qp[d]; acc[d] = 0.f; }
+  int best[8];
+  float bs[8];
+  for (int s = 0; s < 8; s++) { best[s] = -1; bs[s] = -INFINITY; }
+  for (int j = 0; j < c; j++) {
+    float sc = dot64(qr, means + (i64)j * C + h * 64);
+    int pos = nSel;
+    for (int s = nSel - 1; s >= 0; s--) if (best[s] < 0 || sc > bs[s]) pos = s;
+    if (pos < nSel) {
+      for (int s = nSel - 1; s > pos; s--) { best[s] = best[s - 1]; bs[s] = bs[s - 1]; }
+      best[pos] = j; bs[pos] = sc;
+    }
+  }
+  int* sp = sel + ((i64)t * H + h) * nSel;
+  for (int s = 0; s < nSel; s++) sp[s] = best[s];
+  float m = -INFINITY, l = 0.f;
+  for (int s = 0; s <= nSel; s++) {
+    int p0, p1;
+    if (s < nSel) { if (best[s] < 0) continue; p0 = best[s] * B; p1 = p0 + B; }
+    else { p0 = c * B; p1 = t + 1; }
+    for (int p = p0; p < p1; p++) {
+      float sc = dot64(qr, k + (i64)p * C + h * 64) * scale;
+      const float* vp = v + (i64)p * C + h * 64;
+      if (sc > m) {
+        float f = expf(m - sc);
+        l *= f;
+#pragma unroll
+        for (int d = 0; d < 64; d++) acc[d] *= f;
+        m = sc;
+      }
+      float e = expf(sc - m);
+      l += e;
+#pragma unroll
+      for (int d = 0; d < 64; d += 4) {
+        float4 vv = *reinterpret_cast<const float4*>(vp + d);
+        acc[d] += e * vv.x; acc[d + 1] += e * vv.y; acc[d + 2] += e * vv.z; acc[d + 3] += e * vv.w;
+      }
+    }
+  }
+  float il = 1.f / l;
+  float* yp = y + (i64)t * C + h * 64;
+#pragma unroll
+  for (int d = 0; d < 64; d++) yp[d] = acc[d] * il;
+  lse[(i64)t * H + h] = m + logf(l);
+}
+
+// D[t, h] = dy·y
+extern "C" __global__ void tr_moba_dvec(float* D, const float* dy, const float* y, int T, int H) {
+  int wid = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+  if (wid >= T * H) return;
+  i64 o = (i64)(wid / H) * H * 64 + (wid % H) * 64 + lane;
+  float s = wsum(dy[o] * y[o] + dy[o + 32] * y[o + 32]);
+  if (lane == 0) D[wid] = s;
+}
+
+// dq = Σ_p P(dp − D)·scale·k_p, P = exp(q·k_p·scale − lse), dp = dy·v_p
+extern "C" __global__ void __launch_bounds__(64) tr_moba_dq(float* dq, const float* dy, const float* q, const float* k,
+                                                            const float* v, const float* lse, const float* D,
+                                                            const int* sel, int T, int H, int B, int nSel, float scale) {
+  int t = blockIdx.x * 64 + threadIdx.x, h = blockIdx.y;
+  if (t >= T) return;
+  int C = H * 64, c = t / B;
+  float qr[64], dyr[64], acc[64];
+  i64 qo = (i64)t * C + h * 64;
+#pragma unroll
+  for (int d = 0; d < 64; d++) { qr[d] = q[qo + d]; dyr[d] = dy[qo + d]; acc[d] = 0.f; }
+  float L = lse[(i64)t * H + h], Dv = D[(i64)t * H + h];
+  const int* sp = sel + ((i64)t * H + h) * nSel;
+  for (int s = 0; s <= nSel; s++) {
+    int p0, p1;
+    if (s < nSel) { int j = sp[s]; if (j < 0) continue; p0 = j * B; p1 = p0 + B; }
+    else { p0 = c * B; p1 = t + 1; }
+    for (int p = p0; p < p1; p++) {
+      const float* kp = k + (i64)p * C + h * 64;
+      float P = expf(dot64(qr, kp) * scale - L);
+      float ds = P * (dot64(dyr, v + (i64)p * C + h * 64) - Dv) * scale;
+#pragma unroll
+      for (int d = 0; d < 64; d += 4) {
+        float4 kv = *reinterpret_cast<const float4*>(kp + d);
+        acc[d] += ds * kv.x; acc[d + 1] += ds * kv.y; acc[d + 2] += ds * kv.z; acc[d + 3] += ds * kv.w;
+      }
+    }
+  }
+#pragma unroll
+  for (int d = 0; d < 64; d++) dq[qo + d] = acc[d];
+}
+
+// Key-centric: for key p (chunk c) the queries that see it are t ∈ [p, min((c+1)B, T)) and the queries of
+// list[listOff[h·nc + c] .. listOff[h·nc + c + 1]) (those that selected chunk c). mode 0: dv; mode 1: dk.
+extern "C" __global__ void __launch_bounds__(64) tr_moba_dkv(float* out, const float* dy, const float* q, const float* k,
+                                                             const float* v, const float* lse, const float* D,
+                                                             const int* list, const int* listOff, int T, int H, int B,
+                                                             int nc, float scale, int mode) {
+  int p = blockIdx.x * 64 + threadIdx.x, h = blockIdx.y;
+  if (p >= T) return;
+  int C = H * 64, c = p / B;
+  float kr[64], vr[64], acc[64];
+  i64 po = (i64)p * C + h * 64;
+#pragma unroll
+  for (int d = 0; d < 64; d++) { kr[d] = k[po + d]; vr[d] = mode ? v[po + d] : 0.f; acc[d] = 0.f; }
+  // own chunk from its start (queries t < p skipped), so the lanes of a warp read the same query rows
+  int c0 = c * B, ownEnd = min((c + 1) * B, T);
+  int n1 = ownEnd - c0, l0 = 0, l1 = 0;
+  if (c < nc) { l0 = listOff[h * nc + c]; l1 = listOff[h * nc + c + 1]; }
+  int total = n1 + (l1 - l0);
+  for (int u = 0; u < total; u++) {
+    int t = u < n1 ? c0 + u : list[l0 + u - n1];
+    if (t < p) continue;
+    i64 qo = (i64)t * C + h * 64;
+    const float* qp = q + qo;
+    const float* dyp = dy + qo;
+    float P = expf(dot64(kr, qp) * scale - lse[(i64)t * H + h]);
+    if (mode == 0) {
+#pragma unroll
+      for (int d = 0; d < 64; d += 4) {
+        float4 g = *reinterpret_cast<const float4*>(dyp + d);
+        acc[d] += P * g.x; acc[d + 1] += P * g.y; acc[d + 2] += P * g.z; acc[d + 3] += P * g.w;
+      }
+    } else {
+      float ds = P * (dot64(vr, dyp) - D[(i64)t * H + h]) * scale;
+#pragma unroll
+      for (int d = 0; d < 64; d += 4) {
+        float4 g = *reinterpret_cast<const float4*>(qp + d);
+        acc[d] += ds * g.x; acc[d + 1] += ds * g.y; acc[d + 2] += ds * g.z; acc[d + 3] += ds * g.w;
+      }
+    }
+  }
+#pragma unroll
+  for (int d = 0; d < 64; d++) out[po + d] = acc[d];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cross-entropy over one row of V logits per block: lossRow[t] = wt·(lse − logit[target]); the logits are
+// replaced by dlogits = wt·(softmax − onehot)/T (+ L2Wrap: 1e-4/T·max on the arg-max), also as bf16.
+extern "C" __global__ void __launch_bounds__(1024) tr_ce(float* logits, bf16* dlogB, float* lossRow, const int* targets,
+                                                         const float* weights, int V, float invT, int l2wrap) {
+  __shared__ float shv[32];
+  __shared__ int shi[32];
+  __shared__ float sh[32];
+  i64 row = blockIdx.x;
+  float* x = logits + row * V;
+  float m = -INFINITY;
+  int arg = 0x7fffffff;
+  for (int i = threadIdx.x; i < V; i += blockDim.x) {
+    float z = x[i];
+    if (z > m) { m = z; arg = i; }
+  }
+  for (int o = 16; o > 0; o >>= 1) {
+    float m2 = __shfl_xor_sync(0xffffffffu, m, o);
+    int a2 = __shfl_xor_sync(0xffffffffu, arg, o);
+    if (m2 > m || (m2 == m && a2 < arg)) { m = m2; arg = a2; }
+  }
+  int w = threadIdx.x >> 5, l = threadIdx.x & 31, nw = blockDim.x >> 5;
+  if (l == 0) { shv[w] = m; shi[w] = arg; }
+  __syncthreads();
+  m = shv[0]; arg = shi[0];
+  for (int s = 1; s < nw; s++) if (shv[s] > m || (shv[s] == m && shi[s] < arg)) { m = shv[s]; arg = shi[s]; }
+  __syncthreads();
+  float se = 0.f;
+  for (int i = threadIdx.x; i < V; i += blockDim.x) se += expf(x[i] - m);
+  se = bsum(se, sh);
+  float lse = m + logf(se);
+  int tgt = targets[row];
+  float wt = weights ? weights[row] : 1.f;
+  float xt = x[tgt];
+  __syncthreads();
+  if (threadIdx.x == 0) lossRow[row] = wt * (lse - xt);
+  for (int i = threadIdx.x; i < V; i += blockDim.x) {
+    float g = wt * expf(x[i] - lse) * invT;
+    if (i == tgt) g -= wt * invT;
+    if (l2wrap && i == arg) g += 1e-4f * invT * m;
+    x[i] = g;
+    dlogB[i + row * V] = f2bf(g);
+  }
+}
