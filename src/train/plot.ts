@@ -11,7 +11,7 @@ function niceTicks(lo: number, hi: number, n = 5): number[] {
   return out;
 }
 
-/** Raw losses plus an exponential moving average, on linear axes. */
+/** Raw losses plus a moving average, on linear axes. */
 export function lossCurveSvg(points: Point[], title: string): string {
   const W = 800, H = 480, L = 70, R = 20, T = 40, B = 50;
   const xs = points.map((p) => p.step), ys = points.map((p) => p.loss);
@@ -21,9 +21,14 @@ export function lossCurveSvg(points: Point[], title: string): string {
   const sx = (x: number) => L + ((x - x0) / (x1 - x0 || 1)) * (W - L - R);
   const sy = (y: number) => T + (1 - (y - y0) / (y1 - y0)) * (H - T - B);
   const path = (pts: Point[]) => pts.map((p, i) => `${i ? 'L' : 'M'}${sx(p.step).toFixed(1)},${sy(p.loss).toFixed(1)}`).join(' ');
-  let ema = ys[0];
-  const alpha = Math.min(1, 10 / Math.max(10, points.length));
-  const smooth = points.map((p) => ({ step: p.step, loss: (ema = ema + alpha * (p.loss - ema)) }));
+  // centred moving average: follows the curve without the lag of an exponential average
+  const half = Math.max(1, Math.round(points.length / 80));
+  const smooth = points.map((p, i) => {
+    const lo = Math.max(0, i - half), hi = Math.min(points.length, i + half + 1);
+    let s = 0;
+    for (let j = lo; j < hi; j++) s += ys[j];
+    return { step: p.step, loss: s / (hi - lo) };
+  });
   const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;');
   const parts: string[] = [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif" font-size="12">`,
