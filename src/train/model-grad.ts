@@ -96,14 +96,19 @@ export function parameterTensors(m: TrainModel): Map<string, Float32Array> {
   return namedTensors(m.cfg, m.weights, m.ln0w, m.ln0b);
 }
 
-export function computeGradients(m: TrainModel, tokens: ArrayLike<number>, opts: GradOptions = {}): GradResult {
-  const { cfg, weights: w } = m;
-  const C = cfg.dim, V = cfg.vocab;
+/** A training sequence needs ≥ 2 tokens (inputs and next-token targets), all within the vocabulary. */
+export function checkTrainingTokens(tokens: ArrayLike<number>, V: number): void {
   if (tokens.length < 2) fail(`need at least 2 tokens to compute a next-token loss (got ${tokens.length})`);
   for (let t = 0; t < tokens.length; t++) {
     const id = tokens[t];
     if (!Number.isInteger(id) || id < 0 || id >= V) fail(`token id ${id} at position ${t} is out of range for vocabulary ${V}`);
   }
+}
+
+export function computeGradients(m: TrainModel, tokens: ArrayLike<number>, opts: GradOptions = {}): GradResult {
+  const { cfg, weights: w } = m;
+  const C = cfg.dim, V = cfg.vocab;
+  checkTrainingTokens(tokens, V);
   const B = opts.chunk ?? cfg.chunk, topk = opts.topk ?? cfg.topk;
   checkAttentionParams(B, topk);
   const every = opts.wkvEvery ?? WKV_EVERY;

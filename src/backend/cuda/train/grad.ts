@@ -15,7 +15,7 @@ import { layout, type ModelConfig } from '../../../model/config.js';
 import { attnPrefix, expectedTensors, rwkvPrefix } from '../../../model/weights.js';
 import { checkAttentionParams } from '../../../model/model.js';
 import { isMatrix, type AdamWOptions } from '../../../train/adamw.js';
-import { parameterTensors, type GradOptions, type GradResult, type TrainModel } from '../../../train/model-grad.js';
+import { checkTrainingTokens, parameterTensors, type GradOptions, type GradResult, type TrainModel } from '../../../train/model-grad.js';
 import { CudaContext, openCudaLibrary } from '../driver.js';
 import { Cublas, DT } from '../cublas.js';
 import { alloc, copyDtoD, copyDtoH, copyHtoD, type DeviceBuffer, toBf16, zero } from '../memory.js';
@@ -444,11 +444,7 @@ export class CudaTrainer {
    */
   computeGradients(tokens: ArrayLike<number>, opts: GradOptions & { accumulate?: boolean; scale?: number } = {}): number {
     const cfg = this.cfg, C = cfg.dim, V = cfg.vocab, H = cfg.heads, s = this.sc;
-    if (tokens.length < 2) fail(`need at least 2 tokens to compute a next-token loss (got ${tokens.length})`);
-    for (let t = 0; t < tokens.length; t++) {
-      const id = tokens[t];
-      if (!Number.isInteger(id) || id < 0 || id >= V) fail(`token id ${id} at position ${t} is out of range for vocabulary ${V}`);
-    }
+    checkTrainingTokens(tokens, V);
     const B = opts.chunk ?? cfg.chunk, topk = opts.topk ?? cfg.topk;
     checkAttentionParams(B, topk);
     if (topk - 1 > MAX_SEL) fail(`CUDA training supports top-k up to ${MAX_SEL + 1} (got ${topk})`);
