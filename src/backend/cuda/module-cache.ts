@@ -12,7 +12,16 @@ import { openAtomic } from '../../util/atomic.js';
 import { check, cu, CudaContext, type Handle } from './driver.js';
 import { compileCubin, nvrtcVersion } from './nvrtc.js';
 
-export const KERNEL_DIR = join(dirname(fileURLToPath(import.meta.url)), 'kernels');
+/**
+ * The .cu sources sit beside this module under tsx (src/backend/cuda/kernels); the compiled package
+ * runs from dist/src/backend/cuda/ and ships the sources at src/backend/cuda/kernels instead.
+ */
+export const KERNEL_DIR = ((): string => {
+  const here = dirname(fileURLToPath(import.meta.url));
+  const beside = join(here, 'kernels');
+  const inPackage = join(here, '..', '..', '..', '..', 'src', 'backend', 'cuda', 'kernels');
+  return existsSync(beside) ? beside : inPackage;
+})();
 
 export function cacheDir(): string {
   const base = process.env.RWKVX_CACHE_DIR ?? join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'rwkvx');
