@@ -11,26 +11,38 @@ export function wkv7(
   r: Float32Array, w: Float32Array, kt: Float32Array, v: Float32Array, kk: Float32Array, a: Float32Array,
   T: number, H: number, N: number,
 ): void {
+  if (N % 4 !== 0) throw new Error(`wkv7 needs a head size divisible by 4 (got ${N})`);
   const C = H * N;
-  const ka = new Float64Array(N);
+  // this head's token vectors, copied once per (token, head) so the N×N loops read local arrays
+  const kkl = new Float64Array(N), ka = new Float64Array(N), wl = new Float64Array(N), kl = new Float64Array(N), rl = new Float64Array(N);
   for (let t = 0; t < T; t++) {
     const to = t * C;
     for (let h = 0; h < H; h++) {
       const ho = to + h * N;
       const so = h * N * N;
-      for (let j = 0; j < N; j++) ka[j] = kk[ho + j] * a[ho + j];
+      for (let j = 0; j < N; j++) {
+        const q = kk[ho + j];
+        kkl[j] = q; ka[j] = q * a[ho + j]; wl[j] = w[ho + j]; kl[j] = kt[ho + j]; rl[j] = r[ho + j];
+      }
       for (let i = 0; i < N; i++) {
         const row = so + i * N;
-        let sa = 0;
-        for (let j = 0; j < N; j++) sa -= S[row + j] * kk[ho + j];
-        const vi = v[ho + i];
-        let yi = 0;
-        for (let j = 0; j < N; j++) {
-          const s = Math.fround(S[row + j] * w[ho + j] + sa * ka[j] + vi * kt[ho + j]);
-          S[row + j] = s;
-          yi += s * r[ho + j];
+        // four independent accumulators: the JIT keeps them in registers and overlaps the adds
+        let s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+        for (let j = 0; j < N; j += 4) {
+          s0 += S[row + j] * kkl[j]; s1 += S[row + j + 1] * kkl[j + 1];
+          s2 += S[row + j + 2] * kkl[j + 2]; s3 += S[row + j + 3] * kkl[j + 3];
         }
-        y[ho + i] = yi;
+        const sa = -(s0 + s1 + s2 + s3), vi = v[ho + i];
+        let y0 = 0, y1 = 0, y2 = 0, y3 = 0;
+        for (let j = 0; j < N; j += 4) {
+          const a0 = Math.fround(S[row + j] * wl[j] + sa * ka[j] + vi * kl[j]);
+          const a1 = Math.fround(S[row + j + 1] * wl[j + 1] + sa * ka[j + 1] + vi * kl[j + 1]);
+          const a2 = Math.fround(S[row + j + 2] * wl[j + 2] + sa * ka[j + 2] + vi * kl[j + 2]);
+          const a3 = Math.fround(S[row + j + 3] * wl[j + 3] + sa * ka[j + 3] + vi * kl[j + 3]);
+          S[row + j] = a0; S[row + j + 1] = a1; S[row + j + 2] = a2; S[row + j + 3] = a3;
+          y0 += a0 * rl[j]; y1 += a1 * rl[j + 1]; y2 += a2 * rl[j + 2]; y3 += a3 * rl[j + 3];
+        }
+        y[ho + i] = y0 + y1 + y2 + y3;
       }
     }
   }
