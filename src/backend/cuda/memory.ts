@@ -1,6 +1,7 @@
 /** Device buffers: allocation with a clear out-of-memory message, copies, and a running peak count. */
+import koffi from 'koffi';
 import { UserError } from '../../util/errors.js';
-import { check, cu, CudaContext, CudaError, CUDA_ERROR_OUT_OF_MEMORY } from './driver.js';
+import { check, cu, CudaContext, CudaError, CUDA_ERROR_OUT_OF_MEMORY, type Handle } from './driver.js';
 
 const MiB = 1 << 20;
 let live = 0;
@@ -9,6 +10,8 @@ let peak = 0;
 export function allocatedBytes(): number { return live; }
 export function peakAllocatedBytes(): number { return peak; }
 export function resetPeak(): void { peak = live; }
+/** Counts device memory allocated outside `alloc` (the paged K/V cache) in the live/peak totals. */
+export function trackAllocation(bytes: number): void { live += bytes; peak = Math.max(peak, live); }
 
 export class DeviceBuffer {
   private freed = false;
@@ -63,6 +66,39 @@ export function copyDtoD(ctx: CudaContext, dst: number, src: number, bytes: numb
 export function zero(ctx: CudaContext, dst: number, bytes: number): void {
   if (bytes === 0) return;
   check('cuMemsetD8Async', cu().cuMemsetD8Async(dst, 0, bytes, ctx.stream));
+}
+
+/**
+ * Page-locked host memory (cuMemHostAlloc): asynchronous copies to and from it run at full PCIe
+ * speed without the driver's staging through its own pinned buffer. `view` maps it into JS.
+ */
+export class HostBuffer {
+  private freed = false;
+  readonly view: ArrayBuffer;
+  constructor(readonly ptr: Handle, readonly bytes: number) { this.view = koffi.view(ptr, bytes); }
+  free(): void {
+    if (this.freed) return;
+    this.freed = true;
+    check('cuMemFreeHost', cu().cuMemFreeHost(this.ptr));
+  }
+}
+
+export function allocHost(bytes: number): HostBuffer {
+  const out: Handle[] = [null];
+  check('cuMemHostAlloc', cu().cuMemHostAlloc(out, Math.max(bytes, 16), 0));
+  return new HostBuffer(out[0], Math.max(bytes, 16));
+}
+
+/** Queues a copy of `bytes` from device memory into pinned host memory (on the context's stream). */
+export function copyDtoHAsync(ctx: CudaContext, dst: HostBuffer, src: number, bytes: number): void {
+  if (bytes === 0) return;
+  check('cuMemcpyDtoHAsync', cu().cuMemcpyDtoHAsync(dst.ptr, src, bytes, ctx.stream));
+}
+
+/** Queues a copy of `bytes` from pinned host memory to the device (on the context's stream). */
+export function copyHtoDAsync(ctx: CudaContext, dst: number, src: HostBuffer, bytes: number): void {
+  if (bytes === 0) return;
+  check('cuMemcpyHtoDAsync', cu().cuMemcpyHtoDAsync(dst, src.ptr, bytes, ctx.stream));
 }
 
 export { CudaError };

@@ -16,10 +16,28 @@ import { CudaContext, CudaGraph } from './driver.js';
 import { Cublas } from './cublas.js';
 import { alloc, copyDtoD, copyDtoH, copyHtoD, DeviceBuffer, fromBf16, toBf16, upload, zero } from './memory.js';
 import { launch, loadModule, type CudaModule } from './module-cache.js';
+import { KvPager, type KvPagerOptions, type PagedBuffer } from './kv-pages.js';
+import { randomSpec, type Leaves, type RandomInit } from '../../model/random.js';
+
+/** Weights as host float32 tensors or as random initialisations to run on the GPU. */
+type WeightTree = Leaves<ModelWeights, Float32Array | RandomInit>;
 
 export interface CudaLoadOptions extends LoadOptions {
   /** CUDA device ordinal (default 0). */
   device?: number;
+  /** K/V cache placement (paged; oldest pages move to pinned host memory past the device budget). */
+  kv?: KvPagerOptions;
+}
+
+/** K/V paging options from RWKVX_KV_DEVICE_GB (device budget) and RWKVX_KV_RESERVE_GB (memory kept free). */
+export function kvOptionsFromEnv(): KvPagerOptions {
+  const gb = (v: string | undefined, name: string) => {
+    if (v === undefined || v === '') return undefined;
+    const x = Number(v);
+    if (!Number.isFinite(x) || x < 0) fail(`${name} must be a number of GiB ≥ 0 (got '${v}')`);
+    return x * 2 ** 30;
+  };
+  return { deviceBytes: gb(process.env.RWKVX_KV_DEVICE_GB, 'RWKVX_KV_DEVICE_GB'), reserveBytes: gb(process.env.RWKVX_KV_RESERVE_GB, 'RWKVX_KV_RESERVE_GB') };
 }
 
 const MAXSEL = 8;
@@ -44,7 +62,7 @@ interface AttnW {
 
 export interface CudaRwkvLayerState { attX: DeviceBuffer; wkv: DeviceBuffer; ffnX: DeviceBuffer }
 export interface CudaAttnLayerState {
-  len: number; cap: number; k: DeviceBuffer | null; v: DeviceBuffer | null;
+  len: number; cap: number; k: PagedBuffer | null; v: PagedBuffer | null;
   means: DeviceBuffer | null; meansCap: number; nMeans: number; ffnX: DeviceBuffer;
 }
 
@@ -91,6 +109,7 @@ export class CudaModel {
   readonly ctx: CudaContext;
   private blas: Cublas;
   private mod: CudaModule;
+  private initMod: CudaModule | undefined;
   private weightBufs: DeviceBuffer[] = [];
   private emb = 0; private lnOutW = 0; private lnOutB = 0; private headW = 0;
   private rw: RwkvW[] = [];
@@ -117,9 +136,12 @@ export class CudaModel {
   /** Bumped whenever a buffer that a captured graph may use is reallocated. */
   private gen = 0;
   private tmpBufs = new Map<string, DeviceBuffer>();
+  private kvPager: KvPager | undefined;
+  /** K/V paging policy (see kv-pages.ts); read when the first cache page is mapped. */
+  kvOptions: KvPagerOptions = kvOptionsFromEnv();
   private stepIds = new Int32Array(2);
 
-  private constructor(readonly cfg: ModelConfig, weights: ModelWeights, public attention: AttentionSemantics, device: number) {
+  private constructor(readonly cfg: ModelConfig, weights: WeightTree, public attention: AttentionSemantics, device: number, seed = 1) {
     this.order = layout(cfg);
     if (cfg.headSize !== 64) fail(`the CUDA backend needs head size 64 (this model has ${cfg.headSize})`);
     if (cfg.topk - 1 > MAXSEL || (attention === 'official' && cfg.topk > MAXSEL)) fail(`the CUDA backend supports top-k up to ${MAXSEL} (got ${cfg.topk})`);
@@ -127,8 +149,8 @@ export class CudaModel {
     this.mod = loadModule(this.ctx, 'rwkvx.cu');
     this.blas = new Cublas(this.ctx);
     this.graph = new CudaGraph(this.ctx);
-    this.fingerprint = modelFingerprint(cfg, weights);
-    this.upload(weights);
+    this.fingerprint = weights.emb instanceof Float32Array ? modelFingerprint(cfg, weights as ModelWeights) : `random:${seed}`;
+    this.upload(weights, seed);
   }
 
   readonly fingerprint: string;
@@ -151,29 +173,86 @@ export class CudaModel {
     if (opts.chunk !== undefined) cfg.chunk = opts.chunk;
     if (opts.topk !== undefined) cfg.topk = opts.topk;
     checkAttentionParams(cfg.chunk, cfg.topk);
-    return new CudaModel(cfg, loadWeights(src, cfg, (n) => new Float32Array(n)), opts.attention ?? 'moba', opts.device ?? 0);
+    return CudaModel.withOptions(new CudaModel(cfg, loadWeights(src, cfg, (n) => new Float32Array(n)), opts.attention ?? 'moba', opts.device ?? 0), opts);
   }
 
   /** From float32 weights already in memory (e.g. src/model/random.ts). */
   static fromWeights(cfg: ModelConfig, w: ModelWeights, opts: CudaLoadOptions = {}): CudaModel {
     const c = { ...cfg, chunk: opts.chunk ?? cfg.chunk, topk: opts.topk ?? cfg.topk };
     checkAttentionParams(c.chunk, c.topk);
-    return new CudaModel(c, w, opts.attention ?? 'moba', opts.device ?? 0);
+    return CudaModel.withOptions(new CudaModel(c, w, opts.attention ?? 'moba', opts.device ?? 0), opts);
   }
 
-  private upload(w: ModelWeights): void {
-    const f = (x: Float32Array, what: string) => { const b = upload(this.ctx, x, what); this.weightBufs.push(b); return b.ptr; };
-    const h = (x: Float32Array, what: string) => { const b = upload(this.ctx, toBf16(x), what); this.weightBufs.push(b); return b.ptr; };
+  /**
+   * A model of `cfg`'s shape with random weights generated on the GPU (same distributions as
+   * src/model/random.ts, other values): benchmarks of shapes too big to build on the host.
+   */
+  static random(cfg: ModelConfig, seed = 1, opts: CudaLoadOptions = {}): CudaModel {
+    const c = { ...cfg, chunk: opts.chunk ?? cfg.chunk, topk: opts.topk ?? cfg.topk };
+    checkAttentionParams(c.chunk, c.topk);
+    return CudaModel.withOptions(new CudaModel(c, randomSpec(c), opts.attention ?? 'moba', opts.device ?? 0, seed), opts);
+  }
+
+  private static withOptions(m: CudaModel, opts: CudaLoadOptions): CudaModel {
+    if (opts.kv) m.kvOptions = { ...m.kvOptions, ...opts.kv };
+    return m;
+  }
+
+  /**
+   * Weights to the GPU: host float32 tensors are rounded to bf16 (matrices) or kept float32 (vectors);
+   * `RandomInit` leaves are generated on the GPU (kernels/init.cu), so a multi-billion-parameter
+   * benchmark model never exists on the host.
+   */
+  private upload(w: WeightTree, seed = 1): void {
+    let tensor = 0;
+    const fill = (ptr: number, t: RandomInit, f32: boolean) => {
+      this.initMod ??= loadModule(this.ctx, 'init.cu');
+      launch(this.ctx, this.initMod, 'fill_uniform', 'ppiiiff', [Math.min(Math.ceil(t.n / 256), 8192)], [256], 0,
+        [f32 ? ptr : 0, f32 ? 0 : ptr, t.n, seed, tensor++, t.scale, t.offset]);
+    };
+    const put = (x: Float32Array | RandomInit, what: string, f32: boolean) => {
+      let b: DeviceBuffer;
+      if (x instanceof Float32Array) b = upload(this.ctx, f32 ? x : toBf16(x), what);
+      else { b = alloc(this.ctx, x.n * (f32 ? F32 : BF), what); fill(b.ptr, x, f32); }
+      this.weightBufs.push(b);
+      return b.ptr;
+    };
+    const f = (x: Float32Array | RandomInit, what: string) => put(x, what, true);
+    const h = (x: Float32Array | RandomInit, what: string) => put(x, what, false);
+    if (!(w.emb instanceof Float32Array)) {
+      // random embedding rows are layer-normalised, as src/model/random.ts does on the CPU
+      const C = this.cfg.dim, rows = w.emb.n / C;
+      const tmp = alloc(this.ctx, w.emb.n * F32, 'embedding (random, float32)');
+      fill(tmp.ptr, w.emb, true);
+      const ones = alloc(this.ctx, C * F32, 'ones'), zeros = alloc(this.ctx, C * F32, 'zeros');
+      fill(ones.ptr, { n: C, scale: 0, offset: 1 }, true); fill(zeros.ptr, { n: C, scale: 0, offset: 0 }, true);
+      const emb = alloc(this.ctx, w.emb.n * BF, 'embedding');
+      this.weightBufs.push(emb);
+      this.k('layer_norm', 'pppppi', [rows], [256], [0, emb.ptr, tmp.ptr, ones.ptr, zeros.ptr, C]);
+      this.ctx.sync();
+      tmp.free(); ones.free(); zeros.free();
+      this.emb = emb.ptr;
+    }
     const C = this.cfg.dim;
-    this.emb = h(w.emb, 'embedding');
+    if (w.emb instanceof Float32Array) this.emb = h(w.emb, 'embedding');
     this.lnOutW = f(w.lnOutW, 'ln_out'); this.lnOutB = f(w.lnOutB, 'ln_out');
     this.headW = h(w.head, 'head');
     w.blocks.forEach((b, i) => {
       const n = `block ${i}`;
-      const mu6 = new Float32Array(6 * C);
-      [b.xr, b.xw, b.xk, b.xv, b.xa, b.xg].forEach((m, j) => mu6.set(m, j * C));
+      const mixes = [b.xr, b.xw, b.xk, b.xv, b.xa, b.xg];
+      let mu6: number;
+      if (mixes.every((m) => m instanceof Float32Array)) {
+        const cat = new Float32Array(6 * C);
+        mixes.forEach((m, j) => cat.set(m as Float32Array, j * C));
+        mu6 = f(cat, n);
+      } else {
+        const buf = alloc(this.ctx, 6 * C * F32, n);
+        this.weightBufs.push(buf);
+        mixes.forEach((m, j) => fill(buf.ptr + j * C * F32, m as RandomInit, true));
+        mu6 = buf.ptr;
+      }
       this.rw.push({
-        ln1w: f(b.ln1w, n), ln1b: f(b.ln1b, n), ln2w: f(b.ln2w, n), ln2b: f(b.ln2b, n), mu6: f(mu6, n),
+        ln1w: f(b.ln1w, n), ln1b: f(b.ln1b, n), ln2w: f(b.ln2w, n), ln2b: f(b.ln2b, n), mu6,
         w0: f(b.w0, n), a0: f(b.a0, n), v0: f(b.v0, n), kk: f(b.kk, n), ka: f(b.ka, n), rk: f(b.rk, n), lnxw: f(b.lnxw, n), lnxb: f(b.lnxb, n),
         w1: h(b.w1, n), w2: h(b.w2, n), a1: h(b.a1, n), a2: h(b.a2, n), v1: h(b.v1, n), v2: h(b.v2, n), g1: h(b.g1, n), g2: h(b.g2, n),
         Wr: h(b.Wr, n), Wk: h(b.Wk, n), Wv: h(b.Wv, n), Wo: h(b.Wo, n),
@@ -395,19 +474,24 @@ export class CudaModel {
     this.gemm('linear', () => this.blas.linear(sc.h, 'f32', sc.hid, Wv, n, F, C, true));
   }
 
+  /** K/V rows [0, rows) addressable (paged: growing maps pages, the oldest may live on the host). */
   private reserveKv(a: CudaAttnLayerState, rows: number): void {
     if (a.cap >= rows && a.k) return;
-    const C = this.cfg.dim;
-    let cap = Math.max(1024, a.cap);
-    while (cap < rows) cap *= 2;
-    const k = alloc(this.ctx, cap * C * BF, 'K cache'), v = alloc(this.ctx, cap * C * BF, 'V cache');
-    if (a.k && a.v && a.len > 0) {
-      copyDtoD(this.ctx, k.ptr, a.k.ptr, a.len * C * BF);
-      copyDtoD(this.ctx, v.ptr, a.v.ptr, a.len * C * BF);
-    }
-    if (a.k) { this.ctx.sync(); a.k.free(); a.v!.free(); }
-    a.k = k; a.v = v; a.cap = cap;
-    this.gen++;
+    const rowBytes = this.cfg.dim * BF;
+    this.kvPager ??= new KvPager(this.ctx, rowBytes, this.cfg.chunk, this.kvOptions);
+    a.k ??= this.kvPager.buffer('K cache');
+    a.v ??= this.kvPager.buffer('V cache');
+    // a chunk's worth of slack so decoding does not grow the cache every step
+    const want = rows + this.cfg.chunk;
+    const moved = [a.k.ensure(want * rowBytes), a.v.ensure(want * rowBytes)];
+    a.cap = Math.floor(Math.min(a.k.bytes, a.v.bytes) / rowBytes);
+    if (moved[0] || moved[1]) this.gen++;
+  }
+
+  /** Where the K/V caches are: bytes on the device and in pinned host memory, pages moved so far. */
+  kvPlacement(): { deviceBytes: number; hostBytes: number; offloads: number; pageBytes: number } {
+    const p = this.kvPager;
+    return { deviceBytes: p?.deviceUsed ?? 0, hostBytes: p?.hostUsed ?? 0, offloads: p?.offloads ?? 0, pageBytes: p?.pageBytes ?? 0 };
   }
 
   private reserveMeans(a: CudaAttnLayerState, rows: number): void {
