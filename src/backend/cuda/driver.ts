@@ -85,6 +85,9 @@ const CU_SIGS = {
   cuEventElapsedTime: 'int cuEventElapsedTime(_Out_ float *ms, void *start, void *end)',
   cuEventDestroy: 'int cuEventDestroy_v2(void *ev)',
   cuMemcpyHtoDAsync: 'int cuMemcpyHtoDAsync_v2(uint64_t dst, const void *src, size_t bytes, void *stream)',
+  cuMemcpyDtoHAsync: 'int cuMemcpyDtoHAsync_v2(void *dst, uint64_t src, size_t bytes, void *stream)',
+  cuMemHostAlloc: 'int cuMemHostAlloc(_Out_ void **p, size_t bytes, unsigned int flags)',
+  cuMemFreeHost: 'int cuMemFreeHost(void *p)',
   cuStreamBeginCapture: 'int cuStreamBeginCapture_v2(void *stream, int mode)',
   cuStreamEndCapture: 'int cuStreamEndCapture(void *stream, _Out_ void **graph)',
   cuGraphInstantiate: 'int cuGraphInstantiateWithFlags(_Out_ void **exec, void *graph, unsigned long long flags)',
@@ -109,6 +112,7 @@ export class CudaError extends Error {
 
 let api: CuApi | undefined;
 let loadError: UserError | undefined;
+let cudaLib: koffi.IKoffiLib | undefined;
 
 /** The driver functions; throws a one-line UserError when there is no NVIDIA driver. */
 export function cu(): CuApi {
@@ -123,6 +127,7 @@ export function cu(): CuApi {
       throw loadError;
     }
   }
+  cudaLib = lib;
   const out: Record<string, Fn> = {};
   for (const [k, sig] of Object.entries(CU_SIGS)) out[k] = lib.func(sig) as Fn;
   api = out as CuApi;
@@ -275,4 +280,37 @@ export class CudaGraph {
   dispose(): void {
     if (this.exec !== null) { cu().cuGraphExecDestroy(this.exec); this.exec = null; }
   }
+}
+
+let launchEx: Fn | null | undefined;
+/** A single programmatic-stream-serialisation launch attribute (CUlaunchAttribute: id, pad, 64-byte value). */
+let pdlAttr: unknown;
+/**
+ * cuLaunchKernelEx with programmatic dependent launch (PDL, sm_90+): the kernel may start before the
+ * previous kernel of the stream has finished and must itself wait (griddepcontrol.wait) before it
+ * reads that kernel's results. False where the driver has no cuLaunchKernelEx (nothing launched then).
+ */
+export function launchKernelPdl(ctx: CudaContext, fn: Handle, grid: [number, number, number], block: [number, number, number],
+  smem: number, params: Buffer[]): boolean {
+  if (launchEx === undefined) {
+    cu();
+    try {
+      koffi.struct('rwkvx_CUlaunchConfig', {
+        gridDimX: 'uint', gridDimY: 'uint', gridDimZ: 'uint', blockDimX: 'uint', blockDimY: 'uint', blockDimZ: 'uint',
+        sharedMemBytes: 'uint', hStream: 'void *', attrs: 'void *', numAttrs: 'uint',
+      });
+      launchEx = cudaLib!.func('int cuLaunchKernelEx(const rwkvx_CUlaunchConfig *config, void *f, void **params, void **extra)') as Fn;
+      pdlAttr = koffi.alloc('uint8_t', 72);
+      koffi.encode(pdlAttr, 0, koffi.array('uint8_t', 72), new Array(72).fill(0));
+      koffi.encode(pdlAttr, 0, 'int', 6 /* CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION */);
+      koffi.encode(pdlAttr, 8, 'int', 1);
+    } catch { launchEx = null; }
+  }
+  if (!launchEx) return false;
+  const config = {
+    gridDimX: grid[0], gridDimY: grid[1], gridDimZ: grid[2], blockDimX: block[0], blockDimY: block[1], blockDimZ: block[2],
+    sharedMemBytes: smem, hStream: ctx.stream, attrs: pdlAttr, numAttrs: 1,
+  };
+  check('cuLaunchKernelEx', launchEx(config, fn, params, null));
+  return true;
 }

@@ -16,6 +16,7 @@ import { CudaContext, CudaGraph } from './driver.js';
 import { Cublas } from './cublas.js';
 import { alloc, copyDtoD, copyDtoH, copyHtoD, DeviceBuffer, fromBf16, toBf16, upload, zero } from './memory.js';
 import { launch, loadModule, type CudaModule } from './module-cache.js';
+import { DecodeStep, decodeGemvUnsupported } from './decode.js';
 import { KvPager, type KvPagerOptions, type PagedBuffer } from './kv-pages.js';
 import { randomSpec, type Leaves, type RandomInit } from '../../model/random.js';
 
@@ -133,6 +134,13 @@ export class CudaModel {
   private graph: CudaGraph;
   private graphState: CudaState | undefined;
   private graphGen = -1;
+  /**
+   * One-token steps through decode.ts (multi-GEMV kernels, fused element-wise work, PDL);
+   * RWKVX_DECODE_GEMV=0 (or false) records the cuBLAS step of `stepBody` instead.
+   */
+  decodeGemv = process.env.RWKVX_DECODE_GEMV !== '0';
+  private decoder: DecodeStep | undefined;
+  private graphDecoder: DecodeStep | undefined;
   /** Bumped whenever a buffer that a captured graph may use is reallocated. */
   private gen = 0;
   private tmpBufs = new Map<string, DeviceBuffer>();
@@ -329,6 +337,7 @@ export class CudaModel {
     for (const s of this.states) s.dispose();
     this.states.clear();
     this.graph.dispose(); this.graphState = undefined;
+    this.decoder?.dispose(); this.decoder = undefined; this.graphDecoder = undefined;
     for (const b of this.tmpBufs.values()) b.free();
     this.tmpBufs.clear();
     this.scratch?.free(); this.scratch = undefined;
@@ -607,20 +616,24 @@ export class CudaModel {
       this.reserveMeans(a, Math.floor((P + 1) / B));
     }
     const nSel = cfg.topk - 1, nSplit = Math.ceil(B / 256), nBlk = nSplit * (nSel + 1);
-    const part = this.tmp('decode', H * nBlk * 66 * F32);
+    const dec = this.decodeGemv && !decodeGemvUnsupported(cfg)
+      ? (this.decoder ??= new DecodeStep(this.ctx, cfg, this.order, { emb: this.emb, lnOutW: this.lnOutW, lnOutB: this.lnOutB, headW: this.headW, rw: this.rw, aw: this.aw }))
+      : undefined;
+    const part = dec ? 0 : this.tmp('decode', H * nBlk * 66 * F32);
     const scores = this.tmp('decodeScores', H * Math.max(...state.attn.map((a) => a.meansCap), 1) * F32);
-    if (this.graphState !== state || this.graphGen !== this.gen || !this.graph.ready) {
+    if (this.graphState !== state || this.graphGen !== this.gen || !this.graph.ready || this.graphDecoder !== dec) {
       this.ctx.sync();
-      this.graph.capture(() => this.stepBody(sc, state, part, scores, nSel, nSplit));
-      this.graphState = state; this.graphGen = this.gen;
+      if (dec) dec.capture(this.graph, state, scores);
+      else this.graph.capture(() => this.stepBody(sc, state, part, scores, nSel, nSplit));
+      this.graphState = state; this.graphGen = this.gen; this.graphDecoder = dec;
     }
-    this.stepIds[0] = token; this.stepIds[1] = P;
-    copyHtoD(sc.tok, this.stepIds);
+    if (dec) dec.setInput(token, P);
+    else { this.stepIds[0] = token; this.stepIds[1] = P; copyHtoD(sc.tok, this.stepIds); }
     this.graph.launch();
     for (const a of state.attn) { a.len = P + 1; a.nMeans = Math.floor((P + 1) / B); }
     state.pos = P + 1;
     const out = new Float32Array(mode === 'none' ? 0 : V);
-    if (mode === 'none') this.ctx.sync(); else copyDtoH(out, sc.logits);
+    if (mode === 'none') this.ctx.sync(); else if (dec) dec.readLogits(out); else copyDtoH(out, sc.logits);
     return out;
   }
 
