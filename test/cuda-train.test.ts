@@ -11,10 +11,25 @@
  * there the GPU is held to that measured sensitivity (median within 3×, every tensor below 1) and the
  * numbers are printed; the moba backward algorithm itself (key-centric dK/dV over the queries that
  * selected each chunk) was checked against mobaBackward by a float64 port, to 5e-7.
+ * In the fp32 test mode (float32 weights and GEMM inputs) only fp32 rounding is left, and every tensor of
+ * RWKV-7 and RWKV-X is held to 1e-3 of the CPU's (relative to the tensor's largest gradient).
+ * A micro-batch of B sequences (one forward/backward of B·T rows) is checked against B single-sequence
+ * calls accumulated, in fp32 mode, RWKV-X with the chunk selection active.
+ * The trainer on the GPU (`rwkvx train --backend cuda`): the loss falls on a toy corpus, the checkpoint
+ * loads and continues on the CPU, resume continues (not bit-exactly: the GPU sums with atomics), stage 1
+ * leaves the RWKV part bit-identical, a diverging run stops keeping its checkpoint.
  * Skips, saying why, where there is no CUDA.
  */
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, readFileSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { BinIdxWriter } from '../src/io/binidx.js';
+import { loadTrainConfig, type TrainConfig } from '../src/train/config.js';
+import { train, type StepLog } from '../src/train/trainer.js';
+import { openCheckpoint } from '../src/io/open.js';
+import { rwkvx } from './helpers/cli.js';
 import { cudaAvailable } from '../src/backend/cuda/driver.js';
 import { computeGradients, loadTrainModel, parameterTensors, type TrainModel } from '../src/train/model-grad.js';
 import { fromBf16, toBf16 } from '../src/backend/cuda/memory.js';
@@ -29,7 +44,8 @@ const avail = cudaAvailable();
 const skip = avail.ok ? false : `no CUDA: ${avail.reason}`;
 const tokens = expectedTokens().slice(0, 101);
 const cuda = avail.ok ? await import('../src/backend/cuda/train/grad.js') : undefined;
-after(() => shutdownPool());
+const dir = mkdtempSync(join(tmpdir(), 'rwkvx-cuda-train-'));
+after(() => { shutdownPool(); rmSync(dir, { recursive: true, force: true }); });
 
 function maxAbs(a: ArrayLike<number>): number {
   let m = 0;
@@ -129,4 +145,140 @@ test('CUDA AdamW steps reduce the loss and follow the CPU optimizer (RWKV-7)', {
   assert.ok(gpuLoss[STEPS - 1] < gpuLoss[0] - 0.05, `GPU loss did not fall: ${gpuLoss.join(', ')}`);
   for (let s = 0; s < 3; s++) assert.ok(Math.abs(gpuLoss[s] - cpuLoss[s]) <= 1e-2 * Math.max(1, cpuLoss[s]), `step ${s}: loss ${gpuLoss[s]} vs CPU ${cpuLoss[s]}`);
   for (let s = 0; s < 3; s++) assert.ok(Math.abs(gpuNorm[s] - cpuNorm[s]) <= 3e-2 * cpuNorm[s], `step ${s}: |g| ${gpuNorm[s]} vs CPU ${cpuNorm[s]}`);
+});
+
+// ---------------------------------------------------------------------------------------------
+// fp32 test mode: the same algorithm as the CPU up to float32 rounding
+
+function compareFp32(file: string, topk: number): void {
+  const cpu = computeGradients(loadTrainModel(A(file), { chunk: CHUNK, topk }), tokens, { chunk: CHUNK, topk, l2wrap: true });
+  const gpu = cuda!.cudaComputeGradients(loadTrainModel(A(file), { chunk: CHUNK, topk }), tokens, { chunk: CHUNK, topk, l2wrap: true, fp32: true });
+  const label = `${file} top-k ${topk} fp32 mode`;
+  console.log(`${label}: loss cpu ${cpu.loss.toFixed(7)} gpu ${gpu.loss.toFixed(7)} (|Δ| ${Math.abs(cpu.loss - gpu.loss).toExponential(2)})`);
+  const names = [...cpu.grads.keys()];
+  const rows = relErrors(`${label} GPU vs CPU`, names, cpu.grads, gpu.grads);
+  assert.ok(Math.abs(cpu.loss - gpu.loss) <= 1e-4, `loss ${gpu.loss} vs CPU ${cpu.loss}`);
+  const bad = rows.filter((r) => !(r.rel <= 1e-3));
+  assert.equal(bad.length, 0, `gradients off in fp32 mode: ${bad.slice(0, 12).map((r) => `${r.name} ${r.rel.toExponential(2)}`).join(', ')}`);
+}
+
+test('fp32 mode: CUDA gradients equal the CPU to fp32 rounding (RWKV-7)', { skip }, () => compareFp32('rwkv7.pth', TOPK));
+test('fp32 mode: CUDA gradients equal the CPU to fp32 rounding (RWKV-X, top-k 3)', { skip }, () => compareFp32('rwkvx.pth', TOPK));
+test('fp32 mode: CUDA gradients equal the CPU to fp32 rounding (RWKV-X, top-k 7)', { skip }, () => compareFp32('rwkvx.pth', 7));
+
+test('a micro-batch of 3 sequences equals 3 accumulated single-sequence calls (RWKV-X, fp32 mode)', { skip }, () => {
+  // 41 tokens = 40 targets: two complete 16-token chunks, so every sequence selects its own chunks
+  const seqs = [tokens.slice(0, 41), tokens.slice(30, 71), tokens.slice(60, 101)];
+  const tr = new cuda!.CudaTrainer(loadTrainModel(A('rwkvx.pth'), { chunk: CHUNK, topk: TOPK }), { fp32: true });
+  try {
+    const single = seqs.map((q, b) => tr.computeGradients(q, { chunk: CHUNK, topk: TOPK, l2wrap: true, accumulate: b > 0, scale: 1 / 3 }));
+    const gs = tr.getGrads();
+    const batch = tr.computeBatch(seqs, { chunk: CHUNK, topk: TOPK, l2wrap: true });
+    const gb = tr.getGrads();
+    console.log(`per-sequence losses: single ${single.map((x) => x.toFixed(6)).join(' ')}, batch ${batch.map((x) => x.toFixed(6)).join(' ')}`);
+    for (let b = 0; b < 3; b++) assert.ok(Math.abs(single[b] - batch[b]) <= 1e-5, `sequence ${b}: ${batch[b]} vs ${single[b]}`);
+    assert.ok(new Set(single.map((x) => x.toFixed(4))).size === 3, 'the three windows differ');
+    const rows = relErrors('batch of 3 vs 3 single calls', [...gs.keys()], gs, gb);
+    assert.ok(rows[0].rel <= 1e-4, `worst ${rows[0].name} ${rows[0].rel}`);
+  } finally {
+    tr.dispose();
+  }
+});
+
+// ---------------------------------------------------------------------------------------------
+// the trainer on the GPU
+
+// the toy corpus of test/train.test.ts: counting patterns over a 32-token vocabulary
+const data = join(dir, 'toy');
+{
+  const w = new BinIdxWriter(data);
+  for (let d = 0; d < 60; d++) {
+    const doc: number[] = [];
+    const start = 1 + (d % 7), step = 1 + (d % 3);
+    for (let i = 0; i < 40; i++) doc.push(1 + ((start + i * step) % 31));
+    w.addDocument(doc);
+  }
+  w.finish();
+}
+function cfg(over: Partial<TrainConfig>): TrainConfig {
+  return loadTrainConfig(undefined, { data, ctx: 24, steps: 6, lr: 3e-3, lrFinal: 3e-4, warmupSteps: 2, saveEvery: 3, microBatch: 2, backend: 'cuda', init: { vocab: 32, dim: 64, layers: 2 }, ...over });
+}
+async function run(c: TrainConfig, resume = false): Promise<StepLog[]> {
+  const logs: StepLog[] = [];
+  await train(c, resume, { onStep: (s) => logs.push(s) });
+  return logs;
+}
+const close = (a: number, b: number, rel: number) => Math.abs(a - b) <= rel * Math.max(1, Math.abs(b));
+
+test('rwkvx train --backend cuda --batch 4: the loss falls and the model loads on the CPU', { skip }, () => {
+  const out = join(dir, 'cli');
+  const r = rwkvx(['train', '--backend', 'cuda', '--data', data, '--out', out, '--ctx', '24', '--batch', '4', '--steps', '40', '--lr', '3e-3',
+    '--lr-final', '3e-4', '--warmup', '2', '--save-every', '20', '--dim', '64', '--layers', '2', '--vocab', '32']);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stderr, /training on cuda/);
+  assert.match(r.stderr, /step 40\/40 {2}loss \d+\.\d{4} {2}lr \S+ {2}\|g\| \d+\.\d{3} {2}\d+ tok\/s/);
+  const log = readFileSync(join(out, 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as StepLog);
+  assert.equal(log.length, 40);
+  const first = log[0].loss, last = log.slice(-5).reduce((s, l) => s + l.loss, 0) / 5;
+  console.log(`GPU toy run: loss ${first.toFixed(3)} → ${last.toFixed(3)}, ${Math.round(log[39].tokensPerSec)} tok/s`);
+  assert.ok(Math.abs(first - Math.log(32)) < 0.2, `starts near ln(32) = 3.47 (got ${first})`);
+  assert.ok(last < first - 1.5, `loss falls: ${first.toFixed(3)} → ${last.toFixed(3)}`);
+  // the saved model on the CPU reference: it has learned there too
+  const m = loadTrainModel(join(out, 'model.safetensors'));
+  const cpuLoss = computeGradients(m, Array.from({ length: 25 }, (_, i) => 1 + ((2 + i * 2) % 31))).loss;
+  console.log(`CPU loss of the GPU-trained model on a corpus window: ${cpuLoss.toFixed(3)}`);
+  assert.ok(cpuLoss < first - 1.5, `CPU loss ${cpuLoss}`);
+});
+
+test('GPU resume continues the run; the GPU checkpoint continues on the CPU', { skip }, async () => {
+  const whole = await run(cfg({ out: join(dir, 'whole') }));
+  const outB = join(dir, 'interrupted');
+  const control = { stop: false };
+  const first: StepLog[] = [];
+  await train(cfg({ out: outB }), false, { control, onStep: (s) => { first.push(s); if (s.step === 3) control.stop = true; } });
+  assert.equal(first.length, 3);
+  const rest = await run(cfg({ out: outB }), true);
+  const a = [...first, ...rest].map((l) => l.loss), b = whole.map((l) => l.loss);
+  console.log(`uninterrupted ${b.map((x) => x.toFixed(6)).join(' ')}\nresumed       ${a.map((x) => x.toFixed(6)).join(' ')}`);
+  assert.equal(a.length, 6);
+  for (let i = 0; i < 6; i++) assert.ok(close(a[i], b[i], 5e-3), `step ${i + 1}: ${a[i]} vs ${b[i]}`);
+  const st = openCheckpoint(join(outB, 'train-state.safetensors'));
+  const meta = JSON.parse(st.metadata.rwkvx_train);
+  st.close();
+  assert.equal(meta.step, 6);
+  assert.equal(meta.adamT, 6);
+  // one more step: on the GPU from one run's checkpoint, on the CPU from the other's
+  const gpu7 = await run(cfg({ out: join(dir, 'whole'), steps: 7 }), true);
+  const cpu7 = await run(cfg({ out: outB, steps: 7, backend: 'cpu' }), true);
+  console.log(`step 7: GPU ${gpu7[0].loss.toFixed(5)} |g| ${gpu7[0].gradNorm.toFixed(4)}, CPU ${cpu7[0].loss.toFixed(5)} |g| ${cpu7[0].gradNorm.toFixed(4)}`);
+  assert.ok(close(cpu7[0].loss, gpu7[0].loss, 1e-2), `CPU ${cpu7[0].loss} vs GPU ${gpu7[0].loss}`);
+  assert.ok(close(cpu7[0].gradNorm, gpu7[0].gradNorm, 1e-1), `|g| CPU ${cpu7[0].gradNorm} vs GPU ${gpu7[0].gradNorm}`);
+});
+
+test('GPU stage 1 (--freeze rwkv) leaves the RWKV part bit-identical; LongCE runs', { skip }, async () => {
+  const base = join(dir, 'whole', 'model.safetensors');
+  const expanded = join(dir, 'x.safetensors');
+  const r = rwkvx(['expand', '--base', base, '--attn-layers', '1', '--out', expanded, '--chunk', '8', '--topk', '2']);
+  assert.equal(r.code, 0, r.stderr);
+  const out = join(dir, 'stage1');
+  const logs = await run(cfg({ out, model: expanded, freeze: 'rwkv', steps: 3, w0LrScale: 1, longce: true, longceWindow: 8, longceStride: 8 }));
+  assert.ok(logs.every((l) => Number.isFinite(l.loss) && l.gradNorm > 0));
+  const before = openCheckpoint(expanded), after = openCheckpoint(join(out, 'model.safetensors'));
+  let changedAttn = 0;
+  for (const n of before.names()) {
+    const same = Buffer.compare(Buffer.from(before.readRaw(n)), Buffer.from(after.readRaw(n))) === 0;
+    if (n.startsWith('rwkv.')) assert.ok(same, `${n} must stay frozen`);
+    else if (!same) changedAttn++;
+  }
+  assert.ok(changedAttn >= 4, 'attention parameters moved');
+  before.close(); after.close();
+});
+
+test('GPU: a diverging run stops with a clear message and keeps a complete checkpoint', { skip }, async () => {
+  const out = join(dir, 'diverge');
+  await run(cfg({ out, steps: 2, saveEvery: 1 }));
+  const good = readFileSync(join(out, 'train-state.safetensors'));
+  await assert.rejects(run(cfg({ out, steps: 8, lr: 1e30, warmupSteps: 0, gradClip: 0, saveEvery: 1 }), true), /became (NaN|Infinity|-Infinity)/);
+  assert.ok(existsSync(join(out, 'train-state.safetensors')));
+  assert.equal(readFileSync(join(out, 'train-state.safetensors')).length, good.length, 'the checkpoint on disk is a complete one');
 });

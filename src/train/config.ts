@@ -11,7 +11,11 @@ export interface TrainConfig {
   /** Output directory: model.safetensors, train-state.safetensors, log.jsonl. */
   out: string;
   ctx: number;
-  /** Sequences per optimizer step: micro-batch × gradient accumulation. */
+  /**
+   * Sequences per optimizer step: micro-batch × gradient accumulation. On the GPU a micro-batch is one
+   * forward/backward of all its sequences (the throughput lever); the CPU runs them one after another.
+   * Either way the loss is the mean over all predicted tokens of the step.
+   */
   microBatch: number;
   gradAccum: number;
   steps: number;
@@ -36,6 +40,8 @@ export interface TrainConfig {
   longceCap: number;
   saveEvery: number;
   seed: number;
+  /** Where the gradients and the optimizer run: 'cpu' (default, the float32 reference), 'cuda', or 'auto'. */
+  backend: 'cpu' | 'cuda' | 'auto';
   chunk?: number;
   topk?: number;
 }
@@ -47,7 +53,7 @@ export const DEFAULT_TRAIN: TrainConfig = {
   lr: 6e-4, lrFinal: 6e-5, warmupSteps: 10, schedule: 'cosine',
   weightDecay: 0.001, beta1: 0.9, beta2: 0.99, adamEps: 1e-18, gradClip: 1.0,
   freeze: 'none', w0LrScale: 2, l2wrap: true, saveEvery: 100, seed: 0,
-  longce: false, longceWindow: 8000, longceStride: 4000, longceCap: 10,
+  longce: false, longceWindow: 8000, longceStride: 4000, longceCap: 10, backend: 'cpu',
 };
 
 export function loadTrainConfig(file: string | undefined, flags: Partial<TrainConfig>): TrainConfig {
@@ -68,5 +74,6 @@ export function loadTrainConfig(file: string | undefined, flags: Partial<TrainCo
   if (!(c.lr > 0)) fail(`lr must be > 0 (got ${c.lr})`);
   if (c.schedule !== 'cosine' && c.schedule !== 'constant') fail(`schedule must be 'cosine' or 'constant' (got '${c.schedule}')`);
   if (c.freeze !== 'none' && c.freeze !== 'rwkv') fail(`freeze must be 'none' or 'rwkv' (got '${c.freeze}')`);
+  if (c.backend !== 'cpu' && c.backend !== 'cuda' && c.backend !== 'auto') fail(`backend must be 'cpu', 'cuda' or 'auto' (got '${c.backend}')`);
   return c;
 }

@@ -1,10 +1,14 @@
 /**
  * The training loop (SPEC §5): windows from a binidx dataset by the magic-prime schedule, gradients on
- * the CPU, AdamW, warm-up + cosine/constant schedule, clipping, checkpoints that resume exactly.
+ * the CPU or an NVIDIA GPU (a TrainBackend, backend.ts), AdamW, warm-up + cosine/constant schedule,
+ * clipping, checkpoints that resume exactly.
  *
  * OUT/train-state.safetensors holds everything a resume needs in one atomically written file:
- * `param.<name>`, `optim.m.<name>`, `optim.v.<name>` and metadata (step, optimizer step, config).
- * OUT/model.safetensors is the same parameters as a plain native model, for inference.
+ * `param.<name>` (the fp32 master weights), `optim.m.<name>`, `optim.v.<name>` and metadata (step,
+ * optimizer step, config). The data position is a function of the step (window index step·S + j of the
+ * magic-prime schedule), and nothing random is drawn after initialisation, so that is the whole state.
+ * OUT/model.safetensors is the same parameters as a plain native model, for inference. Both backends
+ * read and write the same files: a GPU run resumes on the CPU and the other way round.
  */
 import { appendFileSync, existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
@@ -17,8 +21,8 @@ import { expectedTensors, NATIVE_META_KEY } from '../model/weights.js';
 import { nativeMetadata } from '../model/expand.js';
 import { shapeConfig } from '../model/random.js';
 import type { ModelConfig } from '../model/config.js';
-import { AdamW, clipGradients, isMatrix, type Param } from './adamw.js';
 import { learningRate } from './schedule.js';
+import { CpuTrainBackend, type BackendSpec, type TrainBackend } from './backend.js';
 import { initRwkv7 } from './init.js';
 import type { TrainConfig } from './config.js';
 import { inferenceModel, longCeWeights } from './longce.js';
@@ -38,6 +42,8 @@ export interface TrainHooks {
   onStep?: (log: StepLog) => void;
   /** Set `stop` to end training after the current step (saving first). */
   control?: { stop: boolean };
+  /** Called once before the first step with the backend used ('cpu' or 'cuda (device)'). */
+  onStart?: (info: { backend: string; startStep: number }) => void;
 }
 
 export const STATE_FILE = 'train-state.safetensors';
@@ -75,17 +81,32 @@ function freshModel(c: TrainConfig): TrainModel {
   return trainModelFromSource(new MemorySource('(fresh init)', tensors));
 }
 
-function save(dir: string, model: TrainModel, opt: AdamW, step: number, c: TrainConfig): void {
+function save(dir: string, model: TrainModel, backend: TrainBackend, trainable: string[], step: number, c: TrainConfig): void {
+  backend.syncModel();
   const params = parameterTensors(model);
   const shapes = new Map(expectedTensors(model.cfg));
   const meta = nativeMetadata(model.cfg);
   writeSafetensors(join(dir, MODEL_FILE), [...params].map(([name, data]) => ({ name, dtype: 'F32' as const, shape: shapes.get(name)!, data })), meta);
   const all = [...params].map(([name, data]) => ({ name: `param.${name}`, dtype: 'F32' as const, shape: shapes.get(name)!, data }));
-  for (const p of opt.params) {
-    all.push({ name: `optim.m.${p.name}`, dtype: 'F32', shape: p.shape, data: opt.m.get(p.name)! });
-    all.push({ name: `optim.v.${p.name}`, dtype: 'F32', shape: p.shape, data: opt.v.get(p.name)! });
+  const opt = backend.optimizerState();
+  for (const name of trainable) {
+    all.push({ name: `optim.m.${name}`, dtype: 'F32', shape: shapes.get(name)!, data: opt.m.get(name)! });
+    all.push({ name: `optim.v.${name}`, dtype: 'F32', shape: shapes.get(name)!, data: opt.v.get(name)! });
   }
   writeSafetensors(join(dir, STATE_FILE), all, { ...meta, rwkvx_train: JSON.stringify({ version: TRAIN_STATE_VERSION, step, adamT: opt.t, config: c }) });
+}
+
+/** The backend named by the config: cpu; cuda (an error without a usable GPU); auto (cuda when usable, else cpu). */
+async function openBackend(c: TrainConfig, model: TrainModel, spec: BackendSpec): Promise<TrainBackend> {
+  if (c.backend === 'cpu') return new CpuTrainBackend(model, spec);
+  const { cudaAvailable } = await import('../backend/cuda/driver.js');
+  const a = cudaAvailable();
+  if (!a.ok) {
+    if (c.backend === 'cuda') fail(`--backend cuda: ${a.reason}`);
+    return new CpuTrainBackend(model, spec);
+  }
+  const { CudaTrainBackend } = await import('../backend/cuda/train/backend.js');
+  return new CudaTrainBackend(model, spec);
 }
 
 export async function train(c: TrainConfig, resume: boolean, hooks: TrainHooks = {}): Promise<{ step: number; model: TrainModel; stopped: boolean }> {
@@ -103,25 +124,39 @@ export async function train(c: TrainConfig, resume: boolean, hooks: TrainHooks =
   const cfg = model.cfg;
   if (c.freeze === 'rwkv' && cfg.nAttn === 0) fail('--freeze rwkv trains only attention blocks, but this model has none (expand it first)');
   const reader = new BinIdxReader(c.data);
-  const p = magicPrime(reader.tokens, c.ctx);
-  const shapes = new Map(expectedTensors(cfg));
-  const live = parameterTensors(model);
-  const params: Param[] = [];
-  for (const [name, value] of live) {
-    if (c.freeze === 'rwkv' && !name.startsWith('moba.')) continue;
-    const shape = shapes.get(name)!;
-    params.push({ name, shape, value, decay: isMatrix(shape), lrScale: /\.att\.w0$/.test(name) ? c.w0LrScale : 1 });
-  }
-  const opt = new AdamW(params, { beta1: c.beta1, beta2: c.beta2, eps: c.adamEps, weightDecay: c.weightDecay });
-  if (resumed) {
-    opt.t = resumed.adamT;
-    for (const q of params) {
-      const m = resumed.m.get(q.name), v = resumed.v.get(q.name);
-      if (!m || !v) fail(`${statePath}: no optimizer state for '${q.name}' (was it saved with another --freeze?)`);
-      opt.m.get(q.name)!.set(m);
-      opt.v.get(q.name)!.set(v);
+  try {
+    const p = magicPrime(reader.tokens, c.ctx);
+    const isTrainable = (name: string) => c.freeze !== 'rwkv' || name.startsWith('moba.');
+    const trainable = [...parameterTensors(model).keys()].filter(isTrainable);
+    if (resumed) {
+      for (const name of trainable) {
+        if (!resumed.m.has(name) || !resumed.v.has(name)) fail(`${statePath}: no optimizer state for '${name}' (was it saved with another --freeze?)`);
+      }
     }
+    const spec: BackendSpec = {
+      trainable: isTrainable,
+      lrScale: (name) => (/\.att\.w0$/.test(name) ? c.w0LrScale : 1),
+      adam: { beta1: c.beta1, beta2: c.beta2, eps: c.adamEps, weightDecay: c.weightDecay },
+      gradClip: c.gradClip, chunk: c.chunk, topk: c.topk, l2wrap: c.l2wrap,
+    };
+    const backend = await openBackend(c, model, spec);
+    try {
+      if (resumed) backend.setOptimizerState({ t: resumed.adamT, m: resumed.m, v: resumed.v });
+      hooks.onStart?.({ backend: backend.description, startStep });
+      const r = await loop(c, model, backend, trainable, reader, p, startStep, hooks);
+      backend.syncModel();
+      return { ...r, model };
+    } finally {
+      backend.dispose();
+    }
+  } finally {
+    reader.close();
   }
+}
+
+async function loop(
+  c: TrainConfig, model: TrainModel, backend: TrainBackend, trainable: string[], reader: BinIdxReader, p: number, startStep: number, hooks: TrainHooks,
+): Promise<{ step: number; stopped: boolean }> {
   const seqPerStep = c.microBatch * c.gradAccum;
   const logPath = join(c.out, LOG_FILE);
   const t0 = performance.now();
@@ -130,27 +165,27 @@ export async function train(c: TrainConfig, resume: boolean, hooks: TrainHooks =
   while (step < c.steps) {
     const ts = performance.now();
     const lr = learningRate(step, { lr: c.lr, lrFinal: c.lrFinal, warmupSteps: c.warmupSteps, totalSteps: c.steps, kind: c.schedule });
-    const grads = new Map<string, Float32Array>(params.map((q) => [q.name, new Float32Array(q.value.length)]));
+    // LongCE weights come from the current parameters (on the CPU, whichever backend trains)
+    let inf: ReturnType<typeof inferenceModel> | undefined;
+    if (c.longce) { backend.syncModel(); inf = inferenceModel(model); }
     let loss = 0;
-    for (let j = 0; j < seqPerStep; j++) {
-      const off = sampleOffset(step * seqPerStep + j, p, c.ctx);
-      const tokens = reader.read(off, c.ctx + 1);
-      const tokenWeights = c.longce
-        ? longCeWeights(inferenceModel(model), tokens, { window: c.longceWindow, stride: c.longceStride, cap: c.longceCap })
-        : undefined;
-      const r = computeGradients(model, tokens, { chunk: c.chunk, topk: c.topk, l2wrap: c.l2wrap, tokenWeights });
-      if (!Number.isFinite(r.loss)) {
-        fail(`loss became ${r.loss} at step ${step}; stopped without saving (the last good checkpoint in ${c.out} is kept). Try a lower learning rate.`);
+    for (let a = 0; a < c.gradAccum; a++) {
+      const seqs: Uint16Array[] = [];
+      for (let b = 0; b < c.microBatch; b++) {
+        const j = a * c.microBatch + b;
+        seqs.push(reader.read(sampleOffset(step * seqPerStep + j, p, c.ctx), c.ctx + 1));
       }
-      loss += r.loss / seqPerStep;
-      for (const q of params) {
-        const g = grads.get(q.name)!, s = r.grads.get(q.name)!;
-        for (let i = 0; i < g.length; i++) g[i] += s[i] / seqPerStep;
+      const tokenWeights = inf ? seqs.map((q) => longCeWeights(inf, q, { window: c.longceWindow, stride: c.longceStride, cap: c.longceCap })) : undefined;
+      const losses = backend.microBatch(seqs, { first: a === 0, denom: seqPerStep, tokenWeights });
+      for (const l of losses) {
+        if (!Number.isFinite(l)) {
+          fail(`loss became ${l} at step ${step}; stopped without saving (the last good checkpoint in ${c.out} is kept). Try a lower learning rate.`);
+        }
+        loss += l / seqPerStep;
       }
     }
-    const gradNorm = clipGradients(grads, c.gradClip);
+    const gradNorm = backend.step(lr);
     if (!Number.isFinite(gradNorm)) fail(`gradient norm became ${gradNorm} at step ${step}; stopped without saving (the last good checkpoint in ${c.out} is kept).`);
-    opt.step(grads, lr);
     step++;
     const now = performance.now();
     const log: StepLog = { step, loss, lr, gradNorm, tokensPerSec: (seqPerStep * c.ctx) / ((now - ts) / 1000), elapsedSec: (now - t0) / 1000 };
@@ -159,9 +194,8 @@ export async function train(c: TrainConfig, resume: boolean, hooks: TrainHooks =
     // yield to the event loop so Ctrl-C (SIGINT) handlers can run between steps
     await new Promise((r) => setImmediate(r));
     stopped = hooks.control?.stop === true;
-    if (step % c.saveEvery === 0 || step === c.steps || stopped) save(c.out, model, opt, step, c);
+    if (step % c.saveEvery === 0 || step === c.steps || stopped) save(c.out, model, backend, trainable, step, c);
     if (stopped) break;
   }
-  reader.close();
-  return { step, model, stopped };
+  return { step, stopped };
 }

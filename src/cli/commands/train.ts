@@ -15,6 +15,8 @@ interface TrainFlags {
   out?: string;
   ctx?: number;
   microBatch?: number;
+  batch?: number;
+  backend?: string;
   gradAccum?: number;
   steps?: number;
   lr?: number;
@@ -47,7 +49,8 @@ export function register(program: Command): void {
     .option('--data <prefix>', 'binidx dataset prefix (see `rwkvx data prepare`)')
     .option('--out <dir>', 'output directory (model, training state, log)')
     .option('--ctx <n>', 'context length of a training window', int('--ctx', 1))
-    .option('--micro-batch <n>', 'sequences per micro-batch', int('--micro-batch', 1))
+    .option('--micro-batch <n>', 'sequences per micro-batch (on cuda: one forward/backward of all of them)', int('--micro-batch', 1))
+    .option('--batch <n>', 'same as --micro-batch', int('--batch', 1))
     .option('--grad-accum <n>', 'micro-batches per optimizer step', int('--grad-accum', 1))
     .option('--steps <n>', 'optimizer steps in total', int('--steps', 1))
     .option('--lr <x>', 'peak learning rate', float('--lr'))
@@ -66,13 +69,16 @@ export function register(program: Command): void {
     .option('--vocab <n>', 'fresh model vocabulary', int('--vocab', 2))
     .option('--no-l2wrap', 'disable the L2Wrap logit regulariser')
     .option('--longce', 'weight token losses by LongCE (long-context gain; window 8000, cap 10 unless the config says otherwise)')
+    .option('--backend <name>', "cpu (default: the float32 reference), cuda (bf16 GEMMs, fp32 master weights), or auto (cuda when a GPU is usable); $RWKVX_BACKEND is not used here")
     .option('--quiet', 'no progress line')
     .action(async (o: TrainFlags) => {
+      if (o.batch !== undefined && o.microBatch !== undefined && o.batch !== o.microBatch) fail('--batch and --micro-batch are the same option; give one');
       const flags: Partial<TrainConfig> = {
-        model: o.model, data: o.data, out: o.out, ctx: o.ctx, microBatch: o.microBatch, gradAccum: o.gradAccum, steps: o.steps,
+        model: o.model, data: o.data, out: o.out, ctx: o.ctx, microBatch: o.microBatch ?? o.batch, gradAccum: o.gradAccum, steps: o.steps,
         lr: o.lr, lrFinal: o.lrFinal, warmupSteps: o.warmup, schedule: o.schedule as TrainConfig['schedule'],
         weightDecay: o.weightDecay, gradClip: o.gradClip, freeze: o.freeze as TrainConfig['freeze'], saveEvery: o.saveEvery,
         seed: o.seed, chunk: o.chunk, topk: o.topk, l2wrap: o.l2wrap === false ? false : undefined, longce: o.longce,
+        backend: o.backend as TrainConfig['backend'],
       };
       const init = { ...(o.dim ? { dim: o.dim } : {}), ...(o.layers ? { layers: o.layers } : {}), ...(o.vocab ? { vocab: o.vocab } : {}) };
       const c = loadTrainConfig(o.config, { ...flags, init: init as TrainConfig['init'] });
@@ -86,6 +92,7 @@ export function register(program: Command): void {
       const tty = process.stderr.isTTY && !o.quiet;
       const r = await train(c, Boolean(o.resume), {
         control,
+        onStart: (i) => { if (!o.quiet) process.stderr.write(`training on ${i.backend}${i.startStep > 0 ? `, resuming at step ${i.startStep}` : ''}\n`); },
         onStep: (s) => {
           const line = `step ${s.step}/${c.steps}  loss ${s.loss.toFixed(4)}  lr ${s.lr.toExponential(2)}  |g| ${s.gradNorm.toFixed(3)}  ${s.tokensPerSec.toFixed(0)} tok/s  ${s.elapsedSec.toFixed(0)}s`;
           if (tty) process.stderr.write(`\r${line}   `);

@@ -1,8 +1,12 @@
 // RWKV-X training kernels: forward-with-saved-activations and backward of every non-GEMM op
 // (compiled at run time by NVRTC; no headers). GEMMs are cuBLAS (src/backend/cuda/train/grad.ts).
-// Layout: activations row-major [T, C] float32 unless named ...B (bf16 raw words, GEMM inputs).
+// Layout: activations row-major [R, C] float32 unless named ...B (GEMM inputs, type `gin`). A batch of
+// Bn sequences of T tokens is R = Bn·T rows, sequence b at rows [b·T, (b+1)·T): row-wise kernels see only
+// R; the kernels that look along time (token shift, WKV, attention) take T and treat each sequence alone.
 // Head size N = 64; a "head warp" handles one (token, head) with lane j owning columns j and j + 32.
 // Gradients of parameters ACCUMULATE (+=) into their buffers (zeroed by the host once per step).
+// GEMM inputs are bf16; compiled with -DTR_FP32 they are float32 instead (a test mode that leaves only
+// fp32 rounding between the GPU and the CPU reference).
 
 #ifndef INFINITY
 #define INFINITY __int_as_float(0x7f800000)
@@ -19,6 +23,13 @@ __device__ __forceinline__ bf16 f2bf(float f) {
   u += 0x7fffu + ((u >> 16) & 1u);
   return (bf16)(u >> 16);
 }
+#ifdef TR_FP32
+typedef float gin;
+__device__ __forceinline__ gin tog(float f) { return f; }
+#else
+typedef bf16 gin;
+__device__ __forceinline__ gin tog(float f) { return f2bf(f); }
+#endif
 __device__ __forceinline__ float sigm(float x) { return 1.f / (1.f + expf(-x)); }
 __device__ __forceinline__ float wsum(float v) {
 #pragma unroll
@@ -40,22 +51,22 @@ __device__ float bsum(float v, float* sh) {
 // ---------------------------------------------------------------------------------------------
 // Generic
 
-extern "C" __global__ void tr_f2bf(bf16* out, const float* in, int n) {
-  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) out[i] = f2bf(in[i]);
+extern "C" __global__ void tr_f2bf(gin* out, const float* in, int n) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) out[i] = tog(in[i]);
 }
 
-// out[i] += Σ_t f(t, i) over rows of C: mode 0 x; 1 x·y; 2 x[t]·(y[t−1] − y[t]) (y[−1] = 0: the token-shift
-// delta). Block (32, 8); grid (⌈C/32⌉, row splits); one atomic per column per block.
-extern "C" __global__ void tr_colsum(float* out, const float* x, const float* y, int T, int C, int mode) {
+// out[i] += Σ_t f(t, i) over R rows of C: mode 0 x; 1 x·y; 2 x[t]·(y[t−1] − y[t]) (y[−1] = 0 at each
+// sequence start: the token-shift delta). Block (32, 8); grid (⌈C/32⌉, row splits); one atomic per column per block.
+extern "C" __global__ void tr_colsum(float* out, const float* x, const float* y, int R, int C, int T, int mode) {
   __shared__ float sh[8][33];
   int i = blockIdx.x * 32 + threadIdx.x;
   float s = 0.f;
   if (i < C) {
-    for (int t = blockIdx.y * 8 + threadIdx.y; t < T; t += gridDim.y * 8) {
+    for (int t = blockIdx.y * 8 + threadIdx.y; t < R; t += gridDim.y * 8) {
       i64 o = (i64)t * C + i;
       float v = x[o];
       if (mode == 1) v *= y[o];
-      else if (mode == 2) v *= (t > 0 ? y[o - C] : 0.f) - y[o];
+      else if (mode == 2) v *= (t % T > 0 ? y[o - C] : 0.f) - y[o];
       s += v;
     }
   }
@@ -79,11 +90,14 @@ extern "C" __global__ void tr_sumsq(double* out, const float* g, int lo, int hi)
 
 // AdamW over [lo, hi) of the flat parameter buffer, with the global-norm clip folded in. Segment s covers
 // [segStart[s], segStart[s+1]) with learning-rate multiplier segLr[s] and decay flag segDecay[s].
-// The bf16 copy is refreshed for every updated element.
-extern "C" __global__ void tr_adamw(float* p, bf16* pb, float* m, float* v, const float* g, const int* segStart,
+// The GEMM copy is refreshed for every updated element. A non-finite gradient norm changes nothing (the host
+// then stops with the last good checkpoint).
+extern "C" __global__ void tr_adamw(float* p, gin* pb, float* m, float* v, const float* g, const int* segStart,
                                     const float* segLr, const int* segDecay, int nSeg, int lo, int hi, float lr, float b1,
                                     float b2, float eps, float wd, float c1, float c2, const double* sumsq, float maxNorm) {
-  float norm = (float)sqrt(*sumsq);
+  double ss = *sumsq;
+  if (!(ss <= 1e300)) return;
+  float norm = (float)sqrt(ss);
   float cs = (maxNorm > 0.f && norm > maxNorm) ? maxNorm / (norm + 1e-6f) : 1.f;
   for (int i = lo + blockIdx.x * blockDim.x + threadIdx.x; i < hi; i += gridDim.x * blockDim.x) {
     int a = 0, b = nSeg;  // largest s with segStart[s] <= i
@@ -96,7 +110,7 @@ extern "C" __global__ void tr_adamw(float* p, bf16* pb, float* m, float* v, cons
     m[i] = mi; v[i] = vi;
     float w = p[i] * decay - (plr * (mi / c1)) / (sqrtf(vi / c2) + eps);
     p[i] = w;
-    pb[i] = f2bf(w);
+    pb[i] = tog(w);
   }
 }
 
@@ -115,7 +129,7 @@ extern "C" __global__ void tr_scatter_add(float* demb, const float* de, const in
 }
 
 // LayerNorm over rows of C (eps 1e-5); float32 and/or bf16 output (either may be null)
-extern "C" __global__ void tr_ln(float* outF, bf16* outB, const float* x, const float* w, const float* b, int C) {
+extern "C" __global__ void tr_ln(float* outF, gin* outB, const float* x, const float* w, const float* b, int C) {
   __shared__ float sh[32];
   i64 o = (i64)blockIdx.x * C;
   float s = 0.f;
@@ -127,7 +141,7 @@ extern "C" __global__ void tr_ln(float* outF, bf16* outB, const float* x, const 
   for (int i = threadIdx.x; i < C; i += blockDim.x) {
     float y = (x[o + i] - mean) * inv * w[i] + b[i];
     if (outF) outF[o + i] = y;
-    if (outB) outB[o + i] = f2bf(y);
+    if (outB) outB[o + i] = tog(y);
   }
 }
 
@@ -157,28 +171,29 @@ extern "C" __global__ void tr_ln_bwd(float* dx, float* pw, const float* dout, co
   }
 }
 
-// out[m][t] = x[t] + (x[t−1] − x[t])⊙mu[m] (x[−1] = 0), M mixes, bf16
-extern "C" __global__ void tr_mix(bf16* out, const float* x, const float* mu, int T, int C, int M) {
-  i64 n = (i64)T * C;
+// out[m][t] = x[t] + (x[t−1] − x[t])⊙mu[m] (x[−1] = 0 at each sequence start), M mixes, GEMM inputs
+extern "C" __global__ void tr_mix(gin* out, const float* x, const float* mu, int R, int T, int C, int M) {
+  i64 n = (i64)R * C;
   for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < n; e += (i64)gridDim.x * blockDim.x) {
     int i = (int)(e % C);
     i64 t = e / C;
-    float xv = x[e], d = (t > 0 ? x[e - C] : 0.f) - xv;
-    for (int m = 0; m < M; m++) out[m * n + e] = f2bf(xv + d * mu[m * C + i]);
+    float xv = x[e], d = (t % T > 0 ? x[e - C] : 0.f) - xv;
+    for (int m = 0; m < M; m++) out[m * n + e] = tog(xv + d * mu[m * C + i]);
   }
 }
 
 // Backward of tr_mix: dx (= or +=) = Σ_m dmix_m − dd[t] + dd[t+1], dd = Σ_m dmix_m⊙mu_m. dmix float32 [M, T, C].
-extern "C" __global__ void tr_mix_bwd(float* dx, const float* dmix, const float* mu, int T, int C, int M, int add) {
-  i64 n = (i64)T * C;
+extern "C" __global__ void tr_mix_bwd(float* dx, const float* dmix, const float* mu, int R, int T, int C, int M, int add) {
+  i64 n = (i64)R * C;
   for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < n; e += (i64)gridDim.x * blockDim.x) {
     int i = (int)(e % C);
     i64 t = e / C;
+    bool more = t % T + 1 < T;  // the next row belongs to the same sequence
     float s = 0.f, dd = 0.f, dn = 0.f;
     for (int m = 0; m < M; m++) {
       float a = dmix[m * n + e];
       s += a; dd += a * mu[m * C + i];
-      if (t + 1 < T) dn += dmix[m * n + e + C] * mu[m * C + i];
+      if (more) dn += dmix[m * n + e + C] * mu[m * C + i];
     }
     float r = s - dd + dn;
     dx[e] = add ? dx[e] + r : r;
@@ -186,25 +201,25 @@ extern "C" __global__ void tr_mix_bwd(float* dx, const float* dmix, const float*
 }
 
 // mode 0: tanh, 1: sigmoid, 2: relu²; outF may alias in; either output may be null
-extern "C" __global__ void tr_act(float* outF, bf16* outB, const float* in, int n, int mode) {
+extern "C" __global__ void tr_act(float* outF, gin* outB, const float* in, int n, int mode) {
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
     float x = in[i], y;
     if (mode == 0) y = tanhf(x);
     else if (mode == 1) y = sigm(x);
     else { float r = x > 0.f ? x : 0.f; y = r * r; }
     if (outF) outF[i] = y;
-    if (outB) outB[i] = f2bf(y);
+    if (outB) outB[i] = tog(y);
   }
 }
-// backward given the forward's output y (tanh, sigmoid) or input (relu²): d ← d·f'(·); bf16 copy too
-extern "C" __global__ void tr_act_bwd(float* d, bf16* dB, const float* y, int n, int mode) {
+// backward given the forward's output y (tanh, sigmoid) or input (relu²): d ← d·f'(·); GEMM copy too
+extern "C" __global__ void tr_act_bwd(float* d, gin* dB, const float* y, int n, int mode) {
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
     float v = y[i], g = d[i];
     if (mode == 0) g *= 1.f - v * v;
     else if (mode == 1) g *= v * (1.f - v);
     else g = v > 0.f ? g * 2.f * v : 0.f;
     if (d) d[i] = g;
-    if (dB) dB[i] = f2bf(g);
+    if (dB) dB[i] = tog(g);
   }
 }
 
@@ -246,8 +261,8 @@ extern "C" __global__ void tr_tmix_prep(float* d, float* om, float* a, float* sv
   for (int q = 0; q < 2; q++) kh[(i64)t * C + h * 64 + lane + 32 * q] = kap[q] * inv;
 }
 
-// z = (GroupNorm(y)·lnxw + lnxb + (Σ_j r_j k̃_j ρ_j)·v)⊙gate, bf16 (the W_o input)
-extern "C" __global__ void tr_out_fwd(bf16* z, const float* y, const float* r, const float* kt, const float* v,
+// z = (GroupNorm(y)·lnxw + lnxb + (Σ_j r_j k̃_j ρ_j)·v)⊙gate (the W_o input)
+extern "C" __global__ void tr_out_fwd(gin* z, const float* y, const float* r, const float* kt, const float* v,
                                       const float* gate, const float* lnxw, const float* lnxb, const float* rk, int T, int H) {
   int wid = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
   if (wid >= T * H) return;
@@ -261,8 +276,8 @@ extern "C" __global__ void tr_out_fwd(bf16* z, const float* y, const float* r, c
   float bonus = wsum(r[o0] * kt[o0] * rk[c0] + r[o1] * kt[o1] * rk[c1]);
   float a0 = (y0 - mean) * inv * lnxw[c0] + lnxb[c0] + bonus * v[o0];
   float a1 = (y1 - mean) * inv * lnxw[c1] + lnxb[c1] + bonus * v[o1];
-  z[o0] = f2bf(a0 * gate[o0]);
-  z[o1] = f2bf(a1 * gate[o1]);
+  z[o0] = tog(a0 * gate[o0]);
+  z[o1] = tog(a1 * gate[o1]);
 }
 
 // Backward of tr_out_fwd given dz: dgate, dv, dr, dkt, dy (all =); column-sum products prk (ρ), pw (lnxw), pb (lnxb).
@@ -353,9 +368,10 @@ extern "C" __global__ void tr_tmix_bwd(float* dk, float* dapre, float* pka, floa
 }
 
 // ---------------------------------------------------------------------------------------------
-// WKV-7 (SPEC §2 step 8–9) for training. Grid (H, 64/WR), block 32·WR: one warp per state row i,
-// lane owning columns j = lane and lane + 32. Rows evolve independently given the token inputs.
-// The forward saves the state before every WKV_EVERY-th token (ckpt [⌈T/16⌉, H, 64, 64]).
+// WKV-7 (SPEC §2 step 8–9) for training. Grid (H, 64/WR, Bn), block 32·WR: one warp per state row i,
+// lane owning columns j = lane and lane + 32, blockIdx.z the sequence (each starts from S = 0). Rows evolve
+// independently given the token inputs. The forward saves the state before every WKV_EVERY-th token
+// (ckpt [Bn, ⌈T/16⌉, H, 64, 64]).
 
 #define WR 8
 #define WKV_EVERY 16
@@ -372,6 +388,11 @@ extern "C" __global__ void __launch_bounds__(256) tr_wkv_fwd(float* y, float* ck
                                                              const float* a, int T, int C) {
   int h = blockIdx.x, lane = threadIdx.x & 31, i = blockIdx.y * WR + (threadIdx.x >> 5);
   int H = C / 64;
+  {
+    i64 so = (i64)blockIdx.z * T * C;
+    y += so; r += so; om += so; kt += so; v += so; kh += so; a += so;
+    ckpt += (i64)blockIdx.z * ((T + WKV_EVERY - 1) / WKV_EVERY) * H * 64 * 64;
+  }
   int j0 = h * 64 + lane, j1 = j0 + 32;
   float s0 = 0.f, s1 = 0.f, sa;
   // the next token's inputs are loaded one step ahead (the loop is latency-bound)
@@ -408,6 +429,12 @@ extern "C" __global__ void __launch_bounds__(256) tr_wkv_bwd(float* dr, float* d
   __shared__ float red[5][WR][64];
   int h = blockIdx.x, lane = threadIdx.x & 31, wi = threadIdx.x >> 5, i = blockIdx.y * WR + wi;
   int H = C / 64;
+  {
+    i64 so = (i64)blockIdx.z * T * C;
+    dr += so; dom += so; dkt += so; dv += so; dkk += so; db += so; dy += so;
+    r += so; om += so; kt += so; v += so; kh += so; a += so;
+    ckpt += (i64)blockIdx.z * ((T + WKV_EVERY - 1) / WKV_EVERY) * H * 64 * 64;
+  }
   int j0 = h * 64 + lane, j1 = j0 + 32;
   i64 vi_off = h * 64 + i;
   float d0 = 0.f, d1 = 0.f;  // dS of this row (after the current token)
@@ -462,11 +489,15 @@ extern "C" __global__ void __launch_bounds__(256) tr_wkv_bwd(float* dr, float* d
 }
 
 // ---------------------------------------------------------------------------------------------
-// Sparse attention ("moba", SPEC §3) for training: thread per (query or key, head); grid (⌈T/64⌉, H), block 64.
+// Sparse attention ("moba", SPEC §3) for training: thread per (query or key, head); grid (⌈T/64⌉, H, Bn),
+// block 64; blockIdx.z is the sequence (chunks, selection and causality are per sequence).
 
-extern "C" __global__ void tr_chunk_means(float* means, const float* k, int C, int B) {
+// means [Bn, ⌊T/B⌋, C]; grid (⌊T/B⌋, ⌈C/256⌉, Bn)
+extern "C" __global__ void tr_chunk_means(float* means, const float* k, int T, int C, int B) {
   int c = blockIdx.x, i = blockIdx.y * blockDim.x + threadIdx.x;
   if (i >= C) return;
+  k += (i64)blockIdx.z * T * C;
+  means += (i64)blockIdx.z * (T / B) * C;
   float s = 0.f;
   for (int p = c * B; p < (c + 1) * B; p++) s += k[(i64)p * C + i];
   means[(i64)c * C + i] = s / B;
@@ -489,6 +520,10 @@ extern "C" __global__ void __launch_bounds__(64) tr_moba_fwd(float* y, float* ls
   int t = blockIdx.x * 64 + threadIdx.x, h = blockIdx.y;
   if (t >= T) return;
   int C = H * 64, c = t / B;
+  {
+    i64 so = (i64)blockIdx.z * T * C, sr = (i64)blockIdx.z * T * H;
+    y += so; q += so; k += so; v += so; lse += sr; sel += sr * nSel; means += (i64)blockIdx.z * (T / B) * C;
+  }
   float qr[64], acc[64];
   const float* qp = q + (i64)t * C + h * 64;
 #pragma unroll
@@ -554,6 +589,10 @@ extern "C" __global__ void __launch_bounds__(64) tr_moba_dq(float* dq, const flo
   int t = blockIdx.x * 64 + threadIdx.x, h = blockIdx.y;
   if (t >= T) return;
   int C = H * 64, c = t / B;
+  {
+    i64 so = (i64)blockIdx.z * T * C, sr = (i64)blockIdx.z * T * H;
+    dq += so; dy += so; q += so; k += so; v += so; lse += sr; D += sr; sel += sr * nSel;
+  }
   float qr[64], dyr[64], acc[64];
   i64 qo = (i64)t * C + h * 64;
 #pragma unroll
@@ -580,7 +619,8 @@ extern "C" __global__ void __launch_bounds__(64) tr_moba_dq(float* dq, const flo
 }
 
 // Key-centric: for key p (chunk c) the queries that see it are t ∈ [p, min((c+1)B, T)) and the queries of
-// list[listOff[h·nc + c] .. listOff[h·nc + c + 1]) (those that selected chunk c). mode 0: dv; mode 1: dk.
+// list[listOff[h·nc + c] .. listOff[h·nc + c + 1]) (those that selected chunk c; positions within the
+// sequence; listOff has H·nc + 1 entries per sequence, indices into one list). mode 0: dv; mode 1: dk.
 extern "C" __global__ void __launch_bounds__(64) tr_moba_dkv(float* out, const float* dy, const float* q, const float* k,
                                                              const float* v, const float* lse, const float* D,
                                                              const int* list, const int* listOff, int T, int H, int B,
@@ -588,6 +628,10 @@ extern "C" __global__ void __launch_bounds__(64) tr_moba_dkv(float* out, const f
   int p = blockIdx.x * 64 + threadIdx.x, h = blockIdx.y;
   if (p >= T) return;
   int C = H * 64, c = p / B;
+  {
+    i64 so = (i64)blockIdx.z * T * C, sr = (i64)blockIdx.z * T * H;
+    out += so; dy += so; q += so; k += so; v += so; lse += sr; D += sr; listOff += (i64)blockIdx.z * (H * nc + 1);
+  }
   float kr[64], vr[64], acc[64];
   i64 po = (i64)p * C + h * 64;
 #pragma unroll
@@ -624,46 +668,51 @@ extern "C" __global__ void __launch_bounds__(64) tr_moba_dkv(float* out, const f
 }
 
 // ---------------------------------------------------------------------------------------------
-// Cross-entropy over one row of V logits per block: lossRow[t] = wt·(lse − logit[target]); the logits are
-// replaced by dlogits = wt·(softmax − onehot)/T (+ L2Wrap: 1e-4/T·max on the arg-max), also as bf16.
-extern "C" __global__ void __launch_bounds__(1024) tr_ce(float* logits, bf16* dlogB, float* lossRow, const int* targets,
-                                                         const float* weights, int V, float invT, int l2wrap) {
-  __shared__ float shv[32];
+// Cross-entropy over one row of V logits per block: lossRow[t] = wt·(lse − logit[target]) (wt: the token's
+// weight, 1 without); dlogits = gscale·wt·(softmax − onehot) (+ L2Wrap: 1e-4·gscale·max on the arg-max) as a
+// GEMM input. gscale = 1/(tokens in the step's mean). Max, arg-max and the sum of exponentials in one pass
+// (online rescaling), so the logits are read twice and not written back.
+__device__ __forceinline__ void ce_merge(float& m, float& s, int& a, float m2, float s2, int a2) {
+  float mm = fmaxf(m, m2);
+  if (mm == -INFINITY) return;
+  float sum = (m == -INFINITY ? 0.f : s * expf(m - mm)) + (m2 == -INFINITY ? 0.f : s2 * expf(m2 - mm));
+  if (m2 > m || (m2 == m && a2 < a)) a = a2;
+  m = mm; s = sum;
+}
+
+extern "C" __global__ void __launch_bounds__(1024) tr_ce(const float* logits, gin* dlogB, float* lossRow, const int* targets,
+                                                         const float* weights, int V, float gscale, int l2wrap) {
+  __shared__ float shm[32], shs[32];
   __shared__ int shi[32];
-  __shared__ float sh[32];
   i64 row = blockIdx.x;
-  float* x = logits + row * V;
-  float m = -INFINITY;
+  const float* x = logits + row * V;
+  float m = -INFINITY, s = 0.f;
   int arg = 0x7fffffff;
   for (int i = threadIdx.x; i < V; i += blockDim.x) {
     float z = x[i];
-    if (z > m) { m = z; arg = i; }
+    if (z > m) { s = (m == -INFINITY ? 0.f : s * expf(m - z)) + 1.f; m = z; arg = i; }
+    else s += expf(z - m);
   }
   for (int o = 16; o > 0; o >>= 1) {
-    float m2 = __shfl_xor_sync(0xffffffffu, m, o);
+    float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
     int a2 = __shfl_xor_sync(0xffffffffu, arg, o);
-    if (m2 > m || (m2 == m && a2 < arg)) { m = m2; arg = a2; }
+    ce_merge(m, s, arg, m2, s2, a2);
   }
   int w = threadIdx.x >> 5, l = threadIdx.x & 31, nw = blockDim.x >> 5;
-  if (l == 0) { shv[w] = m; shi[w] = arg; }
+  if (l == 0) { shm[w] = m; shs[w] = s; shi[w] = arg; }
   __syncthreads();
-  m = shv[0]; arg = shi[0];
-  for (int s = 1; s < nw; s++) if (shv[s] > m || (shv[s] == m && shi[s] < arg)) { m = shv[s]; arg = shi[s]; }
-  __syncthreads();
-  float se = 0.f;
-  for (int i = threadIdx.x; i < V; i += blockDim.x) se += expf(x[i] - m);
-  se = bsum(se, sh);
-  float lse = m + logf(se);
+  m = shm[0]; s = shs[0]; arg = shi[0];
+  for (int k = 1; k < nw; k++) ce_merge(m, s, arg, shm[k], shs[k], shi[k]);
+  float lse = m + logf(s);
   int tgt = targets[row];
   float wt = weights ? weights[row] : 1.f;
-  float xt = x[tgt];
-  __syncthreads();
-  if (threadIdx.x == 0) lossRow[row] = wt * (lse - xt);
+  if (threadIdx.x == 0) lossRow[row] = wt * (lse - x[tgt]);
+  float gw = wt * gscale;
+  gin* d = dlogB + row * V;
   for (int i = threadIdx.x; i < V; i += blockDim.x) {
-    float g = wt * expf(x[i] - lse) * invT;
-    if (i == tgt) g -= wt * invT;
-    if (l2wrap && i == arg) g += 1e-4f * invT * m;
-    x[i] = g;
-    dlogB[i + row * V] = f2bf(g);
+    float g = gw * expf(x[i] - lse);
+    if (i == tgt) g -= gw;
+    if (l2wrap && i == arg) g += 1e-4f * gscale * m;
+    d[i] = tog(g);
   }
 }
