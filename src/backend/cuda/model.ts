@@ -18,6 +18,7 @@ import { alloc, copyDtoD, copyDtoH, copyHtoD, DeviceBuffer, fromBf16, toBf16, up
 import { launch, loadModule, type CudaModule } from './module-cache.js';
 import { DecodeStep, decodeGemvUnsupported } from './decode.js';
 import { KvPager, type KvPagerOptions, type PagedBuffer } from './kv-pages.js';
+import { createStream, destroyStream, StreamEvent, syncContext } from './streams.js';
 import { randomSpec, type Leaves, type RandomInit } from '../../model/random.js';
 
 /** Weights as host float32 tensors or as random initialisations to run on the GPU. */
@@ -104,6 +105,9 @@ class Scratch {
   free(): void { for (const b of this.bufs) b.free(); }
 }
 
+/** One lane of the prefill wavefront: its stream, cuBLAS handle (own workspace) and scratch. */
+interface Slot { stream: unknown; blas: Cublas; scratch: Scratch; tag: string }
+
 export class CudaModel {
   readonly backend = 'cuda';
   readonly order: LayoutEntry[];
@@ -145,6 +149,11 @@ export class CudaModel {
   private gen = 0;
   private tmpBufs = new Map<string, DeviceBuffer>();
   private kvPager: KvPager | undefined;
+  /** Segments of a long prefill in flight at once (RWKVX_WAVEFRONT; 1 = one after the other). */
+  wavefront = Number.isInteger(Number(process.env.RWKVX_WAVEFRONT)) && Number(process.env.RWKVX_WAVEFRONT) >= 1 ? Number(process.env.RWKVX_WAVEFRONT) : 4;
+  private slots: Slot[] = [];
+  private events: StreamEvent[] = [];
+  private tmpTag = '';
   /** K/V paging policy (see kv-pages.ts); read when the first cache page is mapped. */
   kvOptions: KvPagerOptions = kvOptionsFromEnv();
   private stepIds = new Int32Array(2);
@@ -341,6 +350,11 @@ export class CudaModel {
     for (const b of this.tmpBufs.values()) b.free();
     this.tmpBufs.clear();
     this.scratch?.free(); this.scratch = undefined;
+    syncContext();
+    for (const sl of this.slots) { sl.scratch?.free(); sl.blas.dispose(); destroyStream(sl.stream); }
+    this.slots = [];
+    for (const e of this.events) e.destroy();
+    this.events = [];
     for (const b of this.weightBufs) b.free();
     this.weightBufs = [];
     this.blas.dispose();
@@ -358,6 +372,11 @@ export class CudaModel {
     const mode = opts.logits ?? 'all';
     if (T === 1 && this.attention === 'moba' && this.useGraph && !this.profile) return this.step(tokens[0], state, mode);
     const seg = this.attention === 'official' ? T : Math.max(1, opts.segment ?? this.segment);
+    if (this.attention === 'moba' && this.wavefront > 1 && !this.profile && opts.segment === undefined) {
+      // split long calls into at least `wavefront` segments (of ≥ 4096 tokens) so that they overlap
+      const segLen = Math.min(seg, Math.max(4096, Math.ceil(T / this.wavefront)));
+      if (T > segLen) return this.forwardWavefront(tokens, state, mode, segLen);
+    }
     const out = new Float32Array(mode === 'all' ? T * V : mode === 'last' ? V : 0);
     const sc = this.scratchFor(Math.min(seg, T));
     for (let s = 0; s < T; s += seg) {
@@ -377,6 +396,72 @@ export class CudaModel {
     }
     if (mode === 'none') this.ctx.sync();
     return out;
+  }
+
+  /**
+   * A long prefill as a wavefront over (segment, layer): segment s's layer l runs as soon as its
+   * layer l − 1 and segment s − 1's layer l are done, so up to `wavefront` segments are in flight on
+   * their own streams, scratch and cuBLAS handles. The WKV-7 scan of one segment (a long chain of
+   * small steps that leaves most of the GPU idle) then overlaps other segments' GEMMs and attention.
+   * The kernels and their inputs are those of the one-segment-after-another order: same results.
+   */
+  private forwardWavefront(tokens: ArrayLike<number>, state: CudaState, mode: 'all' | 'last' | 'none', segLen: number): Float32Array {
+    const cfg = this.cfg, V = cfg.vocab, T = tokens.length, L = this.order.length;
+    const nSeg = Math.ceil(T / segLen), K = Math.min(this.wavefront, nSeg), P0 = state.pos;
+    // size everything first: no buffer may move while several streams use it
+    for (const a of state.attn) { this.reserveKv(a, P0 + T); this.reserveMeans(a, Math.floor((P0 + T) / cfg.chunk)); }
+    const slots = this.slotsFor(K, segLen);
+    const toks = this.tmp('wavefront tokens', T * 4);
+    copyHtoD(toks, Int32Array.from(tokens));
+    while (this.events.length < L + 1) this.events.push(new StreamEvent());
+    const ready = this.events[L];
+    ready.record(this.ctx.stream);
+    for (const sl of slots) ready.waitOn(sl.stream);
+    const out = new Float32Array(mode === 'all' ? T * V : mode === 'last' ? V : 0);
+    for (let tau = 0; tau < nSeg + L - 1; tau++) {
+      for (let s = Math.max(0, tau - L + 1); s <= Math.min(nSeg - 1, tau); s++) {
+        const l = tau - s, slot = slots[s % K], sc = slot.scratch, e = this.order[l];
+        const P = P0 + s * segLen, n = Math.min(segLen, T - s * segLen);
+        this.onSlot(slot, () => {
+          if (l === 0) this.k('embed', 'pppi', [n], [256], [sc.h, this.emb, toks + s * segLen * 4, cfg.dim]);
+          if (s > 0) this.events[l].waitOn(slot.stream);
+          if (e.kind === 'rwkv') this.rwkvBlock(sc, e.index, state.rwkv[e.index], n);
+          else { this.attnBlock(sc, e.index, state.attn[e.index], P, n); state.attn[e.index].len = P + n; }
+          this.events[l].record(slot.stream);
+          if (l === L - 1) {
+            if (mode === 'all') this.head(sc, out.subarray(s * segLen * V, (s * segLen + n) * V), 0, n);
+            else if (mode === 'last' && s === nSeg - 1) this.head(sc, out, n - 1, 1);
+          }
+        });
+      }
+    }
+    for (const sl of slots) { ready.record(sl.stream); ready.waitOn(this.ctx.stream); }
+    state.pos = P0 + T;
+    if (mode === 'none') this.ctx.sync();
+    return out;
+  }
+
+  private slotsFor(k: number, cap: number): Slot[] {
+    while (this.slots.length < k) {
+      const stream = createStream();
+      const slot = { stream, blas: undefined as unknown as Cublas, scratch: undefined as unknown as Scratch, tag: `#${this.slots.length}` };
+      this.onSlot(slot, () => { slot.blas = new Cublas(this.ctx); });
+      this.slots.push(slot);
+    }
+    const out = this.slots.slice(0, k);
+    for (const sl of out) {
+      if (sl.scratch && sl.scratch.cap >= cap) continue;
+      if (sl.scratch) { syncContext(); sl.scratch.free(); }
+      sl.scratch = new Scratch(this.ctx, cap, this.cfg);
+    }
+    return out;
+  }
+
+  /** Runs `f` with the context's stream, cuBLAS handle and temporary buffers of `slot`. */
+  private onSlot(slot: Slot, f: () => void): void {
+    const c = this.ctx as { stream: unknown }, saved = { stream: c.stream, blas: this.blas, tag: this.tmpTag };
+    c.stream = slot.stream; if (slot.blas) this.blas = slot.blas; this.tmpTag = slot.tag;
+    try { f(); } finally { c.stream = saved.stream; this.blas = saved.blas; this.tmpTag = saved.tag; }
   }
 
   /** Waits for queued GPU work (forward() returns once logits are back; with logits 'none' it also waits). */
@@ -569,7 +654,8 @@ export class CudaModel {
   }
 
   /** A device buffer of at least `bytes` kept between calls under `name` (grown on demand). */
-  private tmp(name: string, bytes: number): number {
+  private tmp(tmpName: string, bytes: number): number {
+    const name = tmpName + this.tmpTag;
     const b = this.tmpBufs.get(name);
     if (b && b.bytes >= bytes) return b.ptr;
     if (b) { this.ctx.sync(); b.free(); }
