@@ -68,8 +68,8 @@ export class DecodeStep {
   private readonly lnb: number; private readonly logits: number; private readonly sel: number; private readonly part: number;
   private readonly counter: number;
   private tables: DeviceBuffer | undefined;
-  /** Per mgemv launch of the step, in order: byte offset of its problem table, problems, warp tasks. */
-  private launches: { off: number; n: number; tasks: number }[] = [];
+  /** Per GEMV launch of the step, in order: kernel, byte offset of its problem table, problems, warp tasks. */
+  private launches: { kernel: 'mgemv' | 'mgemv_tc'; off: number; n: number; tasks: number }[] = [];
   private next = 0;
   private readonly hostIds: HostBuffer;
   private readonly hostLogits: HostBuffer;
@@ -78,6 +78,12 @@ export class DecodeStep {
   private readonly nSplit: number;
   /** Launches after the first of a step use PDL (RWKVX_DECODE_PDL=0 turns it off; off where unsupported). */
   pdl = process.env.RWKVX_DECODE_PDL !== '0';
+  /**
+   * Which GEMVs take the tensor-core kernel (cuBLAS's accumulation order, so decoding repeats the
+   * prefill's products bit for bit): all, those before the first attention block's selection
+   * ('prefix'), or none (the FMA kernel everywhere). RWKVX_DECODE_TC.
+   */
+  exact: 'all' | 'prefix' | 'none' = ((v) => (v === 'prefix' || v === 'none' ? v : 'all'))(process.env.RWKVX_DECODE_TC);
   private firstLaunch = true;
 
   constructor(private readonly ctx: CudaContext, private readonly cfg: ModelConfig, private readonly order: readonly LayoutEntry[],
@@ -151,18 +157,20 @@ export class DecodeStep {
   }
 
   /** Every mgemv launch of the step, in the order enqueue() makes them. */
-  private problems(state: DecodeState): Prob[][] {
-    const cfg = this.cfg, C = cfg.dim, L = cfg.lora, out: Prob[][] = [];
+  private problems(state: DecodeState): { probs: Prob[]; exact: boolean }[] {
+    const cfg = this.cfg, C = cfg.dim, L = cfg.lora, out: { probs: Prob[]; exact: boolean }[] = [];
+    let exact = this.exact !== 'none';
+    const push = (probs: Prob[]) => out.push({ probs, exact });
     const mix = (m: number) => this.mix + m * C * BF; // r, w, k, v, a, g
     const io = (i: number) => this.io + i * C * F32; // r, k, v, dw, da, dv, g
     const ffn = (Wk: number, Wv: number, F: number) => {
-      out.push([{ W: Wk, x: this.mix, y: this.hid, N: F, K: C, mode: GV.RELU2 }]);
-      out.push([{ W: Wv, x: this.hid, y: this.h, N: C, K: F, mode: GV.F32_ADD }]);
+      push([{ W: Wk, x: this.mix, y: this.hid, N: F, K: C, mode: GV.RELU2 }]);
+      push([{ W: Wv, x: this.hid, y: this.h, N: C, K: F, mode: GV.F32_ADD }]);
     };
     for (const e of this.order) {
       if (e.kind === 'rwkv') {
         const w = this.w.rw[e.index], t = this.loraT[e.index], first = e.index === 0;
-        out.push([
+        push([
           { W: w.Wr, x: mix(0), y: io(0), N: C, K: C, mode: GV.F32 },
           { W: w.Wk, x: mix(2), y: io(1), N: C, K: C, mode: GV.F32 },
           { W: w.Wv, x: mix(3), y: io(2), N: C, K: C, mode: GV.F32 },
@@ -171,31 +179,32 @@ export class DecodeStep {
           ...(first ? [] : [{ W: t.v1, x: mix(3), y: this.lv, N: L.v, K: C, mode: GV.BF16 }]),
           { W: t.g1, x: mix(5), y: this.lg, N: L.g, K: C, mode: GV.SIGMOID },
         ]);
-        out.push([
+        push([
           { W: t.w2, x: this.lw, y: io(3), N: C, K: L.w, mode: GV.F32 },
           { W: t.a2, x: this.la, y: io(4), N: C, K: L.a, mode: GV.F32 },
           ...(first ? [] : [{ W: t.v2, x: this.lv, y: io(5), N: C, K: L.v, mode: GV.F32 }]),
           { W: t.g2, x: this.lg, y: io(6), N: C, K: L.g, mode: GV.F32 },
         ]);
-        out.push([{ W: w.Wo, x: this.yb, y: this.h, N: C, K: C, mode: GV.F32_ADD }]);
+        push([{ W: w.Wo, x: this.yb, y: this.h, N: C, K: C, mode: GV.F32_ADD }]);
         ffn(w.ffnK, w.ffnV, cfg.ffn);
       } else {
         const w = this.w.aw[e.index], st = state.attn[e.index];
-        out.push([
+        push([
           { W: w.Wq, x: this.lnb, y: this.q, N: C, K: C, mode: GV.F32 },
           { W: w.Wk, x: this.lnb, y: st.k!.ptr, N: C, K: C, mode: GV.BF16, dynStride: C },
           { W: w.Wv, x: this.lnb, y: st.v!.ptr, N: C, K: C, mode: GV.BF16, dynStride: C },
         ]);
-        out.push([{ W: w.Wo, x: this.ab, y: this.h, N: C, K: C, mode: GV.F32_ADD }]);
+        if (this.exact === 'prefix') exact = false;
+        push([{ W: w.Wo, x: this.ab, y: this.h, N: C, K: C, mode: GV.F32_ADD }]);
         ffn(w.ffnK, w.ffnV, cfg.attnFfn);
       }
     }
-    out.push([{ W: this.w.headW, x: this.lnb, y: this.logits, N: cfg.vocab, K: C, mode: GV.F32 }]);
+    push([{ W: this.w.headW, x: this.lnb, y: this.logits, N: cfg.vocab, K: C, mode: GV.F32 }]);
     return out;
   }
 
-  private upload(launches: Prob[][]): void {
-    const total = launches.reduce((s, l) => s + l.length, 0);
+  private upload(launches: { probs: Prob[]; exact: boolean }[]): void {
+    const total = launches.reduce((s, l) => s + l.probs.length, 0);
     if (!this.tables || this.tables.bytes < total * PROB_BYTES) {
       this.tables?.free();
       this.tables = alloc(this.ctx, total * PROB_BYTES, 'decode problem tables');
@@ -203,8 +212,9 @@ export class DecodeStep {
     const buf = new ArrayBuffer(total * PROB_BYTES), dv = new DataView(buf);
     this.launches = [];
     let i = 0;
-    for (const probs of launches) {
+    for (const { probs, exact } of launches) {
       const off = i * PROB_BYTES;
+      const tc = exact && probs.every((p) => p.K % 16 === 0);
       let tasks = 0;
       for (const p of probs) {
         if (p.K % 8 !== 0) throw new Error(`internal: mgemv needs K % 8 = 0 (K = ${p.K})`);
@@ -212,10 +222,10 @@ export class DecodeStep {
         dv.setBigUint64(o, BigInt(p.W), true); dv.setBigUint64(o + 8, BigInt(p.x), true); dv.setBigUint64(o + 16, BigInt(p.y), true);
         dv.setInt32(o + 24, p.N, true); dv.setInt32(o + 28, K8, true); dv.setInt32(o + 32, p.mode, true);
         dv.setInt32(o + 36, lpr, true); dv.setInt32(o + 40, tasks, true); dv.setInt32(o + 44, p.dynStride ?? 0, true);
-        tasks += Math.ceil(p.N / (32 / lpr));
+        tasks += Math.ceil(p.N / (tc ? 8 : 32 / lpr));
         i++;
       }
-      this.launches.push({ off, n: probs.length, tasks });
+      this.launches.push({ kernel: tc ? 'mgemv_tc' : 'mgemv', off, n: probs.length, tasks });
     }
     copyHtoD(this.tables.ptr, new Uint8Array(buf));
   }
@@ -232,7 +242,7 @@ export class DecodeStep {
     };
     const gemv = () => {
       const l = this.launches[this.next++];
-      this.k('mgemv', 'pip', [Math.ceil(l.tasks / GV_WARPS)], [32 * GV_WARPS], [this.tables!.ptr + l.off, l.n, this.dyn]);
+      this.k(l.kernel, 'pip', [Math.ceil(l.tasks / GV_WARPS)], [32 * GV_WARPS], [this.tables!.ptr + l.off, l.n, this.dyn]);
     };
     for (const e of this.order) {
       if (e.kind === 'rwkv') {
