@@ -25,7 +25,14 @@ import { alloc, copyDtoD, copyDtoH, copyHtoD, type DeviceBuffer, toBf16, zero } 
 import { launch, loadModule, type CudaModule } from '../module-cache.js';
 
 const F32 = 4;
-const WKV_EVERY = 16, WR = 8;
+const WKV_EVERY = 16;
+/**
+ * WKV kernel variants (RWKVX_TRAIN_WKV, comma-separated; for benchmarking): 'wr16' = 16 state rows per
+ * block instead of 8; 'partial' = the backward's column sums as per-row-group partials added up by a
+ * second kernel instead of atomics.
+ */
+const WKV_VARIANTS = new Set(['wr16', 'wr8', 'partial', 'atomic']);
+const WKV_DEFAULT = 'wr8,atomic';
 const MAX_SEL = 8;
 
 type Fn = (...args: unknown[]) => number;
@@ -115,6 +122,7 @@ export class CudaTrainer {
   /** The trainable parameters' range [lo, hi) of the flat layout (elements). */
   private lo: number; private hi: number;
   private frozenGrads: boolean;
+  private wr: number; private wkvPartial: boolean;
   /** Rows, sequence length and sequences of the current call. */
   private R = 0; private T = 0; private Bn = 0;
 
@@ -127,7 +135,12 @@ export class CudaTrainer {
     this.eb = this.fp32 ? 4 : 2;
     this.dt = this.fp32 ? DT.F32 : DT.BF16;
     this.ctx = CudaContext.get(opts.device ?? 0);
-    this.mod = loadModule(this.ctx, 'train.cu', this.fp32 ? ['-DTR_FP32'] : []);
+    const variant = (process.env.RWKVX_TRAIN_WKV || WKV_DEFAULT).split(',').map((x) => x.trim()).filter(Boolean);
+    for (const v of variant) if (!WKV_VARIANTS.has(v)) fail(`RWKVX_TRAIN_WKV: unknown variant '${v}' (${[...WKV_VARIANTS].join(', ')})`);
+    this.wr = variant.includes('wr16') ? 16 : 8;
+    this.wkvPartial = variant.includes('partial');
+    const defs = [...(this.fp32 ? ['-DTR_FP32'] : []), ...(this.wr !== 8 ? [`-DWR=${this.wr}`] : []), ...(this.wkvPartial ? ['-DWKV_PARTIAL'] : [])];
+    this.mod = loadModule(this.ctx, 'train.cu', defs);
     this.blas = new Cublas(this.ctx);
     this.sc = new Scratch(this.ctx);
     let off = 0;
@@ -322,7 +335,7 @@ export class CudaTrainer {
     this.k('tr_tmix_prep', [Math.ceil((R * H) / 8)], [256],
       [d, om, av, sv, kh, kt, v, vFirst, knorm, k, vraw, a('w0'), a('a0'), a('v0'), a('k_k'), a('k_a'), R, H, li === 0 ? 1 : 0]);
     const y = s.get('tm.y', n * F32), ckpt = s.get('tm.ckpt', this.Bn * Math.ceil(this.T / WKV_EVERY) * H * 64 * 64 * F32);
-    this.k('tr_wkv_fwd', [H, 64 / WR, this.Bn], [32 * WR], [y, ckpt, r, om, kt, v, kh, av, this.T, C]);
+    this.k('tr_wkv_fwd', [H, 64 / this.wr, this.Bn], [32 * this.wr], [y, ckpt, r, om, kt, v, kh, av, this.T, C]);
     const zB = s.get('tm.zB', n * this.eb);
     this.k('tr_out_fwd', [Math.ceil((R * H) / 8)], [256], [zB, y, r, kt, v, gate, a('ln_x.weight'), a('ln_x.bias'), a('r_k'), R, H]);
     this.lin(h, zB, ab('output.weight'), R, C, C, true);
@@ -362,7 +375,9 @@ export class CudaTrainer {
     const dom = s.get('tmb.dom', n * F32), dkk = s.get('tmb.dkk', n * F32), db = s.get('tmb.db', n * F32);
     zero(this.ctx, dom, n * F32); zero(this.ctx, dkk, n * F32); zero(this.ctx, db, n * F32);
     const om = s.get('tm.om', 0), kh = s.get('tm.kh', 0), av = s.get('tm.a', 0), ckpt = s.get('tm.ckpt', 0);
-    this.k('tr_wkv_bwd', [H, 64 / WR, this.Bn], [32 * WR], [dr, dom, dkt, dv, dkk, db, dy, r, om, kt, v, kh, av, ckpt, this.T, C]);
+    const groups = 64 / this.wr, part = this.wkvPartial ? s.get('tmb.wkvpart', groups * 5 * n * F32) : 0;
+    this.k('tr_wkv_bwd', [H, groups, this.Bn], [32 * this.wr], [dr, dom, dkt, dv, dkk, db, part, dy, r, om, kt, v, kh, av, ckpt, this.T, C]);
+    if (part) this.k('tr_wkv_reduce', this.ew(n), [256], [dr, dom, dkt, dkk, db, part, n, groups]);
     // keys, rate, decay, value residual
     const dk = s.get('tmb.dk', n * F32), dapre = s.get('tmb.dapre', n * F32), dvraw = s.get('tmb.dvraw', n * F32), dvpre = s.get('tmb.dvpre', n * F32);
     const k = s.get('tm.k', 0), d = s.get('tm.d', 0), sv = s.get('tm.sv', 0), vraw = s.get('tm.vraw', 0);
@@ -414,7 +429,12 @@ export class CudaTrainer {
     this.lnBack(dh, this.g(`${p}ln1.weight`), this.g(`${p}ln1.bias`), dx1, hIn, this.f(`${p}ln1.weight`), R, true);
   }
 
-  private attnForward(j: number, h: number, R: number, B: number, nSel: number): void {
+  /**
+   * Attention block forward over h (in place). The attention core's outputs (y, log-sum-exp, selection)
+   * go to per-block buffers in the first pass and are reused when the backward recomputes the block
+   * (`recompute`), as flash attention keeps O and the log-sum-exp: the core is the dearest op there is.
+   */
+  private attnForward(j: number, h: number, R: number, B: number, nSel: number, recompute: boolean): void {
     const cfg = this.cfg, C = cfg.dim, H = cfg.heads, s = this.sc, n = R * C, p = attnPrefix(j);
     const x1B = s.get('ab.x1B', n * this.eb);
     this.ln(0, x1B, h, this.f(`${p}ln1.weight`), this.f(`${p}ln1.bias`), R);
@@ -423,10 +443,12 @@ export class CudaTrainer {
     this.lin(k, x1B, this.b(`${p}att.key.weight`), R, C, C);
     this.lin(v, x1B, this.b(`${p}att.value.weight`), R, C, C);
     const T = this.T, Bn = this.Bn, nc = Math.floor(T / B);
-    const means = s.get('ab.means', Math.max(1, Bn * nc) * C * F32);
-    if (nc > 0 && nSel > 0) this.k('tr_chunk_means', [nc, Math.ceil(C / 256), Bn], [256], [means, k, T, C, B]);
-    const y = s.get('ab.y', n * F32), lse = s.get('ab.lse', R * H * F32), sel = s.get('ab.sel', Math.max(1, R * H * nSel) * 4);
-    this.k('tr_moba_fwd', [Math.ceil(T / 64), H, Bn], [64], [y, lse, sel, q, k, v, means, T, H, B, nSel, 0.125]);
+    const y = s.get(`ab.y.${j}`, n * F32), lse = s.get(`ab.lse.${j}`, R * H * F32), sel = s.get(`ab.sel.${j}`, Math.max(1, R * H * nSel) * 4);
+    if (!recompute) {
+      const means = s.get('ab.means', Math.max(1, Bn * nc) * C * F32);
+      if (nc > 0 && nSel > 0) this.k('tr_chunk_means', [nc, Math.ceil(C / 256), Bn], [256], [means, k, T, C, B]);
+      this.k('tr_moba_fwd', [Math.ceil(T / 64), H, Bn], [64], [y, lse, sel, q, k, v, means, T, H, B, nSel, 0.125]);
+    }
     const yB = s.get('ab.yB', n * this.eb);
     this.toBf(yB, y, n);
     this.lin(h, yB, this.b(`${p}att.output.weight`), R, C, C, true);
@@ -440,7 +462,7 @@ export class CudaTrainer {
     const cfg = this.cfg, C = cfg.dim, H = cfg.heads, s = this.sc, n = R * C, p = attnPrefix(j);
     const h = s.get('rb.h', n * F32);
     copyD(this, h, hIn, n * F32);
-    this.attnForward(j, h, R, B, nSel);
+    this.attnForward(j, h, R, B, nSel, true);
     const dhB = s.get('b.dhB', n * this.eb);
     this.toBf(dhB, dh, n);
     const dx2 = this.cmBackward(p, s.get('rb.x2', 0), cfg.attnFfn, R, dhB);
@@ -448,7 +470,7 @@ export class CudaTrainer {
     this.toBf(dhB, dh, n);
     const dy = s.get('abb.dy', n * F32);
     this.linBack(dy, this.g(`${p}att.output.weight`), dhB, s.get('ab.yB', 0), this.b(`${p}att.output.weight`), R, C, C);
-    const q = s.get('ab.q', 0), k = s.get('ab.k', 0), v = s.get('ab.v', 0), y = s.get('ab.y', 0), lse = s.get('ab.lse', 0), sel = s.get('ab.sel', 0);
+    const q = s.get('ab.q', 0), k = s.get('ab.k', 0), v = s.get('ab.v', 0), y = s.get(`ab.y.${j}`, 0), lse = s.get(`ab.lse.${j}`, 0), sel = s.get(`ab.sel.${j}`, 0);
     const Dv = s.get('abb.D', R * H * F32);
     this.k('tr_moba_dvec', [Math.ceil((R * H) / 8)], [256], [Dv, dy, y, R, H]);
     const T = this.T, Bn = this.Bn;
@@ -555,7 +577,7 @@ export class CudaTrainer {
     order.forEach((en, b) => {
       copyD(this, hIn(b + 1), hIn(b), n * F32);
       if (en.kind === 'rwkv') this.rwkvForward(en.index, hIn(b + 1), vFirst, R);
-      else this.attnForward(en.index, hIn(b + 1), R, B, nSel);
+      else this.attnForward(en.index, hIn(b + 1), R, B, nSel, false);
     });
     const hOut = hIn(order.length);
 
