@@ -35,6 +35,20 @@ export interface DecodeState {
   attn: readonly { k: { ptr: number } | null; v: { ptr: number } | null; means: { ptr: number } | null; meansCap: number; ffnX: { ptr: number } }[];
 }
 
+/**
+ * The blocks of a step before the first attention block's chunk choice, recorded by the caller
+ * with the cuBLAS kernels of the prefill (whose products cuBLAS computes bit for bit alike for one
+ * row and for many, so that choice is the prefill's exactly; near-tied choices otherwise flip on
+ * rounding-level differences). The step resumes at layout entry `resume` (an attention block) from
+ * its q and choices, sharing the prefix's buffers.
+ */
+export interface DecodePrefix {
+  resume: number;
+  enqueue(): void;
+  /** [token id, position] (int32), residual (float32 [C]), layer 0's v, q (float32 [C]), choices (int32 [H, 8]). */
+  dyn: number; h: number; vFirst: number; q: number; sel: number;
+}
+
 const F32 = 4, BF = 2, MAXSEL = 8, DEC_SPL = 256;
 /** mgemv epilogues (kernels/decode.cu GV_*). */
 const GV = { F32: 0, F32_ADD: 1, BF16: 2, TANH: 3, SIGMOID: 4, RELU2: 5 } as const;
@@ -61,15 +75,18 @@ export class DecodeStep {
   /** LoRA factors transposed to [out, in] per RWKV block: w1ᵀ, a1ᵀ, v1ᵀ, g1ᵀ ([L, C]), w2ᵀ, a2ᵀ, v2ᵀ, g2ᵀ ([C, L]). */
   private readonly loraT: { w1: number; a1: number; v1: number; g1: number; w2: number; a2: number; v2: number; g2: number }[] = [];
   /** [token id, position] on the device, read by the kernels that depend on the position. */
-  readonly dyn: number;
-  private readonly h: number; private readonly mix: number; private readonly io: number; private readonly vFirst: number;
+  private readonly ownDyn: number; private readonly ownH: number; private readonly ownVFirst: number;
+  /** The buffers of the recorded step: our own, or those shared with a prefix. */
+  private dyn: number; private h: number; private vFirst: number;
+  private prefix: DecodePrefix | undefined;
+  private readonly mix: number; private readonly io: number;
   private readonly lw: number; private readonly la: number; private readonly lv: number; private readonly lg: number;
   private readonly yb: number; private readonly hid: number; private readonly q: number; private readonly ab: number;
   private readonly lnb: number; private readonly logits: number; private readonly sel: number; private readonly part: number;
   private readonly counter: number;
   private tables: DeviceBuffer | undefined;
-  /** Per GEMV launch of the step, in order: kernel, byte offset of its problem table, problems, warp tasks. */
-  private launches: { kernel: 'mgemv' | 'mgemv_tc'; off: number; n: number; tasks: number }[] = [];
+  /** Per mgemv launch of the step, in order: byte offset of its problem table, problems, warp tasks. */
+  private launches: { off: number; n: number; tasks: number }[] = [];
   private next = 0;
   private readonly hostIds: HostBuffer;
   private readonly hostLogits: HostBuffer;
@@ -78,12 +95,6 @@ export class DecodeStep {
   private readonly nSplit: number;
   /** Launches after the first of a step use PDL (RWKVX_DECODE_PDL=0 turns it off; off where unsupported). */
   pdl = process.env.RWKVX_DECODE_PDL !== '0';
-  /**
-   * Which GEMVs take the tensor-core kernel (cuBLAS's accumulation order, so decoding repeats the
-   * prefill's products bit for bit): all, those before the first attention block's selection
-   * ('prefix'), or none (the FMA kernel everywhere). RWKVX_DECODE_TC.
-   */
-  exact: 'all' | 'prefix' | 'none' = ((v) => (v === 'prefix' || v === 'none' ? v : 'all'))(process.env.RWKVX_DECODE_TC);
   private firstLaunch = true;
 
   constructor(private readonly ctx: CudaContext, private readonly cfg: ModelConfig, private readonly order: readonly LayoutEntry[],
@@ -91,9 +102,9 @@ export class DecodeStep {
     const C = cfg.dim, H = cfg.heads, L = cfg.lora, F = Math.max(cfg.ffn, cfg.attnFfn);
     this.mod = loadModule(ctx, 'decode.cu');
     const a = (bytes: number, what: string) => { const b = alloc(ctx, bytes, `decode ${what}`); this.bufs.push(b); return b.ptr; };
-    this.dyn = a(8, 'position');
-    this.h = a(C * F32, 'residual'); this.mix = a(6 * C * BF, 'mixes'); this.io = a(7 * C * F32, 'projections');
-    this.vFirst = a(C * F32, 'v first');
+    this.dyn = this.ownDyn = a(8, 'position');
+    this.h = this.ownH = a(C * F32, 'residual'); this.mix = a(6 * C * BF, 'mixes'); this.io = a(7 * C * F32, 'projections');
+    this.vFirst = this.ownVFirst = a(C * F32, 'v first');
     this.lw = a(L.w * BF, 'lora'); this.la = a(L.a * BF, 'lora'); this.lv = a(L.v * BF, 'lora'); this.lg = a(L.g * BF, 'lora');
     this.yb = a(C * BF, 'wkv out'); this.hid = a(F * BF, 'ffn'); this.q = a(C * F32, 'q'); this.ab = a(C * BF, 'attention');
     this.lnb = a(C * BF, 'ln'); this.logits = a(cfg.vocab * F32, 'logits'); this.sel = a(H * MAXSEL * 4, 'selection');
@@ -124,7 +135,9 @@ export class DecodeStep {
    * caches, are uploaded first: no synchronous call may happen during capture). `scores` holds
    * H × (largest meansCap) floats. Falls back to plain launches if a PDL capture fails.
    */
-  capture(graph: CudaGraph, state: DecodeState, scores: number): void {
+  capture(graph: CudaGraph, state: DecodeState, scores: number, prefix?: DecodePrefix): void {
+    this.prefix = prefix;
+    this.dyn = prefix?.dyn ?? this.ownDyn; this.h = prefix?.h ?? this.ownH; this.vFirst = prefix?.vFirst ?? this.ownVFirst;
     this.upload(this.problems(state));
     try {
       graph.capture(() => this.enqueue(state, scores));
@@ -157,17 +170,18 @@ export class DecodeStep {
   }
 
   /** Every mgemv launch of the step, in the order enqueue() makes them. */
-  private problems(state: DecodeState): { probs: Prob[]; exact: boolean }[] {
-    const cfg = this.cfg, C = cfg.dim, L = cfg.lora, out: { probs: Prob[]; exact: boolean }[] = [];
-    let exact = this.exact !== 'none';
-    const push = (probs: Prob[]) => out.push({ probs, exact });
+  private problems(state: DecodeState): Prob[][] {
+    const cfg = this.cfg, C = cfg.dim, L = cfg.lora, out: Prob[][] = [];
+    const push = (probs: Prob[]) => out.push(probs);
     const mix = (m: number) => this.mix + m * C * BF; // r, w, k, v, a, g
     const io = (i: number) => this.io + i * C * F32; // r, k, v, dw, da, dv, g
+    const resume = this.prefix?.resume ?? -1;
     const ffn = (Wk: number, Wv: number, F: number) => {
       push([{ W: Wk, x: this.mix, y: this.hid, N: F, K: C, mode: GV.RELU2 }]);
       push([{ W: Wv, x: this.hid, y: this.h, N: C, K: F, mode: GV.F32_ADD }]);
     };
-    for (const e of this.order) {
+    for (const [i, e] of this.order.entries()) {
+      if (i < resume) continue;
       if (e.kind === 'rwkv') {
         const w = this.w.rw[e.index], t = this.loraT[e.index], first = e.index === 0;
         push([
@@ -189,12 +203,11 @@ export class DecodeStep {
         ffn(w.ffnK, w.ffnV, cfg.ffn);
       } else {
         const w = this.w.aw[e.index], st = state.attn[e.index];
-        push([
+        if (i !== resume) push([
           { W: w.Wq, x: this.lnb, y: this.q, N: C, K: C, mode: GV.F32 },
           { W: w.Wk, x: this.lnb, y: st.k!.ptr, N: C, K: C, mode: GV.BF16, dynStride: C },
           { W: w.Wv, x: this.lnb, y: st.v!.ptr, N: C, K: C, mode: GV.BF16, dynStride: C },
         ]);
-        if (this.exact === 'prefix') exact = false;
         push([{ W: w.Wo, x: this.ab, y: this.h, N: C, K: C, mode: GV.F32_ADD }]);
         ffn(w.ffnK, w.ffnV, cfg.attnFfn);
       }
@@ -203,8 +216,8 @@ export class DecodeStep {
     return out;
   }
 
-  private upload(launches: { probs: Prob[]; exact: boolean }[]): void {
-    const total = launches.reduce((s, l) => s + l.probs.length, 0);
+  private upload(launches: Prob[][]): void {
+    const total = launches.reduce((s, l) => s + l.length, 0);
     if (!this.tables || this.tables.bytes < total * PROB_BYTES) {
       this.tables?.free();
       this.tables = alloc(this.ctx, total * PROB_BYTES, 'decode problem tables');
@@ -212,9 +225,8 @@ export class DecodeStep {
     const buf = new ArrayBuffer(total * PROB_BYTES), dv = new DataView(buf);
     this.launches = [];
     let i = 0;
-    for (const { probs, exact } of launches) {
+    for (const probs of launches) {
       const off = i * PROB_BYTES;
-      const tc = exact && probs.every((p) => p.K % 16 === 0);
       let tasks = 0;
       for (const p of probs) {
         if (p.K % 8 !== 0) throw new Error(`internal: mgemv needs K % 8 = 0 (K = ${p.K})`);
@@ -222,10 +234,10 @@ export class DecodeStep {
         dv.setBigUint64(o, BigInt(p.W), true); dv.setBigUint64(o + 8, BigInt(p.x), true); dv.setBigUint64(o + 16, BigInt(p.y), true);
         dv.setInt32(o + 24, p.N, true); dv.setInt32(o + 28, K8, true); dv.setInt32(o + 32, p.mode, true);
         dv.setInt32(o + 36, lpr, true); dv.setInt32(o + 40, tasks, true); dv.setInt32(o + 44, p.dynStride ?? 0, true);
-        tasks += Math.ceil(p.N / (tc ? 8 : 32 / lpr));
+        tasks += Math.ceil(p.N / (32 / lpr));
         i++;
       }
-      this.launches.push({ kernel: tc ? 'mgemv_tc' : 'mgemv', off, n: probs.length, tasks });
+      this.launches.push({ off, n: probs.length, tasks });
     }
     copyHtoD(this.tables.ptr, new Uint8Array(buf));
   }
@@ -235,16 +247,19 @@ export class DecodeStep {
     const cfg = this.cfg, C = cfg.dim, H = cfg.heads, B = cfg.chunk, w = this.w;
     this.firstLaunch = true;
     this.next = 0;
+    const prefix = this.prefix, resume = prefix?.resume ?? -1;
     let emb = w.emb;
+    if (prefix) { prefix.enqueue(); emb = 0; this.firstLaunch = false; }
     const ln = (out: number, lw: number, lb: number, prev: number, mu: number, M: number) => {
       this.k('dec_ln_mix', 'ppppppiipp', [1], [256], [out, this.h, lw, lb, prev, mu, C, M, emb, this.dyn]);
       emb = 0;
     };
     const gemv = () => {
       const l = this.launches[this.next++];
-      this.k(l.kernel, 'pip', [Math.ceil(l.tasks / GV_WARPS)], [32 * GV_WARPS], [this.tables!.ptr + l.off, l.n, this.dyn]);
+      this.k('mgemv', 'pip', [Math.ceil(l.tasks / GV_WARPS)], [32 * GV_WARPS], [this.tables!.ptr + l.off, l.n, this.dyn]);
     };
-    for (const e of this.order) {
+    for (const [i, e] of this.order.entries()) {
+      if (i < resume) continue;
       if (e.kind === 'rwkv') {
         const b = w.rw[e.index], st = state.rwkv[e.index];
         ln(this.mix, b.ln1w, b.ln1b, st.attX.ptr, b.mu6, 6);
@@ -256,12 +271,16 @@ export class DecodeStep {
         gemv(); gemv(); // W_key (relu²), W_value
       } else {
         const a = w.aw[e.index], st = state.attn[e.index];
-        ln(this.lnb, a.ln1w, a.ln1b, 0, 0, 0);
-        gemv(); // q, k, v (k, v into the caches at row P)
-        this.k('dec_select', 'pppppp' + 'iiii', [H + Math.ceil(C / 256)], [256],
-          [this.sel, scores, st.means!.ptr, this.q, st.k!.ptr, this.dyn, H, B, st.meansCap, this.nSel]);
+        let q = this.q, sel = this.sel;
+        if (i === resume) { q = prefix!.q; sel = prefix!.sel; } // the prefix made q, the K/V rows, the means and the choices
+        else {
+          ln(this.lnb, a.ln1w, a.ln1b, 0, 0, 0);
+          gemv(); // q, k, v (k, v into the caches at row P)
+          this.k('dec_select', 'pppppp' + 'iiii', [H + Math.ceil(C / 256)], [256],
+            [this.sel, scores, st.means!.ptr, this.q, st.k!.ptr, this.dyn, H, B, st.meansCap, this.nSel]);
+        }
         this.k('dec_attn', 'pppppppp' + 'iii' + 'f', [this.nSplit * (this.nSel + 1), H], [128],
-          [this.ab, this.part, this.counter, this.q, st.k!.ptr, st.v!.ptr, this.sel, this.dyn, H, B, this.nSplit, 0.125 * Math.LOG2E]);
+          [this.ab, this.part, this.counter, q, st.k!.ptr, st.v!.ptr, sel, this.dyn, H, B, this.nSplit, 0.125 * Math.LOG2E]);
         gemv(); // Wo
         ln(this.mix, a.ln2w, a.ln2b, st.ffnX.ptr, a.ffnXk, 1);
         gemv(); gemv();

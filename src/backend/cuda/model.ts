@@ -143,8 +143,14 @@ export class CudaModel {
    * RWKVX_DECODE_GEMV=0 (or false) records the cuBLAS step of `stepBody` instead.
    */
   decodeGemv = process.env.RWKVX_DECODE_GEMV !== '0';
+  /**
+   * With decodeGemv, the blocks before the first attention block's chunk choice stay on the cuBLAS
+   * step, so that choice is the prefill's bit for bit (RWKVX_DECODE_EXACT=0: GEMV kernels throughout).
+   */
+  decodeExactPrefix = process.env.RWKVX_DECODE_EXACT !== '0';
   private decoder: DecodeStep | undefined;
   private graphDecoder: DecodeStep | undefined;
+  private graphPrefix = false;
   /** Bumped whenever a buffer that a captured graph may use is reallocated. */
   private gen = 0;
   private tmpBufs = new Map<string, DeviceBuffer>();
@@ -707,11 +713,21 @@ export class CudaModel {
       : undefined;
     const part = dec ? 0 : this.tmp('decode', H * nBlk * 66 * F32);
     const scores = this.tmp('decodeScores', H * Math.max(...state.attn.map((a) => a.meansCap), 1) * F32);
-    if (this.graphState !== state || this.graphGen !== this.gen || !this.graph.ready || this.graphDecoder !== dec) {
+    const resume = dec && this.decodeExactPrefix ? this.order.findIndex((e) => e.kind === 'attn') : -1;
+    if (this.graphState !== state || this.graphGen !== this.gen || !this.graph.ready || this.graphDecoder !== dec || this.graphPrefix !== resume >= 0) {
       this.ctx.sync();
-      if (dec) dec.capture(this.graph, state, scores);
-      else this.graph.capture(() => this.stepBody(sc, state, part, scores, nSel, nSplit));
-      this.graphState = state; this.graphGen = this.gen; this.graphDecoder = dec;
+      if (dec) {
+        dec.capture(this.graph, state, scores, resume < 0 ? undefined : {
+          resume, dyn: sc.tok, h: sc.h, vFirst: sc.vFirst, q: sc.q, sel: sc.sel,
+          enqueue: () => {
+            this.k('embed', 'pppi', [1], [256], [sc.h, this.emb, sc.tok, cfg.dim]);
+            for (const e of this.order.slice(0, resume)) this.rwkvBlock(sc, e.index, state.rwkv[e.index], 1);
+            const e = this.order[resume];
+            this.stepAttnFront(sc, state.attn[e.index], this.aw[e.index], scores, nSel);
+          },
+        });
+      } else this.graph.capture(() => this.stepBody(sc, state, part, scores, nSel, nSplit));
+      this.graphState = state; this.graphGen = this.gen; this.graphDecoder = dec; this.graphPrefix = resume >= 0;
     }
     if (dec) dec.setInput(token, P);
     else { this.stepIds[0] = token; this.stepIds[1] = P; copyHtoD(sc.tok, this.stepIds); }
@@ -729,18 +745,7 @@ export class CudaModel {
     for (const e of this.order) {
       if (e.kind === 'rwkv') { this.rwkvBlock(sc, e.index, state.rwkv[e.index], 1); continue; }
       const st = state.attn[e.index], w = this.aw[e.index];
-      const kn = sc.mix, vn = sc.mix + C * BF;
-      this.layerNorm(0, sc.yb, sc.h, w.ln1w, w.ln1b, 1);
-      blas.linear(sc.q, 'f32', sc.yb, w.Wq, 1, C, C);
-      blas.linear(kn, 'bf16', sc.yb, w.Wk, 1, C, C);
-      blas.linear(vn, 'bf16', sc.yb, w.Wv, 1, C, C);
-      this.k('kv_append', 'ppppp' + 'i', [Math.ceil(C / 256)], [256], [st.k!.ptr, st.v!.ptr, kn, vn, sc.tok, C]);
-      this.k('chunk_means_dyn', 'ppiip', [Math.ceil(C / 256)], [256], [st.means!.ptr, st.k!.ptr, C, B, sc.tok]);
-      if (nSel > 0) {
-        const cap = st.meansCap;
-        this.k('dec_scores', 'pppp' + 'iii', [Math.ceil((H * cap) / 128)], [128], [scores, sc.q, st.means!.ptr, sc.tok, H, B, cap]);
-        this.k('select_chunks', 'ppppp' + 'iiiiiii', [Math.ceil(H / 8)], [256], [sc.sel, sc.q, st.means!.ptr, scores, sc.tok, 1, H, 0, B, nSel, -1, cap]);
-      }
+      this.stepAttnFront(sc, st, w, scores, nSel);
       this.k('attn_decode', 'pppppp' + 'iii' + 'f', [nSplit * (nSel + 1), H], [128], [part, sc.q, st.k!.ptr, st.v!.ptr, sc.sel, sc.tok, H, B, nSplit, 0.125 * Math.LOG2E]);
       this.k('attn_decode_combine', 'ppii', [H], [64], [sc.ab, part, H, nSplit * (nSel + 1)]);
       blas.linear(sc.h, 'f32', sc.ab, w.Wo, 1, C, C, true);
@@ -748,6 +753,23 @@ export class CudaModel {
     }
     this.layerNorm(0, sc.yb, sc.h, this.lnOutW, this.lnOutB, 1);
     blas.linear(sc.logits, 'f32', sc.yb, this.headW, 1, C, cfg.vocab);
+  }
+
+  /** A step's attention block up to its chunk choice: LN, q (sc.q), the K/V rows, the completed chunk's mean, choices (sc.sel). */
+  private stepAttnFront(sc: Scratch, st: CudaAttnLayerState, w: AttnW, scores: number, nSel: number): void {
+    const C = this.cfg.dim, H = this.cfg.heads, B = this.cfg.chunk, blas = this.blas;
+    const kn = sc.mix, vn = sc.mix + C * BF;
+    this.layerNorm(0, sc.yb, sc.h, w.ln1w, w.ln1b, 1);
+    blas.linear(sc.q, 'f32', sc.yb, w.Wq, 1, C, C);
+    blas.linear(kn, 'bf16', sc.yb, w.Wk, 1, C, C);
+    blas.linear(vn, 'bf16', sc.yb, w.Wv, 1, C, C);
+    this.k('kv_append', 'ppppp' + 'i', [Math.ceil(C / 256)], [256], [st.k!.ptr, st.v!.ptr, kn, vn, sc.tok, C]);
+    this.k('chunk_means_dyn', 'ppiip', [Math.ceil(C / 256)], [256], [st.means!.ptr, st.k!.ptr, C, B, sc.tok]);
+    if (nSel > 0) {
+      const cap = st.meansCap;
+      this.k('dec_scores', 'pppp' + 'iii', [Math.ceil((H * cap) / 128)], [128], [scores, sc.q, st.means!.ptr, sc.tok, H, B, cap]);
+      this.k('select_chunks', 'ppppp' + 'iiiiiii', [Math.ceil(H / 8)], [256], [sc.sel, sc.q, st.means!.ptr, scores, sc.tok, 1, H, 0, B, nSel, -1, cap]);
+    }
   }
 
   /** Logits of rows [r0, r0 + rows) of the segment into `out`. */

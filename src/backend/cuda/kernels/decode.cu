@@ -139,62 +139,6 @@ extern "C" __global__ void __launch_bounds__(128, 8) mgemv(const GemvProb* probs
   if (ok && sub == 0) gemv_out(pr, row, acc, dyn);
 }
 
-// Tensor-core variant: the sum for each output is the chain of mma.sync m16n8k16 steps over k in
-// order (16 at a time, one float32 accumulator, no split), which is how cuBLAS's non-split-K bf16
-// GEMMs accumulate: decoding then reproduces the prefill's products bit for bit where cuBLAS does.
-// W sits in the B operand (8 rows per warp task: rows row0 + n, n = g), x in every row of A.
-// Lane (g, t) holds, per k16 block b, words 8b + t and 8b + 4 + t of row g (the m16n8k16 fragments).
-// Needs K % 16 = 0. task0 counts 8-row tasks here.
-__device__ __forceinline__ void mma16816(float* d, const u32* a, u32 b0, u32 b1) {
-  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-#define TC_BATCH 32
-extern "C" __global__ void __launch_bounds__(128) mgemv_tc(const GemvProb* probs, int nProb, const int* dyn) {
-  const int task = blockIdx.x * GV_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-  int p = 0;
-  while (p + 1 < nProb && task >= probs[p + 1].task0) p++;
-  const GemvProb* pr = probs + p;
-  const int K16 = pr->K8 >> 1, N = pr->N, g = lane >> 2, t = lane & 3;
-  const int row0 = (task - pr->task0) * 8, row = row0 + g;
-  const bool ok = row < N;
-  const u32* wr = (const u32*)pr->W + (long long)(ok ? row : 0) * (K16 * 8) + t;
-  const u32* xr = (const u32*)pr->x + t;
-  u32 wb[TC_BATCH][2];
-#pragma unroll
-  for (int u = 0; u < TC_BATCH; u++) {
-    bool in = ok && u < K16;
-    wb[u][0] = in ? __ldg(wr + u * 8) : 0u;
-    wb[u][1] = in ? __ldg(wr + u * 8 + 4) : 0u;
-  }
-  pdl_wait();
-  pdl_trigger();
-  float d[4] = {0.f, 0.f, 0.f, 0.f};
-  for (int b0 = 0; b0 < K16; b0 += TC_BATCH) {
-    if (b0 > 0) {
-#pragma unroll
-      for (int u = 0; u < TC_BATCH; u++) {
-        bool in = ok && b0 + u < K16;
-        wb[u][0] = in ? __ldg(wr + (b0 + u) * 8) : 0u;
-        wb[u][1] = in ? __ldg(wr + (b0 + u) * 8 + 4) : 0u;
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < TC_BATCH; u++) {
-      if (b0 + u < K16) {
-        u32 xa = xr[(b0 + u) * 8], xb = xr[(b0 + u) * 8 + 4];
-        const u32 a[4] = {xa, xa, xb, xb};
-        mma16816(d, a, wb[u][0], wb[u][1]);
-      }
-    }
-  }
-  // D[m][n] = x·W[row0 + n] for every m; lanes 0…3 (g = 0) hold n = 2t, 2t + 1
-  if (g != 0) return;
-  if (row0 + 2 * t < N) gemv_out(pr, row0 + 2 * t, d[0], dyn);
-  if (row0 + 2 * t + 1 < N) gemv_out(pr, row0 + 2 * t + 1, d[1], dyn);
-}
-
 // ---------------------------------------------------------------------------------------------
 // One row: LayerNorm of x (eps 1e-5), then with prev: the M token-shift mixes
 // out[m] = bf16(xn + (prev − xn)·mu[m]) and prev ← xn; without prev: out = bf16(xn).
