@@ -7,7 +7,8 @@ import { heapF32 } from '../backend/cpu/shared.js';
 import { Rng } from '../generate/rng.js';
 import { layerNorm } from '../backend/cpu/ops.js';
 import type { ModelConfig } from './config.js';
-import type { AttnBlockWeights, ModelWeights, RwkvBlockWeights } from './weights.js';
+import type { AttnBlockWeights, Leaves, ModelWeights, RwkvBlockWeights } from './weights.js';
+export type { Leaves } from './weights.js';
 
 export function shapeConfig(p: { vocab: number; dim: number; nLayer: number; nAttn?: number; chunk?: number; topk?: number }): ModelConfig {
   const C = p.dim;
@@ -21,7 +22,6 @@ export function shapeConfig(p: { vocab: number; dim: number; nLayer: number; nAt
 
 /** One tensor of a random model: n values uniform in offset ± scale (scale 0: the constant offset). */
 export interface RandomInit { n: number; scale: number; offset: number }
-export type Leaves<W, T> = { [K in keyof W]: W[K] extends Float32Array ? T : W[K] extends (infer E)[] ? Leaves<E, T>[] : W[K] };
 /** A random model described tensor by tensor (the embedding's rows are layer-normalised afterwards). */
 export type RandomSpec = Leaves<ModelWeights, RandomInit>;
 

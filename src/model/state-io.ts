@@ -43,17 +43,30 @@ export function stateTensors(state: ModelState, cfg: ModelConfig): NamedTensor[]
  * state from a different model of the same shape is refused too.
  */
 export function modelFingerprint(cfg: ModelConfig, w: ModelWeights): string {
-  let h = 0x811c9dc5;
-  const mix = (a: Float32Array) => {
+  const f = new Fingerprint();
+  f.mix(w.emb); f.mix(w.head);
+  for (const b of w.blocks) f.mix(b.Wr);
+  for (const a of w.attn) f.mix(a.Wq);
+  return f.digest(cfg);
+}
+
+/**
+ * The model fingerprint built incrementally (for loaders that stream tensors): mix the embedding,
+ * the head, each block's Wr, each attention block's Wq, in that order.
+ */
+export class Fingerprint {
+  private h = 0x811c9dc5;
+  mix(a: Float32Array): void {
     const u = new Uint32Array(a.buffer, a.byteOffset, a.length);
     const step = Math.max(1, Math.floor(u.length / 4096));
+    let h = this.h;
     for (let i = 0; i < u.length; i += step) h = Math.imul(h ^ u[i], 0x01000193) >>> 0;
-  };
-  mix(w.emb); mix(w.head);
-  for (const b of w.blocks) mix(b.Wr);
-  for (const a of w.attn) mix(a.Wq);
-  const shape = [cfg.arch, cfg.vocab, cfg.dim, cfg.nLayer, cfg.nAttn, cfg.ffn, cfg.attnFfn].join('-');
-  return `${shape}:${h.toString(16).padStart(8, '0')}`;
+    this.h = h;
+  }
+  digest(cfg: ModelConfig): string {
+    const shape = [cfg.arch, cfg.vocab, cfg.dim, cfg.nLayer, cfg.nAttn, cfg.ffn, cfg.attnFfn].join('-');
+    return `${shape}:${this.h.toString(16).padStart(8, '0')}`;
+  }
 }
 
 interface StateHeader {

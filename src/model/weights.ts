@@ -151,13 +151,33 @@ export function validateTensors(src: TensorSource, cfg: ModelConfig): void {
 
 /** Reads every weight as float32 (large matrices through `alloc`, so worker threads can see them). */
 export function loadWeights(src: TensorSource, cfg: ModelConfig, alloc: F32Alloc): ModelWeights {
+  const r = weightReaders(src, cfg, alloc);
+  const all = <W extends object>(o: W) => Object.fromEntries(Object.entries(o).map(([k, f]) => [k, (f as () => Float32Array)()]));
+  const emb = r.emb();
+  const blocks = r.blocks.map((b) => all(b) as unknown as RwkvBlockWeights);
+  const attn = r.attn.map((a) => all(a) as unknown as AttnBlockWeights);
+  return { emb, lnOutW: r.lnOutW(), lnOutB: r.lnOutB(), head: r.head(), blocks, attn };
+}
+
+/** A tree shaped like ModelWeights with other leaves (readers, random initialisations, …). */
+export type Leaves<W, T> = { [K in keyof W]: W[K] extends Float32Array ? T : W[K] extends (infer E)[] ? Leaves<E, T>[] : W[K] };
+
+/**
+ * Each tensor as a function that reads it (float32) when called: loaders that convert and upload
+ * tensor by tensor (the CUDA backend) never hold the whole model in float32. The embedding's reader
+ * folds block 0's ln0 into it (SPEC §2).
+ */
+export function weightReaders(src: TensorSource, cfg: ModelConfig, alloc: F32Alloc): Leaves<ModelWeights, () => Float32Array> {
   validateTensors(src, cfg);
   const p = rwkvPrefix(cfg);
-  const get = (name: string) => src.readF32(name, alloc);
+  const get = (name: string) => () => src.readF32(name, alloc);
   const C = cfg.dim;
-  const emb = get(`${p}emb.weight`);
-  layerNorm(emb, emb, get(`${p}blocks.0.ln0.weight`), get(`${p}blocks.0.ln0.bias`), cfg.vocab, C);
-  const blocks: RwkvBlockWeights[] = [];
+  const emb = () => {
+    const e = src.readF32(`${p}emb.weight`, alloc);
+    layerNorm(e, e, src.readF32(`${p}blocks.0.ln0.weight`, alloc), src.readF32(`${p}blocks.0.ln0.bias`, alloc), cfg.vocab, C);
+    return e;
+  };
+  const blocks: Leaves<RwkvBlockWeights, () => Float32Array>[] = [];
   for (let i = 0; i < cfg.nLayer; i++) {
     const b = (n: string) => get(`${p}blocks.${i}.${n}`);
     blocks.push({
@@ -173,7 +193,7 @@ export function loadWeights(src: TensorSource, cfg: ModelConfig, alloc: F32Alloc
       ffnXk: b('ffn.x_k'), ffnK: b('ffn.key.weight'), ffnV: b('ffn.value.weight'),
     });
   }
-  const attn: AttnBlockWeights[] = [];
+  const attn: Leaves<AttnBlockWeights, () => Float32Array>[] = [];
   for (let j = 0; j < cfg.nAttn; j++) {
     const a = (n: string) => get(`${attnPrefix(j)}${n}`);
     attn.push({

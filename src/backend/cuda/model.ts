@@ -8,8 +8,8 @@ import { openCheckpoint } from '../../io/open.js';
 import type { TensorSource } from '../../io/types.js';
 import { fail } from '../../util/errors.js';
 import { layout, type AttentionSemantics, type LayoutEntry, type ModelConfig } from '../../model/config.js';
-import { inferConfig, loadWeights, type ModelWeights } from '../../model/weights.js';
-import { modelFingerprint } from '../../model/state-io.js';
+import { inferConfig, weightReaders, type ModelWeights } from '../../model/weights.js';
+import { Fingerprint } from '../../model/state-io.js';
 import { checkAttentionParams, type ForwardOptions, type LoadOptions } from '../../model/model.js';
 import { createState, type ModelState } from '../../model/state.js';
 import { CudaContext, CudaGraph } from './driver.js';
@@ -22,7 +22,8 @@ import { createStream, destroyStream, StreamEvent, syncContext } from './streams
 import { randomSpec, type Leaves, type RandomInit } from '../../model/random.js';
 
 /** Weights as host float32 tensors or as random initialisations to run on the GPU. */
-type WeightTree = Leaves<ModelWeights, Float32Array | RandomInit>;
+type WeightLeaf = Float32Array | RandomInit | (() => Float32Array);
+type WeightTree = Leaves<ModelWeights, WeightLeaf>;
 
 export interface CudaLoadOptions extends LoadOptions {
   /** CUDA device ordinal (default 0). */
@@ -172,8 +173,7 @@ export class CudaModel {
     this.mod = loadModule(this.ctx, 'rwkvx.cu');
     this.blas = new Cublas(this.ctx);
     this.graph = new CudaGraph(this.ctx);
-    this.fingerprint = weights.emb instanceof Float32Array ? modelFingerprint(cfg, weights as ModelWeights) : `random:${seed}`;
-    this.upload(weights, seed);
+    this.fingerprint = this.upload(weights, seed);
   }
 
   readonly fingerprint: string;
@@ -196,7 +196,8 @@ export class CudaModel {
     if (opts.chunk !== undefined) cfg.chunk = opts.chunk;
     if (opts.topk !== undefined) cfg.topk = opts.topk;
     checkAttentionParams(cfg.chunk, cfg.topk);
-    return CudaModel.withOptions(new CudaModel(cfg, loadWeights(src, cfg, (n) => new Float32Array(n)), opts.attention ?? 'moba', opts.device ?? 0), opts);
+    // tensor by tensor: read, round to bf16, upload, drop (no float32 copy of the whole model on the host)
+    return CudaModel.withOptions(new CudaModel(cfg, weightReaders(src, cfg, (n) => new Float32Array(n)), opts.attention ?? 'moba', opts.device ?? 0), opts);
   }
 
   /** From float32 weights already in memory (e.g. src/model/random.ts). */
@@ -224,45 +225,53 @@ export class CudaModel {
   /**
    * Weights to the GPU: host float32 tensors are rounded to bf16 (matrices) or kept float32 (vectors);
    * `RandomInit` leaves are generated on the GPU (kernels/init.cu), so a multi-billion-parameter
-   * benchmark model never exists on the host.
+   * benchmark model never exists on the host. Reader leaves are called one at a time. Returns the
+   * model fingerprint (state files), the CPU's for the same weights, or `random:<seed>`.
    */
-  private upload(w: WeightTree, seed = 1): void {
+  private upload(w: WeightTree, seed = 1): string {
+    const fp = new Fingerprint();
+    let random = false;
     let tensor = 0;
     const fill = (ptr: number, t: RandomInit, f32: boolean) => {
       this.initMod ??= loadModule(this.ctx, 'init.cu');
       launch(this.ctx, this.initMod, 'fill_uniform', 'ppiiiff', [Math.min(Math.ceil(t.n / 256), 8192)], [256], 0,
         [f32 ? ptr : 0, f32 ? 0 : ptr, t.n, seed, tensor++, t.scale, t.offset]);
     };
-    const put = (x: Float32Array | RandomInit, what: string, f32: boolean) => {
+    const read = (x: WeightLeaf) => typeof x === 'function' ? x() : x;
+    const put = (leaf: WeightLeaf, what: string, f32: boolean, mix = false) => {
+      const x = read(leaf);
       let b: DeviceBuffer;
-      if (x instanceof Float32Array) b = upload(this.ctx, f32 ? x : toBf16(x), what);
-      else { b = alloc(this.ctx, x.n * (f32 ? F32 : BF), what); fill(b.ptr, x, f32); }
+      if (x instanceof Float32Array) {
+        if (mix) fp.mix(x);
+        b = upload(this.ctx, f32 ? x : toBf16(x), what);
+      } else { random = true; b = alloc(this.ctx, x.n * (f32 ? F32 : BF), what); fill(b.ptr, x, f32); }
       this.weightBufs.push(b);
       return b.ptr;
     };
-    const f = (x: Float32Array | RandomInit, what: string) => put(x, what, true);
-    const h = (x: Float32Array | RandomInit, what: string) => put(x, what, false);
-    if (!(w.emb instanceof Float32Array)) {
+    const f = (x: WeightLeaf, what: string) => put(x, what, true);
+    const h = (x: WeightLeaf, what: string, mix = false) => put(x, what, false, mix);
+    const emb = read(w.emb);
+    if (!(emb instanceof Float32Array)) {
       // random embedding rows are layer-normalised, as src/model/random.ts does on the CPU
-      const C = this.cfg.dim, rows = w.emb.n / C;
-      const tmp = alloc(this.ctx, w.emb.n * F32, 'embedding (random, float32)');
-      fill(tmp.ptr, w.emb, true);
+      random = true;
+      const C = this.cfg.dim, rows = emb.n / C;
+      const tmp = alloc(this.ctx, emb.n * F32, 'embedding (random, float32)');
+      fill(tmp.ptr, emb, true);
       const ones = alloc(this.ctx, C * F32, 'ones'), zeros = alloc(this.ctx, C * F32, 'zeros');
       fill(ones.ptr, { n: C, scale: 0, offset: 1 }, true); fill(zeros.ptr, { n: C, scale: 0, offset: 0 }, true);
-      const emb = alloc(this.ctx, w.emb.n * BF, 'embedding');
-      this.weightBufs.push(emb);
-      this.k('layer_norm', 'pppppi', [rows], [256], [0, emb.ptr, tmp.ptr, ones.ptr, zeros.ptr, C]);
+      const e = alloc(this.ctx, emb.n * BF, 'embedding');
+      this.weightBufs.push(e);
+      this.k('layer_norm', 'pppppi', [rows], [256], [0, e.ptr, tmp.ptr, ones.ptr, zeros.ptr, C]);
       this.ctx.sync();
       tmp.free(); ones.free(); zeros.free();
-      this.emb = emb.ptr;
-    }
+      this.emb = e.ptr;
+    } else this.emb = h(emb, 'embedding', true);
     const C = this.cfg.dim;
-    if (w.emb instanceof Float32Array) this.emb = h(w.emb, 'embedding');
     this.lnOutW = f(w.lnOutW, 'ln_out'); this.lnOutB = f(w.lnOutB, 'ln_out');
-    this.headW = h(w.head, 'head');
+    this.headW = h(w.head, 'head', true);
     w.blocks.forEach((b, i) => {
       const n = `block ${i}`;
-      const mixes = [b.xr, b.xw, b.xk, b.xv, b.xa, b.xg];
+      const mixes = [b.xr, b.xw, b.xk, b.xv, b.xa, b.xg].map(read);
       let mu6: number;
       if (mixes.every((m) => m instanceof Float32Array)) {
         const cat = new Float32Array(6 * C);
@@ -278,7 +287,7 @@ export class CudaModel {
         ln1w: f(b.ln1w, n), ln1b: f(b.ln1b, n), ln2w: f(b.ln2w, n), ln2b: f(b.ln2b, n), mu6,
         w0: f(b.w0, n), a0: f(b.a0, n), v0: f(b.v0, n), kk: f(b.kk, n), ka: f(b.ka, n), rk: f(b.rk, n), lnxw: f(b.lnxw, n), lnxb: f(b.lnxb, n),
         w1: h(b.w1, n), w2: h(b.w2, n), a1: h(b.a1, n), a2: h(b.a2, n), v1: h(b.v1, n), v2: h(b.v2, n), g1: h(b.g1, n), g2: h(b.g2, n),
-        Wr: h(b.Wr, n), Wk: h(b.Wk, n), Wv: h(b.Wv, n), Wo: h(b.Wo, n),
+        Wr: h(b.Wr, n, true), Wk: h(b.Wk, n), Wv: h(b.Wv, n), Wo: h(b.Wo, n),
         ffnXk: f(b.ffnXk, n), ffnK: h(b.ffnK, n), ffnV: h(b.ffnV, n),
       });
     });
@@ -286,10 +295,11 @@ export class CudaModel {
       const n = `attention block ${j}`;
       this.aw.push({
         ln1w: f(a.ln1w, n), ln1b: f(a.ln1b, n), ln2w: f(a.ln2w, n), ln2b: f(a.ln2b, n),
-        Wq: h(a.Wq, n), Wk: h(a.Wk, n), Wv: h(a.Wv, n), Wo: h(a.Wo, n),
+        Wq: h(a.Wq, n, true), Wk: h(a.Wk, n), Wv: h(a.Wv, n), Wo: h(a.Wo, n),
         ffnXk: f(a.ffnXk, n), ffnK: h(a.ffnK, n), ffnV: h(a.ffnV, n),
       });
     });
+    return random ? `random:${seed}` : fp.digest(this.cfg);
   }
 
   newState(): CudaState {
