@@ -8,8 +8,7 @@
  *   npm run bench:cuda-train [-- --ctx 4096,16384 --batch 1,8,16 --steps 3 --peak 989 --model x|7|both --profile 1]
  *
  * --batch takes a list per context too: `--batch 4096:1,8,16/16384:1,4` (a batch that does not fit is reported
- * and skipped). `--wkv wr8,atomic/wr16,partial/...` compares WKV kernel variants (RWKVX_TRAIN_WKV) at every
- * batch; the profile uses the fastest (batch, variant).
+ * and skipped). The profile uses the fastest batch.
  * Model FLOPs per step ≈ 6·(parameters without the embedding)·tokens + 12·C·Σ_t keys(t) for the
  * attention blocks (QKᵀ and PV, forward and backward); MFU against the card's dense bf16 peak (--peak,
  * TFLOP/s; H100 SXM 989).
@@ -27,7 +26,6 @@ const STEPS = Number(arg('steps', '3'));
 const PEAK = Number(arg('peak', '989')) * 1e12;
 const only = arg('model', 'both');
 const PROFILE = arg('profile', '1') !== '0';
-const variants = arg('wkv', process.env.RWKVX_TRAIN_WKV ?? '').split('/');
 /** Batches to try for context T. */
 function batches(T: number): number[] {
   const spec = arg('batch', '1');
@@ -58,9 +56,8 @@ for (const [label, cfg] of shapes) {
   if (only !== 'both' && !label.toLowerCase().includes(`-${only}`) && !label.toLowerCase().includes(only)) continue;
   const model = trainModelFromWeights(cfg, randomWeights(cfg, 7));
   for (const T of ctxs) {
-    let best: { Bn: number; tps: number; wkv: string } | undefined;
-    for (const Bn of batches(T)) for (const wkv of variants) {
-      process.env.RWKVX_TRAIN_WKV = wkv;
+    let best: { Bn: number; tps: number } | undefined;
+    for (const Bn of batches(T)) {
       resetPeak();
       // a fresh trainer per batch, so that one that does not fit leaves no scratch behind
       const tr = new CudaTrainer(model);
@@ -74,19 +71,17 @@ for (const [label, cfg] of shapes) {
         tr.ctx.sync();
         const sec = (performance.now() - t0) / 1000 / STEPS;
         const f = Bn * flops(cfg, T), tps = (Bn * T) / sec;
-        const line = `| ${label}${variants.length > 1 ? ` [${wkv}]` : ''} | ${T} | ${Bn} | ${(sec * 1000).toFixed(1)} | ${Math.round(tps)} | ${(f / sec / 1e12).toFixed(1)} | ${((100 * f) / sec / PEAK).toFixed(1)}% | ${(peakAllocatedBytes() / 2 ** 30).toFixed(1)} |`;
+        const line = `| ${label} | ${T} | ${Bn} | ${(sec * 1000).toFixed(1)} | ${Math.round(tps)} | ${(f / sec / 1e12).toFixed(1)} | ${((100 * f) / sec / PEAK).toFixed(1)}% | ${(peakAllocatedBytes() / 2 ** 30).toFixed(1)} |`;
         rows.push(line);
         console.log(line);
-        if (!best || tps > best.tps) best = { Bn, tps, wkv };
+        if (!best || tps > best.tps) best = { Bn, tps };
       } catch (e) {
         console.log(`| ${label} | ${T} | ${Bn} | does not fit: ${(e as Error).message} |`);
       } finally {
         tr.dispose();
       }
     }
-    if (best && variants.length > 1) console.log(`best wkv variant: ${best.wkv}`);
     if (!PROFILE || !best) continue;
-    process.env.RWKVX_TRAIN_WKV = best.wkv;
     const tr = new CudaTrainer(model);
     const seqs = Array.from({ length: best.Bn }, (_, b) => Array.from({ length: T + 1 }, (_, i) => (i * 7919 + b * 104729 + 13) % cfg.vocab));
     tr.computeBatch(seqs);
@@ -95,7 +90,7 @@ for (const [label, cfg] of shapes) {
     tr.step(1e-5, { gradClip: 1, adam: RWKV_ADAMW });
     const prof = [...tr.profile].sort((x, y) => y[1] - x[1]);
     const total = prof.reduce((s, [, v]) => s + v, 0);
-    console.log(`  ${label}, ${T} × ${best.Bn}${best.wkv ? ` [${best.wkv}]` : ''}: per-op breakdown (synchronised, total ${total.toFixed(1)} ms):`);
+    console.log(`  ${label}, ${T} × ${best.Bn}: per-op breakdown (synchronised, total ${total.toFixed(1)} ms):`);
     for (const [name, ms] of prof.slice(0, 22)) console.log(`    ${name.padEnd(24)} ${ms.toFixed(2).padStart(9)} ms  ${((100 * ms) / total).toFixed(1)}%`);
     tr.dispose();
   }

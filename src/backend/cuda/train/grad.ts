@@ -25,14 +25,7 @@ import { alloc, copyDtoD, copyDtoH, copyHtoD, type DeviceBuffer, toBf16, zero } 
 import { launch, loadModule, type CudaModule } from '../module-cache.js';
 
 const F32 = 4;
-const WKV_EVERY = 16;
-/**
- * WKV kernel variants (RWKVX_TRAIN_WKV, comma-separated; for benchmarking): 'wr16' = 16 state rows per
- * block instead of 8; 'partial' = the backward's column sums as per-row-group partials added up by a
- * second kernel instead of atomics.
- */
-const WKV_VARIANTS = new Set(['wr16', 'wr8', 'partial', 'atomic']);
-const WKV_DEFAULT = 'wr8,atomic';
+const WKV_EVERY = 16, WR = 8;
 const MAX_SEL = 8;
 
 type Fn = (...args: unknown[]) => number;
@@ -122,7 +115,6 @@ export class CudaTrainer {
   /** The trainable parameters' range [lo, hi) of the flat layout (elements). */
   private lo: number; private hi: number;
   private frozenGrads: boolean;
-  private wr: number; private wkvPartial: boolean;
   /** Rows, sequence length and sequences of the current call. */
   private R = 0; private T = 0; private Bn = 0;
 
@@ -135,12 +127,7 @@ export class CudaTrainer {
     this.eb = this.fp32 ? 4 : 2;
     this.dt = this.fp32 ? DT.F32 : DT.BF16;
     this.ctx = CudaContext.get(opts.device ?? 0);
-    const variant = (process.env.RWKVX_TRAIN_WKV || WKV_DEFAULT).split(',').map((x) => x.trim()).filter(Boolean);
-    for (const v of variant) if (!WKV_VARIANTS.has(v)) fail(`RWKVX_TRAIN_WKV: unknown variant '${v}' (${[...WKV_VARIANTS].join(', ')})`);
-    this.wr = variant.includes('wr16') ? 16 : 8;
-    this.wkvPartial = variant.includes('partial');
-    const defs = [...(this.fp32 ? ['-DTR_FP32'] : []), ...(this.wr !== 8 ? [`-DWR=${this.wr}`] : []), ...(this.wkvPartial ? ['-DWKV_PARTIAL'] : [])];
-    this.mod = loadModule(this.ctx, 'train.cu', defs);
+    this.mod = loadModule(this.ctx, 'train.cu', this.fp32 ? ['-DTR_FP32'] : []);
     this.blas = new Cublas(this.ctx);
     this.sc = new Scratch(this.ctx);
     let off = 0;
@@ -335,7 +322,7 @@ export class CudaTrainer {
     this.k('tr_tmix_prep', [Math.ceil((R * H) / 8)], [256],
       [d, om, av, sv, kh, kt, v, vFirst, knorm, k, vraw, a('w0'), a('a0'), a('v0'), a('k_k'), a('k_a'), R, H, li === 0 ? 1 : 0]);
     const y = s.get('tm.y', n * F32), ckpt = s.get('tm.ckpt', this.Bn * Math.ceil(this.T / WKV_EVERY) * H * 64 * 64 * F32);
-    this.k('tr_wkv_fwd', [H, 64 / this.wr, this.Bn], [32 * this.wr], [y, ckpt, r, om, kt, v, kh, av, this.T, C]);
+    this.k('tr_wkv_fwd', [H, 64 / WR, this.Bn], [32 * WR], [y, ckpt, r, om, kt, v, kh, av, this.T, C]);
     const zB = s.get('tm.zB', n * this.eb);
     this.k('tr_out_fwd', [Math.ceil((R * H) / 8)], [256], [zB, y, r, kt, v, gate, a('ln_x.weight'), a('ln_x.bias'), a('r_k'), R, H]);
     this.lin(h, zB, ab('output.weight'), R, C, C, true);
@@ -375,9 +362,7 @@ export class CudaTrainer {
     const dom = s.get('tmb.dom', n * F32), dkk = s.get('tmb.dkk', n * F32), db = s.get('tmb.db', n * F32);
     zero(this.ctx, dom, n * F32); zero(this.ctx, dkk, n * F32); zero(this.ctx, db, n * F32);
     const om = s.get('tm.om', 0), kh = s.get('tm.kh', 0), av = s.get('tm.a', 0), ckpt = s.get('tm.ckpt', 0);
-    const groups = 64 / this.wr, part = this.wkvPartial ? s.get('tmb.wkvpart', groups * 5 * n * F32) : 0;
-    this.k('tr_wkv_bwd', [H, groups, this.Bn], [32 * this.wr], [dr, dom, dkt, dv, dkk, db, part, dy, r, om, kt, v, kh, av, ckpt, this.T, C]);
-    if (part) this.k('tr_wkv_reduce', this.ew(n), [256], [dr, dom, dkt, dkk, db, part, n, groups]);
+    this.k('tr_wkv_bwd', [H, 64 / WR, this.Bn], [32 * WR], [dr, dom, dkt, dv, dkk, db, dy, r, om, kt, v, kh, av, ckpt, this.T, C]);
     // keys, rate, decay, value residual
     const dk = s.get('tmb.dk', n * F32), dapre = s.get('tmb.dapre', n * F32), dvraw = s.get('tmb.dvraw', n * F32), dvpre = s.get('tmb.dvpre', n * F32);
     const k = s.get('tm.k', 0), d = s.get('tm.d', 0), sv = s.get('tm.sv', 0), vraw = s.get('tm.vraw', 0);
