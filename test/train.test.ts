@@ -140,3 +140,23 @@ test('LongCE: weights are exp(CE_short − CE_full) capped, 1 before the window;
   const g1 = plain.grads.get('blocks.2.att.key.weight')!, g2 = doubled.grads.get('blocks.2.att.key.weight')!;
   for (let i = 0; i < g1.length; i += 97) assert.ok(Math.abs(g2[i] - 2 * g1[i]) <= 1e-6 + 1e-5 * Math.abs(g1[i]));
 });
+
+test('--backend and --batch: bad values are one-line errors; --batch is the micro-batch; cuda without a GPU says why', async () => {
+  const out = join(dir, 'flags');
+  expectUserError(rwkvx(['train', '--data', data, '--out', out, '--backend', 'gpu']), /backend must be 'cpu', 'cuda' or 'auto' \(got 'gpu'\)/);
+  expectUserError(rwkvx(['train', '--data', data, '--out', out, '--batch', '2', '--micro-batch', '3']), /same option/);
+  const small = ['--data', data, '--out', out, '--ctx', '16', '--steps', '1', '--dim', '64', '--layers', '1', '--vocab', '32'];
+  const r = rwkvx(['train', ...small, '--batch', '2', '--backend', 'cpu']);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stderr, /^training on cpu$/m);
+  const st = openCheckpoint(join(out, 'train-state.safetensors'));
+  assert.equal(JSON.parse(st.metadata.rwkvx_train).config.microBatch, 2);
+  st.close();
+  const { cudaAvailable } = await import('../src/backend/cuda/driver.js');
+  if (!cudaAvailable().ok) {
+    expectUserError(rwkvx(['train', ...small, '--backend', 'cuda']), /--backend cuda: /);
+    const a = rwkvx(['train', ...small, '--backend', 'auto']);
+    assert.equal(a.code, 0, a.stderr);
+    assert.match(a.stderr, /^training on cpu$/m);
+  }
+});
