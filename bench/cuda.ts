@@ -2,6 +2,7 @@
  * CUDA backend benchmark: prefill latency and decode ms/token of RWKV-X 0.22B (L12 C768 + 4
  * attention blocks, chunk 2048, top-k 3) and RWKV-7 0.19B (L12 C768), random weights, V 65536.
  *   npm run bench:cuda -- [--lengths 4096,16384,65536,131072] [--decode 4096,65536] [--steps 32] [--json FILE]
+ *     [--models rwkvx,rwkv7|none] [--wkv N] [--attn N,N…] [--peer]
  * Prefill: one forward() of N tokens from an empty state, logits of the last token back on the host
  * (wall clock, so it includes every launch and the copy). Decode: forward() of one token after a
  * prefill of N, logits back; median of --steps. Peak memory: bytes this process allocated on the GPU
@@ -67,6 +68,32 @@ if (wkvN > 0) {
   m.dispose();
 }
 
+// --attn N[,N…]: the sparse-attention core alone (RWKV-X 0.22B, profiled launch by launch): time of
+// the own-chunk `attention` and the selected-chunk `moba_attn` kernels over all 4 blocks, and the
+// TFLOP/s on the FLOPs they must do (4·64 per query·key·head: Q·Kᵀ and P·V).
+const attnAt = arg('attn', '').split(',').filter(Boolean).map(Number);
+if (attnAt.length) {
+  const cfg = shapeConfig({ vocab: 65536, dim: 768, nLayer: 12, nAttn: 4, chunk: 2048, topk: 3 });
+  const m = CudaModel.fromWeights(cfg, randomWeights(cfg, 1));
+  m.segment = 16384;
+  { const s = m.newState(); m.forward(randomTokens(16384, 65536, 9), s, { logits: 'last' }); s.dispose(); }
+  for (const n of attnAt) {
+    const B = cfg.chunk, sel = cfg.topk - 1;
+    let keys = 0;
+    for (let t = 0; t < n; t++) keys += (t % B) + 1 + Math.min(sel, Math.floor(t / B)) * B;
+    const flops = 4 * 64 * keys * cfg.heads * cfg.nAttn;
+    const s = m.newState();
+    m.profile = new Map();
+    m.forward(randomTokens(n, 65536, 4), s, { logits: 'last' });
+    const own = m.profile.get('attention') ?? 0, moba = m.profile.get('moba_attn') ?? 0;
+    const other = ['chunk_scores', 'select_chunks', 'moba_count', 'moba_scan', 'moba_scatter', 'moba_merge', 'chunk_means'].reduce((a, k) => a + (m.profile!.get(k) ?? 0), 0);
+    m.profile = undefined;
+    s.dispose();
+    console.log(`attention core at ${n} tokens: ${(flops / 1e12).toFixed(2)} TFLOP in ${(own + moba).toFixed(1)} ms (own chunk ${own.toFixed(1)}, selected ${moba.toFixed(1)}) = ${(flops / ((own + moba) / 1e3) / 1e12).toFixed(0)} TFLOP/s; selection and merging ${other.toFixed(1)} ms more (${(flops / ((own + moba + other) / 1e3) / 1e12).toFixed(0)} TFLOP/s all in)`);
+  }
+  m.dispose();
+}
+
 for (const name of which) {
   const cfg = shapeConfig({ vocab: 65536, dim: 768, nLayer: 12, nAttn: name === 'rwkvx' ? 4 : 0, chunk: 2048, topk: 3 });
   const t0 = Date.now();
@@ -121,6 +148,19 @@ for (const name of which) {
     s.dispose();
   }
   m.dispose();
+}
+// --peer: the dense Transformer peer (bench/peer_transformer.py, PyTorch + cuDNN SDPA) on the same
+// lengths in the same command; its rows join the table
+if (process.argv.includes('--peer')) {
+  const { spawnSync } = await import('node:child_process');
+  const { mkdtempSync, readFileSync } = await import('node:fs');
+  const { join } = await import('node:path');
+  const { tmpdir } = await import('node:os');
+  const out = join(mkdtempSync(join(tmpdir(), 'rwkvx-peer-')), 'peer.json');
+  const py = process.env.PYTHON ?? 'python3';
+  const r = spawnSync(py, ['bench/peer_transformer.py', '--lengths', lengths.join(','), '--decode', [...decodeAt].join(','), '--steps', String(steps), '--json', out], { stdio: 'inherit' });
+  if (r.status !== 0) console.error(`peer benchmark failed (${py} exited with ${r.status ?? r.error?.message}); its rows are missing`);
+  else for (const p of JSON.parse(readFileSync(out, 'utf8')) as Row[]) rows.push({ ...p, decode_ms: typeof p.decode_ms === 'number' ? p.decode_ms : null });
 }
 if (jsonOut) writeFileSync(jsonOut, JSON.stringify(rows, null, 1));
 console.log('\n| model | tokens | prefill ms | prefill tok/s | decode ms/token | peak GPU GiB |\n|---|---:|---:|---:|---:|---:|');

@@ -554,13 +554,102 @@ __device__ __forceinline__ int window_start(int mode, int t, int P, int B, int w
   return wsConst;
 }
 
-#define KS 72  // padded row length (bf16) of the shared K and Vᵀ tiles
+#define KS 72  // padded row length (bf16) of the shared K and V tiles (144 bytes: ldmatrix rows hit distinct banks)
+
+__device__ __forceinline__ void cp_wait0() { asm volatile("cp.async.wait_group 0;" ::: "memory"); }
+// four 8×8 bf16 matrices from shared memory; lane l gives the address of row l & 7 of matrix l >> 3
+__device__ __forceinline__ void ldsm_x4(u32& r0, u32& r1, u32& r2, u32& r3, const bf16* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(smem_u32(p)));
+}
+__device__ __forceinline__ void ldsm_x4_t(u32& r0, u32& r1, u32& r2, u32& r3, const bf16* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(smem_u32(p)));
+}
+
+// 64 keys × 64 dims of K and V (row-major, padded rows) into shared memory, asynchronously; rows at or
+// past `end` are zero-filled
+__device__ __forceinline__ void load_kv_tile(bf16* Ks, bf16* Vs, const bf16* K, const bf16* V, int kt, int end, int C, int h, int tid) {
+  for (int e = tid; e < 64 * 8; e += 128) {
+    int r = e >> 3, c8 = (e & 7) * 8;
+    bool ok = kt + r < end;
+    long long off = (long long)(ok ? kt + r : 0) * C + h * 64 + c8;
+    cp16(&Ks[r * KS + c8], K + off, ok ? 16 : 0);
+    cp16(&Vs[r * KS + c8], V + off, ok ? 16 : 0);
+  }
+  cp_commit();
+}
+
+// One 64-key tile for the warp's 16 query rows (row a = g, row b = g + 8): S = Q·Kᵀ with K fragments by
+// ldmatrix, the mask valid(key column 0..63, row 0 = a / 1 = b), online softmax in exp2, O += P·V with
+// V fragments by ldmatrix.trans (V stays row-major in shared memory).
+template <class Valid>
+__device__ __forceinline__ void attn_tile(const bf16* Ks, const bf16* Vs, const u32 (&qf)[4][4], float (&o)[8][4],
+    float& ma, float& mb, float& la, float& lb, float scaleLog2, int lane, Valid valid) {
+  const int c4 = lane & 3, mi = lane >> 3, r8 = lane & 7;
+  float s[8][4];
+#pragma unroll
+  for (int n = 0; n < 8; n++) {
+    s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+#pragma unroll
+    for (int kp = 0; kp < 2; kp++) {
+      u32 b0, b1, b2, b3;
+      ldsm_x4(b0, b1, b2, b3, Ks + (n * 8 + r8) * KS + kp * 32 + mi * 8);
+      mma16816(s[n], qf[2 * kp], b0, b1);
+      mma16816(s[n], qf[2 * kp + 1], b2, b3);
+    }
+  }
+  float mxa = -INFINITY, mxb = -INFINITY;
+#pragma unroll
+  for (int n = 0; n < 8; n++) {
+#pragma unroll
+    for (int u = 0; u < 2; u++) {
+      int col = n * 8 + 2 * c4 + u;
+      s[n][u] = valid(col, 0) ? s[n][u] * scaleLog2 : -INFINITY;
+      s[n][2 + u] = valid(col, 1) ? s[n][2 + u] * scaleLog2 : -INFINITY;
+      mxa = fmaxf(mxa, s[n][u]);
+      mxb = fmaxf(mxb, s[n][2 + u]);
+    }
+  }
+  mxa = fmaxf(mxa, __shfl_xor_sync(0xffffffffu, mxa, 1));
+  mxa = fmaxf(mxa, __shfl_xor_sync(0xffffffffu, mxa, 2));
+  mxb = fmaxf(mxb, __shfl_xor_sync(0xffffffffu, mxb, 1));
+  mxb = fmaxf(mxb, __shfl_xor_sync(0xffffffffu, mxb, 2));
+  float na = fmaxf(ma, mxa), nb = fmaxf(mb, mxb);
+  float ua = na == -INFINITY ? 0.f : na, ub = nb == -INFINITY ? 0.f : nb;
+  float fa = exp2f(ma - ua), fb = exp2f(mb - ub);
+  ma = na; mb = nb;
+  la *= fa; lb *= fb;
+#pragma unroll
+  for (int n = 0; n < 8; n++) { o[n][0] *= fa; o[n][1] *= fa; o[n][2] *= fb; o[n][3] *= fb; }
+#pragma unroll
+  for (int n = 0; n < 8; n++) {
+    s[n][0] = exp2f(s[n][0] - ua); s[n][1] = exp2f(s[n][1] - ua);
+    s[n][2] = exp2f(s[n][2] - ub); s[n][3] = exp2f(s[n][3] - ub);
+    la += s[n][0] + s[n][1]; lb += s[n][2] + s[n][3];
+  }
+#pragma unroll
+  for (int ks = 0; ks < 4; ks++) {
+    u32 pf[4];
+    pf[0] = pack_bf16(s[2 * ks][0], s[2 * ks][1]);
+    pf[1] = pack_bf16(s[2 * ks][2], s[2 * ks][3]);
+    pf[2] = pack_bf16(s[2 * ks + 1][0], s[2 * ks + 1][1]);
+    pf[3] = pack_bf16(s[2 * ks + 1][2], s[2 * ks + 1][3]);
+#pragma unroll
+    for (int np = 0; np < 4; np++) {
+      u32 b0, b1, b2, b3;
+      ldsm_x4_t(b0, b1, b2, b3, Vs + (ks * 16 + (mi & 1) * 8 + r8) * KS + (2 * np + (mi >> 1)) * 8);
+      mma16816(o[2 * np], pf, b0, b1);
+      mma16816(o[2 * np + 1], pf, b2, b3);
+    }
+  }
+}
 // partO (optional): instead of bf16 out, the normalised output (fp32) and its log2-sum-exp go to
 // slot 0 of partO [T, H, nSlot, 64] / partL [T, H, nSlot] (moba prefill: own chunk only, merged later).
 extern "C" __global__ void __launch_bounds__(128) attention(bf16* out, const float* q, const bf16* K, const bf16* V, const int* sel,
     float* partO, float* partL, int T, int H, int P, int B, int nSel, int mode, int wsConst, int nSlot, float scaleLog2) {
   __shared__ __align__(16) bf16 Ks[64 * KS];
-  __shared__ __align__(16) bf16 Vt[64 * KS];
+  __shared__ __align__(16) bf16 Vs[64 * KS];
   __shared__ int selS[64][MAXSEL];
   extern __shared__ u32 bitmap[];
   const int C = H * 64;
@@ -618,75 +707,13 @@ extern "C" __global__ void __launch_bounds__(128) attention(bf16* out, const flo
     for (int s = 0; s < MAXSEL; s++) { sa |= selS[ra][s] == j; sb |= selS[rb][s] == j; }
     for (int kt = start; kt < end; kt += 64) {
       __syncthreads();
-      // load 64 keys × 64 dims of K (row-major) and V (transposed), zero past `end`
-      for (int e = tid; e < 64 * 8; e += 128) {
-        int r = e >> 3, c8 = (e & 7) * 8;
-        uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
-        if (kt + r < end) {
-          long long off = (long long)(kt + r) * C + h * 64 + c8;
-          kv = *(const uint4*)(K + off);
-          vv = *(const uint4*)(V + off);
-        }
-        *(uint4*)&Ks[r * KS + c8] = kv;
-        const bf16* pv = (const bf16*)&vv;
-#pragma unroll
-        for (int u = 0; u < 8; u++) Vt[(c8 + u) * KS + r] = pv[u];
-      }
+      load_kv_tile(Ks, Vs, K, V, kt, end, C, h, tid);
+      cp_wait0();
       __syncthreads();
-      float s[8][4];
-#pragma unroll
-      for (int n = 0; n < 8; n++) {
-        s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
-#pragma unroll
-        for (int ks = 0; ks < 4; ks++) {
-          const bf16* kr = &Ks[(n * 8 + g) * KS + ks * 16 + 2 * c4];
-          mma16816(s[n], qf[ks], *(const u32*)kr, *(const u32*)(kr + 8));
-        }
-      }
-      float mxa = -INFINITY, mxb = -INFINITY;
-#pragma unroll
-      for (int n = 0; n < 8; n++) {
-#pragma unroll
-        for (int u = 0; u < 2; u++) {
-          int kp = kt + n * 8 + 2 * c4 + u;
-          bool va = kp < end && kp <= pa && (kp >= wsa || sa);
-          bool vb = kp < end && kp <= pb && (kp >= wsb || sb);
-          s[n][u] = va ? s[n][u] * scaleLog2 : -INFINITY;
-          s[n][2 + u] = vb ? s[n][2 + u] * scaleLog2 : -INFINITY;
-          mxa = fmaxf(mxa, s[n][u]);
-          mxb = fmaxf(mxb, s[n][2 + u]);
-        }
-      }
-      mxa = fmaxf(mxa, __shfl_xor_sync(0xffffffffu, mxa, 1));
-      mxa = fmaxf(mxa, __shfl_xor_sync(0xffffffffu, mxa, 2));
-      mxb = fmaxf(mxb, __shfl_xor_sync(0xffffffffu, mxb, 1));
-      mxb = fmaxf(mxb, __shfl_xor_sync(0xffffffffu, mxb, 2));
-      float na = fmaxf(ma, mxa), nb = fmaxf(mb, mxb);
-      float ua = na == -INFINITY ? 0.f : na, ub = nb == -INFINITY ? 0.f : nb;
-      float fa = exp2f(ma - ua), fb = exp2f(mb - ub);
-      ma = na; mb = nb;
-      la *= fa; lb *= fb;
-#pragma unroll
-      for (int n = 0; n < 8; n++) { o[n][0] *= fa; o[n][1] *= fa; o[n][2] *= fb; o[n][3] *= fb; }
-#pragma unroll
-      for (int n = 0; n < 8; n++) {
-        s[n][0] = exp2f(s[n][0] - ua); s[n][1] = exp2f(s[n][1] - ua);
-        s[n][2] = exp2f(s[n][2] - ub); s[n][3] = exp2f(s[n][3] - ub);
-        la += s[n][0] + s[n][1]; lb += s[n][2] + s[n][3];
-      }
-#pragma unroll
-      for (int ks = 0; ks < 4; ks++) {
-        u32 pf[4];
-        pf[0] = pack_bf16(s[2 * ks][0], s[2 * ks][1]);
-        pf[1] = pack_bf16(s[2 * ks][2], s[2 * ks][3]);
-        pf[2] = pack_bf16(s[2 * ks + 1][0], s[2 * ks + 1][1]);
-        pf[3] = pack_bf16(s[2 * ks + 1][2], s[2 * ks + 1][3]);
-#pragma unroll
-        for (int n = 0; n < 8; n++) {
-          const bf16* vr = &Vt[(n * 8 + g) * KS + ks * 16 + 2 * c4];
-          mma16816(o[n], pf, *(const u32*)vr, *(const u32*)(vr + 8));
-        }
-      }
+      attn_tile(Ks, Vs, qf, o, ma, mb, la, lb, scaleLog2, lane, [&](int col, int row) {
+        int kp = kt + col;
+        return row == 0 ? kp < end && kp <= pa && (kp >= wsa || sa) : kp < end && kp <= pb && (kp >= wsb || sb);
+      });
     }
   }
   la += __shfl_xor_sync(0xffffffffu, la, 1);
@@ -789,8 +816,8 @@ extern "C" __global__ void moba_scatter(int* list, int* fill, const int* off, co
 // (every key is in the past of every listed query), normalised output and log2-sum-exp to slot s + 1.
 extern "C" __global__ void __launch_bounds__(128) moba_attn(float* partO, float* partL, const float* q, const bf16* K, const bf16* V,
     const int* list, const int* off, const int* tileOff, int H, int nC, int B, int nSlot, float scaleLog2) {
-  __shared__ __align__(16) bf16 Ks[64 * KS];
-  __shared__ __align__(16) bf16 Vt[64 * KS];
+  __shared__ __align__(16) bf16 Ks[2][64 * KS];
+  __shared__ __align__(16) bf16 Vs[2][64 * KS];
   const int nPairs = H * nC, b = blockIdx.x;
   if (b >= tileOff[nPairs]) return;
   int lo = 0, hi = nPairs - 1;
@@ -820,75 +847,16 @@ extern "C" __global__ void __launch_bounds__(128) moba_attn(float* partO, float*
 #pragma unroll
   for (int n = 0; n < 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
   float ma = -INFINITY, mb = -INFINITY, la = 0.f, lb = 0.f;
-  const int start = j * B, end = (j + 1) * B;
-  for (int kt = start; kt < end; kt += 64) {
+  // double-buffered: the next tile's cp.async loads overlap this tile's math
+  const int start = j * B, end = (j + 1) * B, nTiles = (B + 63) / 64;
+  load_kv_tile(Ks[0], Vs[0], K, V, start, end, C, h, tid);
+  for (int i = 0; i < nTiles; i++) {
+    if (i + 1 < nTiles) { load_kv_tile(Ks[(i + 1) & 1], Vs[(i + 1) & 1], K, V, start + (i + 1) * 64, end, C, h, tid); cp_wait1(); }
+    else cp_wait0();
     __syncthreads();
-    for (int e = tid; e < 64 * 8; e += 128) {
-      int r = e >> 3, c8 = (e & 7) * 8;
-      uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
-      if (kt + r < end) {
-        long long o2 = (long long)(kt + r) * C + h * 64 + c8;
-        kv = *(const uint4*)(K + o2);
-        vv = *(const uint4*)(V + o2);
-      }
-      *(uint4*)&Ks[r * KS + c8] = kv;
-      const bf16* pv = (const bf16*)&vv;
-#pragma unroll
-      for (int u = 0; u < 8; u++) Vt[(c8 + u) * KS + r] = pv[u];
-    }
+    const int kt = start + i * 64;
+    attn_tile(Ks[i & 1], Vs[i & 1], qf, o, ma, mb, la, lb, scaleLog2, lane, [&](int col, int) { return kt + col < end; });
     __syncthreads();
-    float s[8][4];
-#pragma unroll
-    for (int n = 0; n < 8; n++) {
-      s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
-#pragma unroll
-      for (int ks = 0; ks < 4; ks++) {
-        const bf16* kr = &Ks[(n * 8 + g) * KS + ks * 16 + 2 * c4];
-        mma16816(s[n], qf[ks], *(const u32*)kr, *(const u32*)(kr + 8));
-      }
-    }
-    float mxa = -INFINITY, mxb = -INFINITY;
-#pragma unroll
-    for (int n = 0; n < 8; n++) {
-#pragma unroll
-      for (int u = 0; u < 2; u++) {
-        bool v = kt + n * 8 + 2 * c4 + u < end;
-        s[n][u] = v ? s[n][u] * scaleLog2 : -INFINITY;
-        s[n][2 + u] = v ? s[n][2 + u] * scaleLog2 : -INFINITY;
-        mxa = fmaxf(mxa, s[n][u]);
-        mxb = fmaxf(mxb, s[n][2 + u]);
-      }
-    }
-    mxa = fmaxf(mxa, __shfl_xor_sync(0xffffffffu, mxa, 1));
-    mxa = fmaxf(mxa, __shfl_xor_sync(0xffffffffu, mxa, 2));
-    mxb = fmaxf(mxb, __shfl_xor_sync(0xffffffffu, mxb, 1));
-    mxb = fmaxf(mxb, __shfl_xor_sync(0xffffffffu, mxb, 2));
-    float na = fmaxf(ma, mxa), nb = fmaxf(mb, mxb);
-    float ua = na == -INFINITY ? 0.f : na, ub = nb == -INFINITY ? 0.f : nb;
-    float fa = exp2f(ma - ua), fb = exp2f(mb - ub);
-    ma = na; mb = nb;
-    la *= fa; lb *= fb;
-#pragma unroll
-    for (int n = 0; n < 8; n++) { o[n][0] *= fa; o[n][1] *= fa; o[n][2] *= fb; o[n][3] *= fb; }
-#pragma unroll
-    for (int n = 0; n < 8; n++) {
-      s[n][0] = exp2f(s[n][0] - ua); s[n][1] = exp2f(s[n][1] - ua);
-      s[n][2] = exp2f(s[n][2] - ub); s[n][3] = exp2f(s[n][3] - ub);
-      la += s[n][0] + s[n][1]; lb += s[n][2] + s[n][3];
-    }
-#pragma unroll
-    for (int ks = 0; ks < 4; ks++) {
-      u32 pf[4];
-      pf[0] = pack_bf16(s[2 * ks][0], s[2 * ks][1]);
-      pf[1] = pack_bf16(s[2 * ks][2], s[2 * ks][3]);
-      pf[2] = pack_bf16(s[2 * ks + 1][0], s[2 * ks + 1][1]);
-      pf[3] = pack_bf16(s[2 * ks + 1][2], s[2 * ks + 1][3]);
-#pragma unroll
-      for (int n = 0; n < 8; n++) {
-        const bf16* vr = &Vt[(n * 8 + g) * KS + ks * 16 + 2 * c4];
-        mma16816(o[n], pf, *(const u32*)vr, *(const u32*)(vr + 8));
-      }
-    }
   }
   la += __shfl_xor_sync(0xffffffffu, la, 1);
   la += __shfl_xor_sync(0xffffffffu, la, 2);
