@@ -90,6 +90,13 @@ class Scratch {
   sel: number; tok: number; logits: number;
   /** Chunked WKV-7 records: one of WKV_REC floats per (16-token chunk, head). */
   wkvRec: number;
+  /** Bytes of a scratch set for `cap` tokens (what the constructor allocates, before rounding). */
+  static bytes(cap: number, cfg: ModelConfig): number {
+    const C = cfg.dim, D = Math.max(cfg.lora.w, cfg.lora.a, cfg.lora.v, cfg.lora.g), F = Math.max(cfg.ffn, cfg.attnFfn);
+    const rc = cap * C;
+    return rc * F32 * 13 + 6 * rc * BF + cap * D * (F32 + BF) + 2 * rc * BF + cap * F * BF + cap * cfg.heads * MAXSEL * 4 + cap * 4
+      + Math.min(cap, HEAD_ROWS) * cfg.vocab * F32 + Math.ceil(cap / WKV_CL) * cfg.heads * WKV_REC * F32;
+  }
   constructor(ctx: CudaContext, readonly cap: number, cfg: ModelConfig) {
     const C = cfg.dim, D = Math.max(cfg.lora.w, cfg.lora.a, cfg.lora.v, cfg.lora.g), F = Math.max(cfg.ffn, cfg.attnFfn);
     const a = (bytes: number, what: string) => { const b = alloc(ctx, bytes, `scratch ${what}`); this.bufs.push(b); return b.ptr; };
@@ -425,7 +432,11 @@ export class CudaModel {
    */
   private forwardWavefront(tokens: ArrayLike<number>, state: CudaState, mode: 'all' | 'last' | 'none', segLen: number): Float32Array {
     const cfg = this.cfg, V = cfg.vocab, T = tokens.length, L = this.order.length;
-    const nSeg = Math.ceil(T / segLen), K = Math.min(this.wavefront, nSeg), P0 = state.pos;
+    // each segment in flight holds a scratch set: at most 1/8 of the device's memory for them (a 3.6B
+    // model's 5 GB sets would otherwise push its K/V cache to the host)
+    const perSlot = Scratch.bytes(segLen, cfg);
+    const fit = Math.max(2, Math.floor(this.ctx.info.totalMem / 8 / perSlot));
+    const nSeg = Math.ceil(T / segLen), K = Math.min(this.wavefront, nSeg, fit), P0 = state.pos;
     // size everything first: no buffer may move while several streams use it
     for (const a of state.attn) { this.reserveKv(a, P0 + T); this.reserveMeans(a, Math.floor((P0 + T) / cfg.chunk)); }
     const slots = this.slotsFor(K, segLen);
