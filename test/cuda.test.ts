@@ -9,7 +9,8 @@ import { Model, type LoadOptions } from '../src/model/model.js';
 import type { ModelWeights } from '../src/model/weights.js';
 import { fromBf16, toBf16 } from '../src/backend/cuda/memory.js';
 import { shapeConfig, randomWeights } from '../src/model/random.js';
-import { cudaAvailable, CudaContext } from '../src/backend/cuda/driver.js';
+import { checkComputeCapability, cudaAvailable, CudaContext } from '../src/backend/cuda/driver.js';
+import { UserError } from '../src/util/errors.js';
 import type { CudaModel } from '../src/backend/cuda/model.js';
 import { A, expectedTensor, expectedTokens, maxAbsDiff } from './helpers/vectors.js';
 
@@ -67,6 +68,13 @@ function report(t: { diagnostic(s: string): void }, what: string, d: number, tol
   console.log(`cuda ${what}: max |diff| ${d.toExponential(3)}${tol === null ? ' (reported only)' : ''}`);
   if (tol !== null) assert.ok(d <= tol, `${what}: max |diff| ${d} > ${tol}`);
 }
+
+test('CUDA: a GPU older than compute capability 8.0 is refused in one line (runs without a GPU)', () => {
+  assert.throws(() => checkComputeCapability({ name: 'Tesla T4', major: 7, minor: 5 }),
+    (e: unknown) => e instanceof UserError && /Tesla T4 \(compute capability 7\.5\) is too old/.test(e.message) && !e.message.includes('\n'));
+  assert.doesNotThrow(() => checkComputeCapability({ name: 'NVIDIA H100 80GB HBM3', major: 9, minor: 0 }));
+  assert.doesNotThrow(() => checkComputeCapability({ name: 'NVIDIA A100', major: 8, minor: 0 }));
+});
 
 test('CUDA: NVRTC compiles and runs a kernel (bindings)', async (t) => {
   if (skipReason) { t.skip(skipReason); return; }

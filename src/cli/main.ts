@@ -35,6 +35,11 @@ export async function main(argv: string[]): Promise<number> {
       process.stderr.write(`rwkvx: error: ${e.message}\n`);
       return 1;
     }
+    // a failed CUDA or cuBLAS call (a kernel fault, a driver error): one line naming the call, not a stack
+    if (e instanceof Error && (e.name === 'CudaError' || e.message.startsWith('cuBLAS '))) {
+      process.stderr.write(`rwkvx: error: ${e.message.split('\n')[0]}\n`);
+      return 1;
+    }
     throw e;
   } finally {
     shutdownPool();

@@ -165,6 +165,15 @@ export interface DeviceInfo {
   driverVersion: number;
 }
 
+/**
+ * The kernels use bf16 tensor-core mma, ldmatrix and cp.async: compute capability 8.0 (Ampere) or newer.
+ * An older GPU gets one line saying so (and `--backend auto` falls back to the CPU).
+ */
+export function checkComputeCapability(info: Pick<DeviceInfo, 'name' | 'major' | 'minor'>): void {
+  if (info.major >= 8) return;
+  throw new UserError(`${info.name} (compute capability ${info.major}.${info.minor}) is too old for rwkvx's CUDA kernels, which need 8.0 or newer (Ampere, Ada, Hopper, Blackwell); use --backend cpu`);
+}
+
 /** CU_DEVICE_ATTRIBUTE_* numbers used here. */
 const ATTR = { MULTIPROCESSOR_COUNT: 16, L2_CACHE_SIZE: 38, CC_MAJOR: 75, CC_MINOR: 76, SMEM_OPTIN: 97 };
 
@@ -193,6 +202,7 @@ export class CudaContext {
       sms: attr(ATTR.MULTIPROCESSOR_COUNT), l2Bytes: attr(ATTR.L2_CACHE_SIZE), smemOptin: attr(ATTR.SMEM_OPTIN),
       totalMem: Number(total[0]), driverVersion: ver[0],
     };
+    checkComputeCapability(this.info);
     const ctx: Handle[] = [null];
     check('cuDevicePrimaryCtxRetain', a.cuDevicePrimaryCtxRetain(ctx, dev[0]));
     this.ctx = ctx[0];
