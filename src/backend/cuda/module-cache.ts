@@ -56,8 +56,17 @@ const loaded = new Map<string, CudaModule>();
 
 /** Loads kernels/<file> for the context's device, compiling it (once, then from the disk cache). */
 export function loadModule(ctx: CudaContext, file: string, options: string[] = []): CudaModule {
-  const source = readFileSync(join(KERNEL_DIR, file), 'utf8');
-  return loadSource(ctx, source, file, options);
+  return loadSource(ctx, kernelSource(file), file, options);
+}
+
+/**
+ * A kernel file with its `#include "x.cuh"` lines replaced by those files (from the same folder, each
+ * once): NVRTC then compiles one self-contained string and the cache key covers the headers too.
+ */
+export function kernelSource(file: string, seen = new Set<string>()): string {
+  seen.add(file);
+  const text = readFileSync(join(KERNEL_DIR, file), 'utf8');
+  return text.replace(/^#include "([^"]+)"[^\n]*$/gm, (_, inc: string) => seen.has(inc) ? '' : kernelSource(inc, seen));
 }
 
 export function loadSource(ctx: CudaContext, source: string, name: string, options: string[] = []): CudaModule {

@@ -5,37 +5,7 @@
 // state, the problem tables) and it writes nothing. Every block calls pdl_wait() before it
 // exits, so a grid never completes before the one it depends on: completion is transitive.
 
-#ifndef INFINITY
-#define INFINITY __int_as_float(0x7f800000)
-#endif
-
-typedef unsigned short bf16;
-typedef unsigned int u32;
-
-__device__ __forceinline__ float bf2f(bf16 x) { return __uint_as_float(((u32)x) << 16); }
-__device__ __forceinline__ bf16 f2bf(float f) {
-  u32 u = __float_as_uint(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return (bf16)0x7fc0;
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return (bf16)(u >> 16);
-}
-__device__ __forceinline__ float sigmoidf_(float x) { return 1.f / (1.f + expf(-x)); }
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-// the reduction order of rwkvx.cu's block_sum (so LayerNorm statistics match layer_norm / ln_mix_step)
-__device__ float block_sum(float v, float* sh) {
-  v = warp_sum(v);
-  int w = threadIdx.x >> 5, l = threadIdx.x & 31, nw = blockDim.x >> 5;
-  if (l == 0) sh[w] = v;
-  __syncthreads();
-  float s = 0.f;
-  for (int i = 0; i < nw; i++) s += sh[i];
-  __syncthreads();
-  return s;
-}
+#include "common.cuh"
 
 // PDL: wait until the preceding grid has completed and its writes are visible; let the next grid launch.
 // Both are no-ops for a launch without the PDL attribute.

@@ -1,7 +1,8 @@
 // Random weights generated on the GPU (benchmarks of big shapes: no host copy of billions of floats).
 // A counter-based generator (splitmix64 of seed, tensor and index) so any launch order gives the same values.
 
-typedef unsigned short bf16;
+#include "common.cuh"
+
 typedef unsigned long long u64;
 
 __device__ __forceinline__ float uniform01(u64 seed, int tensor, long long i) {
@@ -12,15 +13,10 @@ __device__ __forceinline__ float uniform01(u64 seed, int tensor, long long i) {
   return (float)(z >> 40) * (1.0f / 16777216.0f);
 }
 
-__device__ __forceinline__ bf16 to_bf16(float x) {
-  unsigned u = __float_as_uint(x);
-  return (bf16)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
-
 // offset ± scale, uniform; into outF (float32) when non-null, else outB (bfloat16)
 extern "C" __global__ void fill_uniform(float* outF, bf16* outB, int n, int seed, int tensor, float scale, float offset) {
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
     float v = scale == 0.f ? offset : offset + (uniform01((u64)(unsigned)seed, tensor, i) * 2.f - 1.f) * scale;
-    if (outF) outF[i] = v; else outB[i] = to_bf16(v);
+    if (outF) outF[i] = v; else outB[i] = f2bf(v);
   }
 }

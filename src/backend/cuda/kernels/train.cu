@@ -1,5 +1,5 @@
 // RWKV-X training kernels: forward-with-saved-activations and backward of every non-GEMM op
-// (compiled at run time by NVRTC; no headers). GEMMs are cuBLAS (src/backend/cuda/train/grad.ts).
+// (compiled at run time by NVRTC; shared helpers in common.cuh). GEMMs are cuBLAS (src/backend/cuda/train/grad.ts).
 // Layout: activations row-major [R, C] float32 unless named ...B (GEMM inputs, type `gin`). A batch of
 // Bn sequences of T tokens is R = Bn·T rows, sequence b at rows [b·T, (b+1)·T): row-wise kernels see only
 // R; the kernels that look along time (token shift, WKV, attention) take T and treat each sequence alone.
@@ -8,21 +8,9 @@
 // GEMM inputs are bf16; compiled with -DTR_FP32 they are float32 instead (a test mode that leaves only
 // fp32 rounding between the GPU and the CPU reference).
 
-#ifndef INFINITY
-#define INFINITY __int_as_float(0x7f800000)
-#endif
+#include "common.cuh"
 
-typedef unsigned short bf16;
-typedef unsigned int u32;
 typedef long long i64;
-
-__device__ __forceinline__ float bf2f(bf16 x) { return __uint_as_float(((u32)x) << 16); }
-__device__ __forceinline__ bf16 f2bf(float f) {
-  u32 u = __float_as_uint(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return (bf16)0x7fc0;
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return (bf16)(u >> 16);
-}
 #ifdef TR_FP32
 typedef float gin;
 __device__ __forceinline__ gin tog(float f) { return f; }
@@ -30,23 +18,6 @@ __device__ __forceinline__ gin tog(float f) { return f; }
 typedef bf16 gin;
 __device__ __forceinline__ gin tog(float f) { return f2bf(f); }
 #endif
-__device__ __forceinline__ float sigm(float x) { return 1.f / (1.f + expf(-x)); }
-__device__ __forceinline__ float wsum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-// sum over the block (blockDim.x a multiple of 32); every thread gets the result
-__device__ float bsum(float v, float* sh) {
-  v = wsum(v);
-  int w = threadIdx.x >> 5, l = threadIdx.x & 31, nw = blockDim.x >> 5;
-  if (l == 0) sh[w] = v;
-  __syncthreads();
-  float s = 0.f;
-  for (int i = 0; i < nw; i++) s += sh[i];
-  __syncthreads();
-  return s;
-}
 
 // ---------------------------------------------------------------------------------------------
 // Generic
@@ -84,7 +55,7 @@ extern "C" __global__ void tr_sumsq(double* out, const float* g, int lo, int hi)
   __shared__ float sh[32];
   float s = 0.f;
   for (int i = lo + blockIdx.x * blockDim.x + threadIdx.x; i < hi; i += gridDim.x * blockDim.x) s += g[i] * g[i];
-  s = bsum(s, sh);
+  s = block_sum(s, sh);
   if (threadIdx.x == 0) atomicAdd(out, (double)s);
 }
 
@@ -134,10 +105,10 @@ extern "C" __global__ void tr_ln(float* outF, gin* outB, const float* x, const f
   i64 o = (i64)blockIdx.x * C;
   float s = 0.f;
   for (int i = threadIdx.x; i < C; i += blockDim.x) s += x[o + i];
-  float mean = bsum(s, sh) / C;
+  float mean = block_sum(s, sh) / C;
   float q = 0.f;
   for (int i = threadIdx.x; i < C; i += blockDim.x) { float d = x[o + i] - mean; q += d * d; }
-  float inv = rsqrtf(bsum(q, sh) / C + 1e-5f);
+  float inv = rsqrtf(block_sum(q, sh) / C + 1e-5f);
   for (int i = threadIdx.x; i < C; i += blockDim.x) {
     float y = (x[o + i] - mean) * inv * w[i] + b[i];
     if (outF) outF[o + i] = y;
@@ -152,17 +123,17 @@ extern "C" __global__ void tr_ln_bwd(float* dx, float* pw, const float* dout, co
   i64 o = (i64)blockIdx.x * C;
   float s = 0.f;
   for (int i = threadIdx.x; i < C; i += blockDim.x) s += x[o + i];
-  float mean = bsum(s, sh) / C;
+  float mean = block_sum(s, sh) / C;
   float q = 0.f;
   for (int i = threadIdx.x; i < C; i += blockDim.x) { float d = x[o + i] - mean; q += d * d; }
-  float inv = rsqrtf(bsum(q, sh) / C + 1e-5f);
+  float inv = rsqrtf(block_sum(q, sh) / C + 1e-5f);
   float m1 = 0.f, m2 = 0.f;
   for (int i = threadIdx.x; i < C; i += blockDim.x) {
     float xh = (x[o + i] - mean) * inv, gw = dout[o + i] * w[i];
     m1 += gw; m2 += gw * xh;
   }
-  m1 = bsum(m1, sh) / C;
-  m2 = bsum(m2, sh) / C;
+  m1 = block_sum(m1, sh) / C;
+  m2 = block_sum(m2, sh) / C;
   for (int i = threadIdx.x; i < C; i += blockDim.x) {
     float xh = (x[o + i] - mean) * inv, d = dout[o + i], gw = d * w[i];
     float r = inv * (gw - m1 - xh * m2);
@@ -205,7 +176,7 @@ extern "C" __global__ void tr_act(float* outF, gin* outB, const float* in, int n
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
     float x = in[i], y;
     if (mode == 0) y = tanhf(x);
-    else if (mode == 1) y = sigm(x);
+    else if (mode == 1) y = sigmoidf_(x);
     else { float r = x > 0.f ? x : 0.f; y = r * r; }
     if (outF) outF[i] = y;
     if (outB) outB[i] = tog(y);
@@ -241,12 +212,12 @@ extern "C" __global__ void tr_tmix_prep(float* d, float* om, float* a, float* sv
     i64 o = (i64)t * C + c;
     float z = d[o] + w0[c];
     d[o] = z;
-    om[o] = expf(-0.60653065971f * sigm(z));
-    float av = sigm(a[o] + a0[c]);
+    om[o] = expf(-0.60653065971f * sigmoidf_(z));
+    float av = sigmoidf_(a[o] + a0[c]);
     a[o] = av;
     if (first) { v[o] = vraw[o]; vFirst[o] = vraw[o]; }
     else {
-      float s = sigm(sv[o] + v0[c]);
+      float s = sigmoidf_(sv[o] + v0[c]);
       sv[o] = s;
       v[o] = vraw[o] + (vFirst[o] - vraw[o]) * s;
     }
@@ -255,7 +226,7 @@ extern "C" __global__ void tr_tmix_prep(float* d, float* om, float* a, float* sv
     ss += kap[q] * kap[q];
     kt[o] = kv * (1.f + (av - 1.f) * ka[c]);
   }
-  float nrm = sqrtf(wsum(ss));
+  float nrm = sqrtf(warp_sum(ss));
   if (lane == 0) knorm[wid] = nrm;
   float inv = 1.f / fmaxf(nrm, 1e-12f);
   for (int q = 0; q < 2; q++) kh[(i64)t * C + h * 64 + lane + 32 * q] = kap[q] * inv;
@@ -270,10 +241,10 @@ extern "C" __global__ void tr_out_fwd(gin* z, const float* y, const float* r, co
   i64 o0 = (i64)t * C + h * 64 + lane, o1 = o0 + 32;
   int c0 = h * 64 + lane, c1 = c0 + 32;
   float y0 = y[o0], y1 = y[o1];
-  float mean = wsum(y0 + y1) / 64.f;
-  float var = wsum((y0 - mean) * (y0 - mean) + (y1 - mean) * (y1 - mean)) / 64.f;
+  float mean = warp_sum(y0 + y1) / 64.f;
+  float var = warp_sum((y0 - mean) * (y0 - mean) + (y1 - mean) * (y1 - mean)) / 64.f;
   float inv = rsqrtf(var + 64e-5f);
-  float bonus = wsum(r[o0] * kt[o0] * rk[c0] + r[o1] * kt[o1] * rk[c1]);
+  float bonus = warp_sum(r[o0] * kt[o0] * rk[c0] + r[o1] * kt[o1] * rk[c1]);
   float a0 = (y0 - mean) * inv * lnxw[c0] + lnxb[c0] + bonus * v[o0];
   float a1 = (y1 - mean) * inv * lnxw[c1] + lnxb[c1] + bonus * v[o1];
   z[o0] = tog(a0 * gate[o0]);
@@ -291,10 +262,10 @@ extern "C" __global__ void tr_out_bwd(float* dgate, float* dv, float* dr, float*
   i64 o[2] = {(i64)t * C + h * 64 + lane, (i64)t * C + h * 64 + lane + 32};
   int c[2] = {h * 64 + lane, h * 64 + lane + 32};
   float yv[2] = {y[o[0]], y[o[1]]};
-  float mean = wsum(yv[0] + yv[1]) / 64.f;
-  float var = wsum((yv[0] - mean) * (yv[0] - mean) + (yv[1] - mean) * (yv[1] - mean)) / 64.f;
+  float mean = warp_sum(yv[0] + yv[1]) / 64.f;
+  float var = warp_sum((yv[0] - mean) * (yv[0] - mean) + (yv[1] - mean) * (yv[1] - mean)) / 64.f;
   float inv = rsqrtf(var + 64e-5f);
-  float bonus = wsum(r[o[0]] * kt[o[0]] * rk[c[0]] + r[o[1]] * kt[o[1]] * rk[c[1]]);
+  float bonus = warp_sum(r[o[0]] * kt[o[0]] * rk[c[0]] + r[o[1]] * kt[o[1]] * rk[c[1]]);
   float xh[2], e[2], gw[2], ds = 0.f, m1 = 0.f, m2 = 0.f;
   for (int q = 0; q < 2; q++) {
     xh[q] = (yv[q] - mean) * inv;
@@ -306,9 +277,9 @@ extern "C" __global__ void tr_out_bwd(float* dgate, float* dv, float* dr, float*
     gw[q] = e[q] * lnxw[c[q]];
     m1 += gw[q]; m2 += gw[q] * xh[q];
   }
-  ds = wsum(ds);
-  m1 = wsum(m1) / 64.f;
-  m2 = wsum(m2) / 64.f;
+  ds = warp_sum(ds);
+  m1 = warp_sum(m1) / 64.f;
+  m2 = warp_sum(m2) / 64.f;
   for (int q = 0; q < 2; q++) {
     float rr = r[o[q]], kk = kt[o[q]], rho = rk[c[q]];
     dv[o[q]] = e[q] * bonus;
@@ -340,7 +311,7 @@ extern "C" __global__ void tr_tmix_bwd(float* dk, float* dapre, float* pka, floa
     dkh[q] = dkk[o] + db[o] * a[o];
     dot += kh[o] * dkh[q];
   }
-  dot = wsum(dot);
+  dot = warp_sum(dot);
   float nrm = knorm[wid];
   bool clamped = !(nrm > 1e-12f);
   float inv = 1.f / fmaxf(nrm, 1e-12f);
@@ -354,7 +325,7 @@ extern "C" __global__ void tr_tmix_bwd(float* dk, float* dapre, float* pka, floa
     dapre[o] = da * av * (1.f - av);
     pka[o] = g * kv * (av - 1.f);
     pkk[o] = dkap * kv;
-    float s = sigm(d[o]);
+    float s = sigmoidf_(d[o]);
     dom[o] = dom[o] * om[o] * -0.60653065971f * s * (1.f - s);
     float dvv = dv[o];
     if (first) { dvraw[o] = dvv + dvFirst[o]; }
@@ -380,7 +351,7 @@ extern "C" __global__ void tr_tmix_bwd(float* dk, float* dapre, float* pka, floa
 
 __device__ __forceinline__ void wkv_step(float& s0, float& s1, float& sa, float w0, float w1, float k0, float k1,
                                          float a0, float a1, float t0, float t1, float vi) {
-  sa = -wsum(s0 * k0 + s1 * k1);
+  sa = -warp_sum(s0 * k0 + s1 * k1);
   s0 = s0 * w0 + sa * (k0 * a0) + vi * t0;
   s1 = s1 * w1 + sa * (k1 * a1) + vi * t1;
 }
@@ -413,7 +384,7 @@ extern "C" __global__ void __launch_bounds__(32 * WR) tr_wkv_fwd(float* y, float
     for (int q = 0; q < 11; q++) c[q] = x[q];
     if (t + 1 < T) WKV_LOAD(t + 1);
     wkv_step(s0, s1, sa, c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8]);
-    float yi = wsum(s0 * c[9] + s1 * c[10]);
+    float yi = warp_sum(s0 * c[9] + s1 * c[10]);
     if (lane == 0) y[(i64)t * C + h * 64 + i] = yi;
   }
 #undef WKV_LOAD
@@ -464,8 +435,8 @@ extern "C" __global__ void __launch_bounds__(32 * WR) tr_wkv_bwd(float* dr, floa
         float b0 = k0 * a[o + j0], b1 = k1 * a[o + j1];
         float dyi = dy[o + vi_off], vi = v[o + vi_off];
         float g0 = d0 + dyi * r[o + j0], g1 = d1 + dyi * r[o + j1];
-        float dsa = wsum(g0 * b0 + g1 * b1);
-        float dvi = wsum(g0 * kt[o + j0] + g1 * kt[o + j1]);
+        float dsa = warp_sum(g0 * b0 + g1 * b1);
+        float dvi = warp_sum(g0 * kt[o + j0] + g1 * kt[o + j1]);
         if (lane == 0) dv[o + vi_off] += dvi;
         float sa = sav[u];
         red[0][wi][lane] = st0[u + 1] * dyi; red[0][wi][lane + 32] = st1[u + 1] * dyi;  // dr
@@ -580,7 +551,7 @@ extern "C" __global__ void tr_moba_dvec(float* D, const float* dy, const float* 
   int wid = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
   if (wid >= T * H) return;
   i64 o = (i64)(wid / H) * H * 64 + (wid % H) * 64 + lane;
-  float s = wsum(dy[o] * y[o] + dy[o + 32] * y[o + 32]);
+  float s = warp_sum(dy[o] * y[o] + dy[o + 32] * y[o + 32]);
   if (lane == 0) D[wid] = s;
 }
 
