@@ -10,22 +10,14 @@
 import { shapeConfig } from '../src/model/random.js';
 import { CudaModel } from '../src/backend/cuda/model.js';
 import { peakAllocatedBytes, resetPeak } from '../src/backend/cuda/memory.js';
+import { arg, median, randomTokens, requireCuda } from './util.js';
 
-function arg(name: string, def: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : def;
-}
+await requireCuda();
+
 const prefillN = Number(arg('prefill', '131072'));
 const contextN = Number(arg('context', '1048576'));
 const steps = Number(arg('steps', '16'));
 const GiB = 2 ** 30;
-const median = (a: number[]) => { const s = [...a].sort((x, y) => x - y); return s[Math.floor(s.length / 2)]; };
-function randomTokens(n: number, V: number, seed: number): Int32Array {
-  const out = new Int32Array(n);
-  let x = seed >>> 0;
-  for (let i = 0; i < n; i++) { x = (Math.imul(x, 1664525) + 1013904223) >>> 0; out[i] = x % V; }
-  return out;
-}
 
 const cfg = shapeConfig({ vocab: 65536, dim: 2560, nLayer: 32, nAttn: 8, chunk: 2048, topk: 3 });
 const t0 = performance.now();

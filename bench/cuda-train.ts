@@ -19,6 +19,9 @@ import { parameterCount, type ModelConfig } from '../src/model/config.js';
 import { trainModelFromWeights } from '../src/train/model-grad.js';
 import { RWKV_ADAMW } from '../src/train/adamw.js';
 import { peakAllocatedBytes, resetPeak } from '../src/backend/cuda/memory.js';
+import { requireCuda } from './util.js';
+
+await requireCuda();
 
 const arg = (k: string, d: string) => { const i = process.argv.indexOf(`--${k}`); return i > 0 ? process.argv[i + 1] : d; };
 const ctxs = arg('ctx', '4096').split(',').map(Number);

@@ -12,11 +12,10 @@ import { writeFileSync } from 'node:fs';
 import { shapeConfig, randomWeights } from '../src/model/random.js';
 import { CudaModel } from '../src/backend/cuda/model.js';
 import { peakAllocatedBytes, resetPeak } from '../src/backend/cuda/memory.js';
+import { arg, median, randomTokens, requireCuda } from './util.js';
 
-function arg(name: string, def: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : def;
-}
+await requireCuda();
+
 const lengths = arg('lengths', '4096,16384,65536,131072').split(',').map(Number);
 const decodeAt = new Set(arg('decode', '4096,65536').split(',').map(Number));
 const steps = Number(arg('steps', '32'));
@@ -25,14 +24,6 @@ const which = arg('models', 'rwkvx,rwkv7').split(',').filter((x) => x === 'rwkvx
 
 interface Row { model: string; tokens: number; prefill_ms: number; prefill_tok_s: number; decode_ms: number | null; peak_gib: number }
 const rows: Row[] = [];
-const median = (a: number[]) => { const s = [...a].sort((x, y) => x - y); return s[Math.floor(s.length / 2)]; };
-
-function randomTokens(n: number, V: number, seed: number): Int32Array {
-  const out = new Int32Array(n);
-  let x = seed >>> 0;
-  for (let i = 0; i < n; i++) { x = (Math.imul(x, 1664525) + 1013904223) >>> 0; out[i] = x % V; }
-  return out;
-}
 
 // --wkv N: the WKV-7 kernels alone at N tokens, C768 (12 heads), one layer: sequential vs chunked
 // (rows per scan block 4 / 8 / 16), median of 5, random inputs of real scale.

@@ -3,31 +3,20 @@
  * cache (prefill across many pages, then decoding steps that read offloaded chunks); models with
  * random weights generated on the GPU are deterministic per seed. Skips, saying why, without CUDA.
  */
-import { test, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { shapeConfig, randomWeights } from '../src/model/random.js';
-import { cudaAvailable } from '../src/backend/cuda/driver.js';
+import { cuda, firstDiff, keep, skipReason } from './helpers/cuda.js';
 import type { CudaModel } from '../src/backend/cuda/model.js';
 
-const avail = cudaAvailable();
-const skipReason = avail.ok ? undefined : avail.reason.startsWith('no NVIDIA GPU') ? avail.reason : `no NVIDIA GPU / CUDA driver found: ${avail.reason}`;
-const cuda = avail.ok ? await import('../src/backend/cuda/model.js') : undefined;
-const made: { dispose(): void }[] = [];
-after(() => { for (const m of made) m.dispose(); });
-
-function firstDiff(a: Float32Array, b: Float32Array): number {
-  if (a.length !== b.length) return 0;
-  for (let i = 0; i < a.length; i++) if (!Object.is(a[i], b[i])) return i;
-  return -1;
-}
 
 test('CUDA: K/V pages offloaded to host memory give identical logits (prefill + decode)', (t) => {
   if (skipReason) { t.skip(skipReason); return; }
   // C 128: a 2 MiB page holds 8192 rows, so 40K tokens span 5+ pages per cache
   const cfg = shapeConfig({ vocab: 300, dim: 128, nLayer: 2, nAttn: 2, chunk: 512, topk: 3 });
   const w = randomWeights(cfg, 5);
-  const ref = cuda!.CudaModel.fromWeights(cfg, w, { kv: { deviceBytes: Infinity } }); made.push(ref);
-  const off = cuda!.CudaModel.fromWeights(cfg, w, { kv: { deviceBytes: 0 } }); made.push(off);
+  const ref = keep(cuda!.CudaModel.fromWeights(cfg, w, { kv: { deviceBytes: Infinity } }));
+  const off = keep(cuda!.CudaModel.fromWeights(cfg, w, { kv: { deviceBytes: 0 } }));
   const N = 40000, steps = 6;
   const ids = Array.from({ length: N + steps }, (_, i) => (i * 7919 + 13) % cfg.vocab);
   const run = (m: CudaModel) => {
@@ -58,7 +47,7 @@ test('CUDA: random weights generated on the GPU are deterministic per seed and f
   if (skipReason) { t.skip(skipReason); return; }
   const cfg = shapeConfig({ vocab: 1000, dim: 256, nLayer: 2, nAttn: 1, chunk: 64, topk: 2 });
   const m1 = cuda!.CudaModel.random(cfg, 3), m2 = cuda!.CudaModel.random(cfg, 3), m3 = cuda!.CudaModel.random(cfg, 4);
-  made.push(m1, m2, m3);
+  [m1, m2, m3].forEach(keep);
   const ids = Array.from({ length: 200 }, (_, i) => (i * 31 + 7) % cfg.vocab);
   const [a, b, c] = [m1, m2, m3].map((m) => m.forward(ids, m.newState(), { logits: 'last' }));
   assert.ok(a.every(Number.isFinite), 'logits finite');

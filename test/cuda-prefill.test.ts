@@ -3,29 +3,18 @@
  * segments run one after the other: the same kernels on the same inputs, so bit-identical logits and
  * state. Skips, saying why, without CUDA.
  */
-import { test, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { shapeConfig, randomWeights } from '../src/model/random.js';
-import { cudaAvailable } from '../src/backend/cuda/driver.js';
+import { cuda, firstDiff, keep, skipReason } from './helpers/cuda.js';
 import type { CudaModel } from '../src/backend/cuda/model.js';
 
-const avail = cudaAvailable();
-const skipReason = avail.ok ? undefined : avail.reason.startsWith('no NVIDIA GPU') ? avail.reason : `no NVIDIA GPU / CUDA driver found: ${avail.reason}`;
-const cuda = avail.ok ? await import('../src/backend/cuda/model.js') : undefined;
-const made: { dispose(): void }[] = [];
-after(() => { for (const m of made) m.dispose(); });
-
-function firstDiff(a: Float32Array, b: Float32Array): number {
-  if (a.length !== b.length) return 0;
-  for (let i = 0; i < a.length; i++) if (!Object.is(a[i], b[i])) return i;
-  return -1;
-}
 
 for (const nAttn of [0, 2]) {
   test(`CUDA: prefill wavefront equals segments one after the other (${nAttn ? 'RWKV-X' : 'RWKV-7'})`, (t) => {
     if (skipReason) { t.skip(skipReason); return; }
     const cfg = shapeConfig({ vocab: 400, dim: 256, nLayer: 4, nAttn, chunk: 256, topk: 3 });
-    const m: CudaModel = cuda!.CudaModel.fromWeights(cfg, randomWeights(cfg, 9)); made.push(m);
+    const m: CudaModel = keep(cuda!.CudaModel.fromWeights(cfg, randomWeights(cfg, 9)));
     m.segment = 4096;
     const T = 4096 * 5 + 123;
     const ids = Array.from({ length: T + 3 }, (_, i) => (i * 7919 + 13) % cfg.vocab);
