@@ -23,6 +23,7 @@ import { CudaContext, openCudaLibrary } from '../driver.js';
 import { Cublas, DT } from '../cublas.js';
 import { alloc, copyDtoD, copyDtoH, copyHtoD, type DeviceBuffer, toBf16, zero } from '../memory.js';
 import { launch, loadModule, type CudaModule } from '../module-cache.js';
+import { Wkv7ChunkedTrain } from './wkv7-chunked.js';
 
 const F32 = 4;
 const WKV_EVERY = 16, WR = 8;
@@ -117,6 +118,16 @@ export class CudaTrainer {
   private frozenGrads: boolean;
   /** Rows, sequence length and sequences of the current call. */
   private R = 0; private T = 0; private Bn = 0;
+  /**
+   * WKV-7 by the chunked kernels (kernels/wkv7-train.cu) instead of the sequential tr_wkv_fwd/bwd:
+   * RWKVX_TRAIN_WKV=chunked (default off, `seq`).
+   */
+  wkvChunked: boolean;
+  private wkc: Wkv7ChunkedTrain | undefined;
+  private chunked(): Wkv7ChunkedTrain {
+    this.wkc ??= new Wkv7ChunkedTrain(this.ctx, (tag, f) => this.timed(tag, f));
+    return this.wkc;
+  }
 
   constructor(model: TrainModel, opts: CudaTrainerOptions = {}) {
     const cfg = model.cfg;
@@ -128,6 +139,9 @@ export class CudaTrainer {
     this.dt = this.fp32 ? DT.F32 : DT.BF16;
     this.ctx = CudaContext.get(opts.device ?? 0);
     this.mod = loadModule(this.ctx, 'train.cu', this.fp32 ? ['-DTR_FP32'] : []);
+    const wkvMode = process.env.RWKVX_TRAIN_WKV ?? '';
+    if (!['', 'seq', 'chunked'].includes(wkvMode)) fail(`RWKVX_TRAIN_WKV must be 'seq' or 'chunked' (got '${wkvMode}')`);
+    this.wkvChunked = wkvMode === 'chunked';
     this.blas = new Cublas(this.ctx);
     this.sc = new Scratch(this.ctx);
     let off = 0;
@@ -322,7 +336,10 @@ export class CudaTrainer {
     this.k('tr_tmix_prep', [Math.ceil((R * H) / 8)], [256],
       [d, om, av, sv, kh, kt, v, vFirst, knorm, k, vraw, a('w0'), a('a0'), a('v0'), a('k_k'), a('k_a'), R, H, li === 0 ? 1 : 0]);
     const y = s.get('tm.y', n * F32), ckpt = s.get('tm.ckpt', this.Bn * Math.ceil(this.T / WKV_EVERY) * H * 64 * 64 * F32);
-    this.k('tr_wkv_fwd', [H, 64 / WR, this.Bn], [32 * WR], [y, ckpt, r, om, kt, v, kh, av, this.T, C]);
+    if (this.wkvChunked) {
+      const rec = s.get('tm.wrec', Wkv7ChunkedTrain.recBytes(this.Bn, this.T, H));
+      this.chunked().forward(y, ckpt, rec, r, om, kt, v, kh, av, this.Bn, this.T, C);
+    } else this.k('tr_wkv_fwd', [H, 64 / WR, this.Bn], [32 * WR], [y, ckpt, r, om, kt, v, kh, av, this.T, C]);
     const zB = s.get('tm.zB', n * this.eb);
     this.k('tr_out_fwd', [Math.ceil((R * H) / 8)], [256], [zB, y, r, kt, v, gate, a('ln_x.weight'), a('ln_x.bias'), a('r_k'), R, H]);
     this.lin(h, zB, ab('output.weight'), R, C, C, true);
@@ -362,7 +379,11 @@ export class CudaTrainer {
     const dom = s.get('tmb.dom', n * F32), dkk = s.get('tmb.dkk', n * F32), db = s.get('tmb.db', n * F32);
     zero(this.ctx, dom, n * F32); zero(this.ctx, dkk, n * F32); zero(this.ctx, db, n * F32);
     const om = s.get('tm.om', 0), kh = s.get('tm.kh', 0), av = s.get('tm.a', 0), ckpt = s.get('tm.ckpt', 0);
-    this.k('tr_wkv_bwd', [H, 64 / WR, this.Bn], [32 * WR], [dr, dom, dkt, dv, dkk, db, dy, r, om, kt, v, kh, av, ckpt, this.T, C]);
+    if (this.wkvChunked) {
+      // the record is the one the recompute above (rwkvForward) just wrote for this block
+      const gend = s.get('tmb.gend', Wkv7ChunkedTrain.stateBytes(this.Bn, this.T, H));
+      this.chunked().backward(dr, dom, dkt, dv, dkk, db, dy, r, om, kt, v, kh, av, ckpt, s.get('tm.wrec', 0), gend, this.Bn, this.T, C);
+    } else this.k('tr_wkv_bwd', [H, 64 / WR, this.Bn], [32 * WR], [dr, dom, dkt, dv, dkk, db, dy, r, om, kt, v, kh, av, ckpt, this.T, C]);
     // keys, rate, decay, value residual
     const dk = s.get('tmb.dk', n * F32), dapre = s.get('tmb.dapre', n * F32), dvraw = s.get('tmb.dvraw', n * F32), dvpre = s.get('tmb.dvpre', n * F32);
     const k = s.get('tm.k', 0), d = s.get('tm.d', 0), sv = s.get('tm.sv', 0), vraw = s.get('tm.vraw', 0);

@@ -1,0 +1,75 @@
+/**
+ * Chunked WKV-7 for CUDA training (kernels/wkv7-train.cu): a drop-in replacement for train.cu's sequential
+ * `tr_wkv_fwd` / `tr_wkv_bwd`, selected by RWKVX_TRAIN_WKV=chunked (CudaTrainer.wkvChunked). Same buffers
+ * and contract: Bn sequences of T tokens as R = Bn·T rows of [R, C] float32 (r, ω, k̃, v, κ̂, a), each
+ * sequence from S = 0; the chunk-start states go to `ckpt` [Bn, ⌈T/16⌉, H, 64, 64] (what tr_wkv_fwd saves);
+ * the backward ADDS into dr, dω, dk̃, dv, dκ̂ (α part) and db. Two extra scratch buffers: the per-chunk
+ * record `rec` (written by the forward, read by the backward's chain, so the backward must follow a forward
+ * on the same inputs, as the trainer's recompute does) and `gend` (chunk-end state gradients).
+ * Math: docs/wkv7-chunked.md; design, memory and cost: docs/cuda-training.md "Chunked WKV-7".
+ */
+import type { CudaContext } from '../driver.js';
+import { kernelSource, launch, loadModule, setMaxDynamicSmem, type CudaModule } from '../module-cache.js';
+
+const FILE = 'wkv7-train.cu';
+/** Tokens per chunk, floats per (sequence, chunk, head) record, state rows per scan/chain block. */
+export const WKT_L = 16, WKT_REC = 6208, WKT_ROWS = 8;
+
+function defined(name: string): number {
+  const m = new RegExp(`^#define ${name} (\\d+)`, 'm').exec(kernelSource(FILE));
+  if (!m) throw new Error(`internal: ${FILE} does not define ${name}`);
+  return Number(m[1]);
+}
+
+export class Wkv7ChunkedTrain {
+  private mod: CudaModule;
+  /** Dynamic shared memory of wkt_grad (sizeof(GradSm), static_assert-ed in the source). */
+  private gradSmem: number;
+
+  /** `timed` wraps each launch (the trainer's per-op profile); `options` are NVRTC options. */
+  constructor(private ctx: CudaContext, private timed: (tag: string, f: () => void) => void = (_t, f) => f(), options: string[] = []) {
+    this.mod = loadModule(ctx, FILE, options);
+    for (const [n, v] of [['WKT_L', WKT_L], ['WKT_REC', WKT_REC], ['WKT_ROWS', WKT_ROWS]] as const) {
+      if (defined(n) !== v) throw new Error(`internal: ${FILE} has ${n} ${defined(n)}, wkv7-chunked.ts ${v}`);
+    }
+    this.gradSmem = defined('WKT_GRAD_SMEM');
+    setMaxDynamicSmem(this.mod, 'wkt_grad', this.gradSmem);
+  }
+
+  static chunks(T: number): number { return Math.ceil(T / WKT_L); }
+  /** Bytes of the record scratch (forward → backward). */
+  static recBytes(Bn: number, T: number, H: number): number { return Bn * Wkv7ChunkedTrain.chunks(T) * H * WKT_REC * 4; }
+  /** Bytes of the chunk-state buffers (ckpt, gend): one 64×64 float32 state per (sequence, chunk, head). */
+  static stateBytes(Bn: number, T: number, H: number): number { return Bn * Wkv7ChunkedTrain.chunks(T) * H * 4096 * 4; }
+
+  private k(name: string, grid: [number, number, number], block: number, smem: number, args: number[]): void {
+    const sig = this.mod.sigs.get(name);
+    if (sig === undefined) throw new Error(`internal: no kernel ${name} in ${FILE}`);
+    this.timed(name, () => launch(this.ctx, this.mod, name, sig, grid, [block], smem, args));
+  }
+
+  /**
+   * y (written) and ckpt (chunk-start states) from the inputs; the record goes to `rec` for the backward.
+   * `sfin` (optional, [Bn, H, 64, 64]) receives each sequence's final state.
+   */
+  forward(y: number, ckpt: number, rec: number, r: number, om: number, kt: number, v: number, kh: number, a: number,
+    Bn: number, T: number, C: number, sfin = 0): void {
+    if (T <= 0 || Bn <= 0) return;
+    const H = C / 64, nch = Wkv7ChunkedTrain.chunks(T);
+    this.k('wkt_prep', [nch, H, Bn], 256, 0, [rec, r, om, kt, v, kh, a, T, C]);
+    this.k('wkt_scan', [H, 64 / WKT_ROWS, Bn], 16 * WKT_ROWS, 0, [y, ckpt, sfin, rec, v, T, C]);
+  }
+
+  /**
+   * Adds the gradients (dr, dω, dk̃, dv, dκ̂'s α part, db) from dy, the inputs, the forward's ckpt and `rec`;
+   * `gend` is scratch of stateBytes. `dsin` (optional, [Bn, H, 64, 64]) receives the initial states' gradients.
+   */
+  backward(dr: number, dom: number, dkt: number, dv: number, dkk: number, db: number, dy: number,
+    r: number, om: number, kt: number, v: number, kh: number, a: number, ckpt: number, rec: number, gend: number,
+    Bn: number, T: number, C: number, dsin = 0): void {
+    if (T <= 0 || Bn <= 0) return;
+    const H = C / 64, nch = Wkv7ChunkedTrain.chunks(T);
+    this.k('wkt_chain', [H, 64 / WKT_ROWS, Bn], 16 * WKT_ROWS, 0, [gend, dsin, rec, dy, T, C]);
+    this.k('wkt_grad', [nch, H, Bn], 256, this.gradSmem, [dr, dom, dkt, dv, dkk, db, dy, r, om, kt, v, kh, a, ckpt, gend, T, C]);
+  }
+}
