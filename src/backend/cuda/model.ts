@@ -400,7 +400,10 @@ export class CudaModel {
     if (this.attention === 'moba' && this.wavefront > 1 && !this.profile && opts.segment === undefined) {
       // split long calls into at least `wavefront` segments (of ≥ 4096 tokens) so that they overlap
       const segLen = Math.min(seg, Math.max(4096, Math.ceil(T / this.wavefront)));
-      if (T > segLen) return this.forwardWavefront(tokens, state, mode, segLen);
+      // each segment in flight holds a scratch set: at most 1/8 of the device's memory for them (a 3.6B
+      // model's 5 GB sets would otherwise push its K/V cache to the host; a small GPU runs serially)
+      const fit = Math.floor(this.ctx.info.totalMem / 8 / Scratch.bytes(segLen, cfg));
+      if (T > segLen && fit >= 2) return this.forwardWavefront(tokens, state, mode, segLen, fit);
     }
     const out = new Float32Array(mode === 'all' ? T * V : mode === 'last' ? V : 0);
     const sc = this.scratchFor(Math.min(seg, T));
@@ -430,12 +433,8 @@ export class CudaModel {
    * small steps that leaves most of the GPU idle) then overlaps other segments' GEMMs and attention.
    * The kernels and their inputs are those of the one-segment-after-another order: same results.
    */
-  private forwardWavefront(tokens: ArrayLike<number>, state: CudaState, mode: 'all' | 'last' | 'none', segLen: number): Float32Array {
+  private forwardWavefront(tokens: ArrayLike<number>, state: CudaState, mode: 'all' | 'last' | 'none', segLen: number, fit: number): Float32Array {
     const cfg = this.cfg, V = cfg.vocab, T = tokens.length, L = this.order.length;
-    // each segment in flight holds a scratch set: at most 1/8 of the device's memory for them (a 3.6B
-    // model's 5 GB sets would otherwise push its K/V cache to the host)
-    const perSlot = Scratch.bytes(segLen, cfg);
-    const fit = Math.max(2, Math.floor(this.ctx.info.totalMem / 8 / perSlot));
     const nSeg = Math.ceil(T / segLen), K = Math.min(this.wavefront, nSeg, fit), P0 = state.pos;
     // size everything first: no buffer may move while several streams use it
     for (const a of state.attn) { this.reserveKv(a, P0 + T); this.reserveMeans(a, Math.floor((P0 + T) / cfg.chunk)); }
