@@ -177,6 +177,22 @@ extern "C" __global__ void __launch_bounds__(256) wkt_prep(float* rec, const flo
   wkt_prep_body<DevExec>(sm, g);
 }
 
+// The row update both sequential passes share (wkt_scan's state and, transposed, wkt_chain's gradient):
+// R[i][j] ← gn[j]·R[i][j] + Σ_t a[t][i]·M[t][j] + b[t][i]·M[L + t][j] for this block's WKT_ROWS rows.
+template <class X, int LD>
+__host__ __device__ void row_update(float (*R)[LD], const float* gn, const float (*a)[WKT_ROWS], const float (*b)[WKT_ROWS],
+                                    const float (*M)[64]) {
+  constexpr int NT = 16 * WKT_ROWS;
+  X::each([&](int tid) {
+    for (int e = tid; e < WKT_ROWS * 64; e += NT) {
+      const int i = e >> 6, j = e & 63;
+      float x = gn[j] * R[i][j];
+      for (int t = 0; t < WKT_L; t++) x += a[t][i] * M[t][j] + b[t][i] * M[WKT_L + t][j];
+      R[i][j] = x;
+    }
+  });
+}
+
 // ---------------------------------------------------------------------------------------------
 // wkt_scan: the forward's sequential pass. Per chunk: (load) the record into shared memory and the state
 // into ckpt; (1) lane p of a warp: u_p (p < 16) or y_{p−16} of one row, a 64-long dot product with the
@@ -230,14 +246,7 @@ template <class X> __host__ __device__ void wkt_scan_body(ScanSm& s, const ScanA
         }
       }
     });
-    X::each([&](int tid) {
-      for (int e = tid; e < RW * 64; e += NT) {
-        const int i = e >> 6, j = e & 63;
-        float x = s.gn[j] * s.S[i][j];
-        for (int t = 0; t < WKT_L; t++) x += s.u[t][i] * s.pq[t][j] + s.v[t][i] * s.pq[WKT_L + t][j];
-        s.S[i][j] = x;
-      }
-    });
+    row_update<X>(s.S, s.gn, s.u, s.v, s.pq);
   }
   if (g.sfin) {
     X::each([&](int tid) {
@@ -298,14 +307,7 @@ template <class X> __host__ __device__ void wkt_chain_body(ChainSm& s, const Cha
         s.pg[t][i] = a0 + a1;
       }
     });
-    X::each([&](int tid) {
-      for (int e = tid; e < RW * 64; e += NT) {
-        const int i = e >> 6, j = e & 63;
-        float x = s.gn[j] * s.G[i][j];
-        for (int t = 0; t < WKT_L; t++) x += s.pg[t][i] * s.wq[t][j] + s.dy[t][i] * s.wq[WKT_L + t][j];
-        s.G[i][j] = x;
-      }
-    });
+    row_update<X>(s.G, s.gn, s.pg, s.dy, s.wq);
   }
   if (g.dsin) {
     X::each([&](int tid) {
