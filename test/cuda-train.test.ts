@@ -25,7 +25,6 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, readFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { BinIdxWriter } from '../src/io/binidx.js';
 import { loadTrainConfig, type TrainConfig } from '../src/train/config.js';
 import { train, type StepLog } from '../src/train/trainer.js';
 import { openCheckpoint } from '../src/io/open.js';
@@ -37,6 +36,7 @@ import { AdamW, clipGradients, isMatrix, RWKV_ADAMW, type Param } from '../src/t
 import { expectedTensors } from '../src/model/weights.js';
 import { shutdownPool } from '../src/backend/cpu/matmul.js';
 import { A, expectedTokens } from './helpers/vectors.js';
+import { writeToyCorpus } from './helpers/toy-corpus.js';
 
 const REL_TOL = 5e-2, LOSS_TOL = 1e-2;
 const CHUNK = 16, TOPK = 3;
@@ -188,18 +188,8 @@ test('a micro-batch of 3 sequences equals 3 accumulated single-sequence calls (R
 // ---------------------------------------------------------------------------------------------
 // the trainer on the GPU
 
-// the toy corpus of test/train.test.ts: counting patterns over a 32-token vocabulary
-const data = join(dir, 'toy');
-{
-  const w = new BinIdxWriter(data);
-  for (let d = 0; d < 60; d++) {
-    const doc: number[] = [];
-    const start = 1 + (d % 7), step = 1 + (d % 3);
-    for (let i = 0; i < 40; i++) doc.push(1 + ((start + i * step) % 31));
-    w.addDocument(doc);
-  }
-  w.finish();
-}
+// the toy corpus of test/train.test.ts
+const data = writeToyCorpus(join(dir, 'toy'));
 function cfg(over: Partial<TrainConfig>): TrainConfig {
   return loadTrainConfig(undefined, { data, ctx: 24, steps: 6, lr: 3e-3, lrFinal: 3e-4, warmupSteps: 2, saveEvery: 3, microBatch: 2, backend: 'cuda', init: { vocab: 32, dim: 64, layers: 2 }, ...over });
 }

@@ -14,11 +14,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { skipReason } from './helpers/cuda.js';
 import { rwkvx } from './helpers/cli.js';
-import { BinIdxWriter } from '../src/io/binidx.js';
 import { shapeConfig, randomWeights } from '../src/model/random.js';
 import { trainModelFromWeights } from '../src/train/model-grad.js';
 import { wkv7ChunkedBackward, wkv7ChunkedForward } from '../src/train/wkv7-chunked.js';
 import type { StepLog } from '../src/train/trainer.js';
+import { writeToyCorpus } from './helpers/toy-corpus.js';
 
 const REL_TOL = 1e-4;
 const dev = skipReason ? undefined : {
@@ -156,15 +156,7 @@ test('CUDA trainer: RWKVX_TRAIN_WKV=chunked gives the sequential gradients (fp32
 });
 
 test('rwkvx train --backend cuda with RWKVX_TRAIN_WKV=chunked: the losses of the sequential run', { skip: skipReason }, () => {
-  const data = join(dir, 'toy');
-  const w = new BinIdxWriter(data);
-  for (let d = 0; d < 60; d++) {
-    const doc: number[] = [];
-    const start = 1 + (d % 7), step = 1 + (d % 3);
-    for (let i = 0; i < 60; i++) doc.push(1 + ((start + i * step) % 31));
-    w.addDocument(doc);
-  }
-  w.finish();
+  const data = writeToyCorpus(join(dir, 'toy'), 60);
   const runWith = (mode: string): number[] => {
     const out = join(dir, `run-${mode}`);
     const saved = process.env.RWKVX_TRAIN_WKV;

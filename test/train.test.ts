@@ -4,28 +4,17 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, readFileSync, existsSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { BinIdxWriter } from '../src/io/binidx.js';
 import { DEFAULT_TRAIN, loadTrainConfig, type TrainConfig } from '../src/train/config.js';
 import { train, type StepLog } from '../src/train/trainer.js';
 import { openCheckpoint } from '../src/io/open.js';
 import { shutdownPool } from '../src/backend/cpu/matmul.js';
 import { rwkvx, expectUserError } from './helpers/cli.js';
+import { writeToyCorpus } from './helpers/toy-corpus.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'rwkvx-train-'));
 after(() => { shutdownPool(); rmSync(dir, { recursive: true, force: true }); });
 
-// a learnable corpus over a 32-token vocabulary: counting patterns with a few variants
-const data = join(dir, 'toy');
-{
-  const w = new BinIdxWriter(data);
-  for (let d = 0; d < 60; d++) {
-    const doc: number[] = [];
-    const start = 1 + (d % 7), step = 1 + (d % 3);
-    for (let i = 0; i < 40; i++) doc.push(1 + ((start + i * step) % 31));
-    w.addDocument(doc);
-  }
-  w.finish();
-}
+const data = writeToyCorpus(join(dir, 'toy'));
 
 function cfg(over: Partial<TrainConfig>): TrainConfig {
   return loadTrainConfig(undefined, { data, ctx: 24, steps: 6, lr: 3e-3, lrFinal: 3e-4, warmupSteps: 2, saveEvery: 3, init: { vocab: 32, dim: 64, layers: 2 }, ...over });
