@@ -13,7 +13,7 @@
 import koffi from 'koffi';
 import { UserError } from '../../util/errors.js';
 import { check, cu, CudaContext, CUDA_ERROR_OUT_OF_MEMORY } from './driver.js';
-import { trackAllocation } from './memory.js';
+import { copyDtoD, trackAllocation } from './memory.js';
 
 const MiB = 1 << 20;
 const LOC_DEVICE = 1, LOC_HOST = 2, LOC_HOST_NUMA = 3;
@@ -27,27 +27,27 @@ const Prop = koffi.struct('rwkvx_CUmemAllocationProp', {
 const Access = koffi.struct('rwkvx_CUmemAccessDesc', { location: Location, flags: 'int' });
 
 type Fn = (...args: unknown[]) => number;
-let vmm: Record<string, Fn> | undefined;
-function api(): Record<string, Fn> {
+const VMM_SIGS = {
+  reserve: 'int cuMemAddressReserve(_Out_ uint64_t *ptr, size_t size, size_t align, uint64_t addr, unsigned long long flags)',
+  free: 'int cuMemAddressFree(uint64_t ptr, size_t size)',
+  create: 'int cuMemCreate(_Out_ uint64_t *handle, size_t size, const rwkvx_CUmemAllocationProp *prop, unsigned long long flags)',
+  release: 'int cuMemRelease(uint64_t handle)',
+  map: 'int cuMemMap(uint64_t ptr, size_t size, size_t offset, uint64_t handle, unsigned long long flags)',
+  unmap: 'int cuMemUnmap(uint64_t ptr, size_t size)',
+  setAccess: 'int cuMemSetAccess(uint64_t ptr, size_t size, const rwkvx_CUmemAccessDesc *desc, size_t count)',
+  granularity: 'int cuMemGetAllocationGranularity(_Out_ size_t *gran, const rwkvx_CUmemAllocationProp *prop, int option)',
+} as const;
+type VmmApi = { [K in keyof typeof VMM_SIGS]: Fn };
+let vmm: VmmApi | undefined;
+/** The driver's virtual-memory functions (bound on first use, after cu() has loaded the driver). */
+function api(): VmmApi {
   if (vmm) return vmm;
   cu();
   const lib = koffi.load('libcuda.so.1');
-  const sigs: Record<string, string> = {
-    reserve: 'int cuMemAddressReserve(_Out_ uint64_t *ptr, size_t size, size_t align, uint64_t addr, unsigned long long flags)',
-    free: 'int cuMemAddressFree(uint64_t ptr, size_t size)',
-    create: 'int cuMemCreate(_Out_ uint64_t *handle, size_t size, const rwkvx_CUmemAllocationProp *prop, unsigned long long flags)',
-    release: 'int cuMemRelease(uint64_t handle)',
-    map: 'int cuMemMap(uint64_t ptr, size_t size, size_t offset, uint64_t handle, unsigned long long flags)',
-    unmap: 'int cuMemUnmap(uint64_t ptr, size_t size)',
-    setAccess: 'int cuMemSetAccess(uint64_t ptr, size_t size, const rwkvx_CUmemAccessDesc *desc, size_t count)',
-    granularity: 'int cuMemGetAllocationGranularity(_Out_ size_t *gran, const rwkvx_CUmemAllocationProp *prop, int option)',
-    attr: 'int cuDeviceGetAttribute(_Out_ int *v, int attrib, int dev)',
-    copy: 'int cuMemcpyDtoDAsync_v2(uint64_t dst, uint64_t src, size_t bytes, void *stream)',
-  };
   const out: Record<string, Fn> = {};
-  for (const [k, s] of Object.entries(sigs)) out[k] = lib.func(s) as Fn;
-  vmm = out;
-  return out;
+  for (const [k, sig] of Object.entries(VMM_SIGS)) out[k] = lib.func(sig) as Fn;
+  vmm = out as VmmApi;
+  return vmm;
 }
 
 function prop(type: number, id: number) {
@@ -134,7 +134,7 @@ export class KvPager {
   constructor(readonly ctx: CudaContext, rowBytes: number, chunkRows: number, opts: KvPagerOptions = {}) {
     const a = api(), dev = ctx.info.ordinal;
     const v = [0];
-    check('cuDeviceGetAttribute', a.attr(v, ATTR_VMM, dev));
+    check('cuDeviceGetAttribute', cu().cuDeviceGetAttribute(v, ATTR_VMM, dev));
     if (!v[0]) throw new UserError(`${ctx.info.name} does not support CUDA virtual memory management (needed for the paged K/V cache)`);
     const g = [0];
     check('cuMemGetAllocationGranularity', a.granularity(g, prop(LOC_DEVICE, dev), 0));
@@ -155,17 +155,17 @@ export class KvPager {
   get canOffload(): boolean { return this.hostLoc !== undefined; }
 
   private findHostLocation(dev: number): number | undefined {
-    const a = api(), v = [0];
-    if (a.attr(v, ATTR_HOST_VMM, dev) === 0 && v[0]) return LOC_HOST;
+    const v = [0];
+    if (cu().cuDeviceGetAttribute(v, ATTR_HOST_VMM, dev) === 0 && v[0]) return LOC_HOST;
     v[0] = 0;
-    if (a.attr(v, ATTR_HOST_NUMA_VMM, dev) === 0 && v[0]) return LOC_HOST_NUMA;
+    if (cu().cuDeviceGetAttribute(v, ATTR_HOST_NUMA_VMM, dev) === 0 && v[0]) return LOC_HOST_NUMA;
     return undefined;
   }
 
   private hostId(dev: number): number {
     if (this.hostLoc !== LOC_HOST_NUMA) return 0;
     const v = [0];
-    return api().attr(v, ATTR_HOST_NUMA_ID, dev) === 0 && v[0] >= 0 ? v[0] : 0;
+    return cu().cuDeviceGetAttribute(v, ATTR_HOST_NUMA_ID, dev) === 0 && v[0] >= 0 ? v[0] : 0;
   }
 
   buffer(what: string): PagedBuffer {
@@ -231,7 +231,7 @@ export class KvPager {
     check('cuMemMap', a.map(t, pb, 0, h[0], 0));
     check('cuMemSetAccess', a.setAccess(t, pb, { location: { type: LOC_DEVICE, id: dev }, flags: 3 }, 1));
     const at = b.ptr + index * pb;
-    check('cuMemcpyDtoDAsync', a.copy(t, at, pb, this.ctx.stream));
+    copyDtoD(this.ctx, t, at, pb);
     this.ctx.sync();
     check('cuMemUnmap', a.unmap(t, pb));
     check('cuMemAddressFree', a.free(t, pb));

@@ -7,7 +7,7 @@ import koffi from 'koffi';
 import { check, cu, type Handle } from './driver.js';
 
 type Fn = (...args: unknown[]) => number;
-let extra: { waitEvent: Fn; destroyStream: Fn; ctxSync: Fn } | undefined;
+let extra: { waitEvent: Fn; destroyStream: Fn } | undefined;
 function api() {
   if (extra) return extra;
   cu();
@@ -15,7 +15,6 @@ function api() {
   extra = {
     waitEvent: lib.func('int cuStreamWaitEvent(void *stream, void *ev, unsigned int flags)') as Fn,
     destroyStream: lib.func('int cuStreamDestroy_v2(void *stream)') as Fn,
-    ctxSync: lib.func('int cuCtxSynchronize()') as Fn,
   };
   return extra;
 }
@@ -29,7 +28,7 @@ export function createStream(): Handle {
 export function destroyStream(s: Handle): void { api().destroyStream(s); }
 
 /** Waits for all streams of the current context. */
-export function syncContext(): void { check('cuCtxSynchronize', api().ctxSync()); }
+export function syncContext(): void { check('cuCtxSynchronize', cu().cuCtxSynchronize()); }
 
 /** An event without timing: a point in one stream that another stream can wait for. */
 export class StreamEvent {
