@@ -3,6 +3,7 @@
 // softmax and most activations float32.
 
 #include "common.cuh"
+#include "attn.cuh"
 
 // h[t, :] = emb[tok[t], :] (ln0 folded into the table at load)
 extern "C" __global__ void embed(float* h, const bf16* emb, const int* tok, int C) {
@@ -493,108 +494,6 @@ extern "C" __global__ void select_chunks(int* sel, const float* q, const float* 
 // 2 official prefill: P + ⌊t/B⌋·B; 3 official decode: wsConst.
 // The keys visited are, chunk by chunk (chunks of B), those of chunks selected by any query of the
 // tile and those at or after the tile's smallest window start; the mask makes the result exact.
-__device__ __forceinline__ void mma16816(float* d, const u32* a, u32 b0, u32 b1) {
-  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ int window_start(int mode, int t, int P, int B, int wsConst) {
-  if (mode == 0) return ((P + t) / B) * B;
-  if (mode == 1) return 0;
-  if (mode == 2) return P + (t / B) * B;
-  return wsConst;
-}
-
-#define KS 72  // padded row length (bf16) of the shared K and V tiles (144 bytes: ldmatrix rows hit distinct banks)
-
-// four 8×8 bf16 matrices from shared memory; lane l gives the address of row l & 7 of matrix l >> 3
-__device__ __forceinline__ void ldsm_x4(u32& r0, u32& r1, u32& r2, u32& r3, const bf16* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
-               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(smem_u32(p)));
-}
-__device__ __forceinline__ void ldsm_x4_t(u32& r0, u32& r1, u32& r2, u32& r3, const bf16* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
-               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(smem_u32(p)));
-}
-
-// 64 keys × 64 dims of K and V (row-major, padded rows) into shared memory, asynchronously; rows at or
-// past `end` are zero-filled
-__device__ __forceinline__ void load_kv_tile(bf16* Ks, bf16* Vs, const bf16* K, const bf16* V, int kt, int end, int C, int h, int tid) {
-  for (int e = tid; e < 64 * 8; e += 128) {
-    int r = e >> 3, c8 = (e & 7) * 8;
-    bool ok = kt + r < end;
-    long long off = (long long)(ok ? kt + r : 0) * C + h * 64 + c8;
-    cp16(&Ks[r * KS + c8], K + off, ok ? 16 : 0);
-    cp16(&Vs[r * KS + c8], V + off, ok ? 16 : 0);
-  }
-  cp_commit();
-}
-
-// One 64-key tile for the warp's 16 query rows (row a = g, row b = g + 8): S = Q·Kᵀ with K fragments by
-// ldmatrix, the mask valid(key column 0..63, row 0 = a / 1 = b), online softmax in exp2, O += P·V with
-// V fragments by ldmatrix.trans (V stays row-major in shared memory).
-template <class Valid>
-__device__ __forceinline__ void attn_tile(const bf16* Ks, const bf16* Vs, const u32 (&qf)[4][4], float (&o)[8][4],
-    float& ma, float& mb, float& la, float& lb, float scaleLog2, int lane, Valid valid) {
-  const int c4 = lane & 3, mi = lane >> 3, r8 = lane & 7;
-  float s[8][4];
-#pragma unroll
-  for (int n = 0; n < 8; n++) {
-    s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
-#pragma unroll
-    for (int kp = 0; kp < 2; kp++) {
-      u32 b0, b1, b2, b3;
-      ldsm_x4(b0, b1, b2, b3, Ks + (n * 8 + r8) * KS + kp * 32 + mi * 8);
-      mma16816(s[n], qf[2 * kp], b0, b1);
-      mma16816(s[n], qf[2 * kp + 1], b2, b3);
-    }
-  }
-  float mxa = -INFINITY, mxb = -INFINITY;
-#pragma unroll
-  for (int n = 0; n < 8; n++) {
-#pragma unroll
-    for (int u = 0; u < 2; u++) {
-      int col = n * 8 + 2 * c4 + u;
-      s[n][u] = valid(col, 0) ? s[n][u] * scaleLog2 : -INFINITY;
-      s[n][2 + u] = valid(col, 1) ? s[n][2 + u] * scaleLog2 : -INFINITY;
-      mxa = fmaxf(mxa, s[n][u]);
-      mxb = fmaxf(mxb, s[n][2 + u]);
-    }
-  }
-  mxa = fmaxf(mxa, __shfl_xor_sync(0xffffffffu, mxa, 1));
-  mxa = fmaxf(mxa, __shfl_xor_sync(0xffffffffu, mxa, 2));
-  mxb = fmaxf(mxb, __shfl_xor_sync(0xffffffffu, mxb, 1));
-  mxb = fmaxf(mxb, __shfl_xor_sync(0xffffffffu, mxb, 2));
-  float na = fmaxf(ma, mxa), nb = fmaxf(mb, mxb);
-  float ua = na == -INFINITY ? 0.f : na, ub = nb == -INFINITY ? 0.f : nb;
-  float fa = exp2f(ma - ua), fb = exp2f(mb - ub);
-  ma = na; mb = nb;
-  la *= fa; lb *= fb;
-#pragma unroll
-  for (int n = 0; n < 8; n++) { o[n][0] *= fa; o[n][1] *= fa; o[n][2] *= fb; o[n][3] *= fb; }
-#pragma unroll
-  for (int n = 0; n < 8; n++) {
-    s[n][0] = exp2f(s[n][0] - ua); s[n][1] = exp2f(s[n][1] - ua);
-    s[n][2] = exp2f(s[n][2] - ub); s[n][3] = exp2f(s[n][3] - ub);
-    la += s[n][0] + s[n][1]; lb += s[n][2] + s[n][3];
-  }
-#pragma unroll
-  for (int ks = 0; ks < 4; ks++) {
-    u32 pf[4];
-    pf[0] = pack_bf16(s[2 * ks][0], s[2 * ks][1]);
-    pf[1] = pack_bf16(s[2 * ks][2], s[2 * ks][3]);
-    pf[2] = pack_bf16(s[2 * ks + 1][0], s[2 * ks + 1][1]);
-    pf[3] = pack_bf16(s[2 * ks + 1][2], s[2 * ks + 1][3]);
-#pragma unroll
-    for (int np = 0; np < 4; np++) {
-      u32 b0, b1, b2, b3;
-      ldsm_x4_t(b0, b1, b2, b3, Vs + (ks * 16 + (mi & 1) * 8 + r8) * KS + (2 * np + (mi >> 1)) * 8);
-      mma16816(o[2 * np], pf, b0, b1);
-      mma16816(o[2 * np + 1], pf, b2, b3);
-    }
-  }
-}
 // partO (optional): instead of bf16 out, the normalised output (fp32) and its log2-sum-exp go to
 // slot 0 of partO [T, H, nSlot, 64] / partL [T, H, nSlot] (moba prefill: own chunk only, merged later).
 extern "C" __global__ void __launch_bounds__(128) attention(bf16* out, const float* q, const bf16* K, const bf16* V, const int* sel,

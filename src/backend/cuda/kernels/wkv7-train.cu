@@ -1,5 +1,5 @@
 // Chunked WKV-7 for TRAINING: a drop-in replacement for train.cu's sequential `tr_wkv_fwd` / `tr_wkv_bwd`
-// (switch RWKVX_TRAIN_WKV=chunked, src/backend/cuda/train/wkv7-chunked.ts). Same layout and contract:
+// (the default; RWKVX_TRAIN_WKV=seq switches back; src/backend/cuda/train/wkv7-chunked.ts). Same layout and contract:
 // Bn sequences of T tokens, rows [b·T, (b+1)·T) of [R, C] float32 inputs (r, ω, k̃, v, κ̂, a), every sequence
 // starting from S = 0; the chunk-start states go to ckpt [Bn, ⌈T/16⌉, H, 64, 64] (state row i = value
 // index, column j = key index), exactly the states tr_wkv_fwd saves every 16 tokens; the backward ADDS

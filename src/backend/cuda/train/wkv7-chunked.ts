@@ -1,6 +1,6 @@
 /**
  * Chunked WKV-7 for CUDA training (kernels/wkv7-train.cu): a drop-in replacement for train.cu's sequential
- * `tr_wkv_fwd` / `tr_wkv_bwd`, selected by RWKVX_TRAIN_WKV=chunked (CudaTrainer.wkvChunked). Same buffers
+ * `tr_wkv_fwd` / `tr_wkv_bwd`, the default (RWKVX_TRAIN_WKV=seq selects the sequential kernels; CudaTrainer.wkvChunked). Same buffers
  * and contract: Bn sequences of T tokens as R = Bn·T rows of [R, C] float32 (r, ω, k̃, v, κ̂, a), each
  * sequence from S = 0; the chunk-start states go to `ckpt` [Bn, ⌈T/16⌉, H, 64, 64] (what tr_wkv_fwd saves);
  * the backward ADDS into dr, dω, dk̃, dv, dκ̂ (α part) and db. Two extra scratch buffers: the per-chunk
