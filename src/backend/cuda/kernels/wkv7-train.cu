@@ -14,9 +14,9 @@
 //   wkt_prep   grid (chunks, H, Bn), 256 threads: per (sequence, chunk, head) the state-free record
 //              [Wc | Qf | P | Q | U0 | Y0 | Γ_n] (WKT_REC floats; Wc = (I − A)⁻¹Ã, U0 = (I − A)⁻¹A_k V,
 //              Qf = R̃ + B_m Wc, Y0 = B_m U0 + B_k V): U = Wc S_0ᵀ + U0, Y = Qf S_0ᵀ + Y0.
-//   wkt_scan   grid (H, 64/8, Bn), 128 threads: 8 state rows, sequential over chunks; writes y and ckpt
+//   wkt_scan   grid (H, 64/WKT_ROWS, Bn), 16·WKT_ROWS threads: WKT_ROWS state rows, sequential over chunks; writes y and ckpt
 //              (and the final state when `sfin` is not null).
-//   wkt_chain  grid (H, 64/8, Bn), 128 threads: the backward's only sequential pass, last chunk to first,
+//   wkt_chain  grid (H, 64/WKT_ROWS, Bn), 16·WKT_ROWS threads: the backward's only sequential pass, last chunk to first,
 //              carrying the rows g of dS: p_t = P_t·g, g ← Γ_n⊙g + Σ_t p_t Wc_t + dY_{t,i} Qf_t; writes
 //              the gradient of every chunk-END state to gend (layout of ckpt), and dS_0 to `dsin` if not null.
 //   wkt_grad   grid (chunks, H, Bn), 256 threads, WKT_GRAD_SMEM bytes of dynamic shared memory: all input
@@ -44,8 +44,10 @@ typedef long long i64;
 #define WKT_RO_U0 4096  // U0 [16][64] (token t, state row i)
 #define WKT_RO_Y0 5120  // Y0 [16][64]
 #define WKT_RO_GN 6144  // Γ_n [64]
-#define WKT_ROWS 8      // state rows per block of wkt_scan / wkt_chain
-#define WKT_GRAD_SMEM 95744
+#ifndef WKT_ROWS
+#define WKT_ROWS 8      // state rows per block of wkt_scan / wkt_chain (8 or 16: two record buffers fit 48 KB; 8 is faster at 16K × 4)
+#endif
+#define WKT_GRAD_SMEM 98816
 
 struct DevExec {
   template <class T> struct Local {
@@ -58,28 +60,84 @@ struct DevExec {
     __syncthreads();
 #endif
   }
+  // a 4-byte asynchronous copy global → shared (the host executor copies at once), and waiting for this
+  // thread's copies (the next barrier then publishes them to the block)
+  HD static void cp4(float* dst, const float* src) {
+#ifdef __CUDA_ARCH__
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" :: "r"(smem_u32(dst)), "l"(src) : "memory");
+#endif
+  }
+  HD static void cp16(float* dst, const float* src) {  // both 16-byte aligned
+#ifdef __CUDA_ARCH__
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(smem_u32(dst)), "l"(src) : "memory");
+#endif
+  }
+  HD static void cp_wait() {
+#ifdef __CUDA_ARCH__
+    asm volatile("cp.async.wait_all;" ::: "memory");
+#endif
+  }
 };
 
 HD int wkt_imin(int a, int b) { return a < b ? a : b; }
+// four floats at a 16-byte aligned address (shared-memory rows of 64 or 68 floats): one wide load instead
+// of four, since the sequential passes are bound by shared-memory loads, not FMAs
+HD float4 ld4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+HD float fma4(float4 a, float4 b, float acc) { return fmaf(a.w, b.w, fmaf(a.z, b.z, fmaf(a.y, b.y, fmaf(a.x, b.x, acc)))); }
 
-// Loads token t of a chunk (channel j of head h) as the chunk factors' raw values: α, β, k, r, v, w.
-// Tokens past T are identity tokens.
-HD void wkt_load_token(float& al, float& be, float& kq, float& rr, float& vv, float& ww, const float* r, const float* om,
-                       const float* kt, const float* v, const float* kh, const float* a, int tok, int T, int C, int h, int j) {
-  al = 0.f; be = 0.f; kq = 0.f; rr = 0.f; vv = 0.f; ww = 1.f;
+// A chunk's inputs into shared memory (rows of 68 floats), thread tid's four channels of one token, as
+// asynchronous 16-byte copies (all in flight at once; the caller waits): κ̂ → at and a → bh (chunk_alpha_beta
+// turns them into α = −κ̂ and β = κ̂⊙a), k̃ → kh, r → rt, v, ω → w, and dy if given. Tokens past T are identity
+// tokens (w = 1, the rest 0). 256 threads cover the 16 × 64 values.
+HD void chunk_load_async_zero(float* p, float x) { p[0] = p[1] = p[2] = p[3] = x; }
+template <class X>
+HD void chunk_load(float (*at)[68], float (*bh)[68], float (*kh)[68], float (*rt)[68], float (*v)[68], float (*w)[64], float (*dy)[68],
+                   const float* gkh, const float* ga, const float* gkt, const float* gr, const float* gv, const float* gom, const float* gdy,
+                   i64 so, int t0, int T, int C, int h, int tid) {
+  const int e = tid * 4, t = e >> 6, j = e & 63, tok = t0 + t;
   if (tok < T) {
-    i64 o = (i64)tok * C + h * 64 + j;
-    float k = kh[o];
-    al = -k; be = k * a[o]; kq = kt[o]; rr = r[o]; vv = v[o]; ww = om[o];
+    const i64 o = so + (i64)tok * C + h * 64 + j;
+    X::cp16(&at[t][j], gkh + o); X::cp16(&bh[t][j], ga + o); X::cp16(&kh[t][j], gkt + o);
+    X::cp16(&rt[t][j], gr + o); X::cp16(&v[t][j], gv + o); X::cp16(&w[t][j], gom + o);
+    if (dy) X::cp16(&dy[t][j], gdy + o);
+  } else {
+    chunk_load_async_zero(&at[t][j], 0.f); chunk_load_async_zero(&bh[t][j], 0.f); chunk_load_async_zero(&kh[t][j], 0.f);
+    chunk_load_async_zero(&rt[t][j], 0.f); chunk_load_async_zero(&v[t][j], 0.f); chunk_load_async_zero(&w[t][j], 1.f);
+    if (dy) chunk_load_async_zero(&dy[t][j], 0.f);
   }
+}
+// channel j: at ← α = −κ̂, bh ← β = κ̂⊙a (what chunk_load left there)
+HD void chunk_alpha_beta(float (*at)[68], float (*bh)[68], int j) {
+  for (int t = 0; t < WKT_L; t++) {
+    const float k = at[t][j];
+    at[t][j] = -k;
+    bh[t][j] *= k;
+  }
+}
+// phase: the four L×L matrices of a chunk from its factors Ã (at), R̃ (rt), B̂ (bh), K̂ (kh):
+// A = sl(Ã B̂ᵀ), A_k = sl(Ã K̂ᵀ), B_m = l(R̃ B̂ᵀ), B_k = l(R̃ K̂ᵀ)
+template <class X>
+HD void chunk_ll(float (*A)[16], float (*Ak)[16], float (*Bm)[16], float (*Bk)[16], const float (*at)[68], const float (*rt)[68],
+                 const float (*bh)[68], const float (*kh)[68]) {
+  X::each([&](int tid) {
+    const int t = tid >> 4, q = tid & 15;
+    float ab = 0.f, ak = 0.f, rb = 0.f, rk = 0.f;
+#pragma unroll 4
+    for (int j = 0; j < 64; j += 4) {
+      const float4 a4 = ld4(&at[t][j]), r4 = ld4(&rt[t][j]), b4 = ld4(&bh[q][j]), k4 = ld4(&kh[q][j]);
+      ab = fma4(a4, b4, ab); ak = fma4(a4, k4, ak); rb = fma4(r4, b4, rb); rk = fma4(r4, k4, rk);
+    }
+    A[t][q] = q < t ? ab : 0.f; Ak[t][q] = q < t ? ak : 0.f;
+    Bm[t][q] = q <= t ? rb : 0.f; Bk[t][q] = q <= t ? rk : 0.f;
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
 // wkt_prep
 
-struct PrepSm {
-  float at[16][65], bh[16][65], kh[16][65], rt[16][65];  // rows padded: (t, s) dot products conflict-free
-  float v[16][64], w[16][64];
+struct __align__(16) PrepSm {
+  float at[16][68], bh[16][68], kh[16][68], rt[16][68];  // rows padded to 68 (wide loads)
+  float v[16][68], w[16][64];
   float A[16][16], Ak[16][16], Bm[16][16], Bk[16][16];
   float X[16][128];  // [Wc | U0]
 };
@@ -93,16 +151,13 @@ template <class X> __host__ __device__ void wkt_prep_body(PrepSm& s, const PrepA
   const i64 so = (i64)g.b * T * C;
   float* out = g.rec + (((i64)g.b * g.nch + g.c) * g.H + h) * WKT_REC;
   X::each([&](int tid) {
-    for (int e = tid; e < WKT_L * 64; e += 256) {
-      int t = e >> 6, j = e & 63;
-      float al, be, kq, rr, vv, ww;
-      wkt_load_token(al, be, kq, rr, vv, ww, g.r + so, g.om + so, g.kt + so, g.v + so, g.kh + so, g.a + so, t0 + t, T, C, h, j);
-      s.at[t][j] = al; s.bh[t][j] = be; s.kh[t][j] = kq; s.rt[t][j] = rr; s.v[t][j] = vv; s.w[t][j] = ww;
-    }
+    chunk_load<X>(s.at, s.bh, s.kh, s.rt, s.v, s.w, nullptr, g.kh, g.a, g.kt, g.r, g.v, g.om, nullptr, so, t0, T, C, h, tid);
+    X::cp_wait();
   });
   X::each([&](int tid) {
     if (tid >= 64) return;
     const int j = tid;
+    chunk_alpha_beta(s.at, s.bh, j);
     // suffix products Γ_n/Γ_t = w_{t+1}⋯w_n (never a quotient)
     float suf = 1.f;
     for (int t = WKT_L - 1; t >= 0; t--) {
@@ -120,16 +175,7 @@ template <class X> __host__ __device__ void wkt_prep_body(PrepSm& s, const PrepA
     }
     out[WKT_RO_GN + j] = gm;
   });
-  X::each([&](int tid) {
-    const int t = tid >> 4, q = tid & 15;
-    float ab = 0.f, ak = 0.f, rb = 0.f, rk = 0.f;
-    for (int j = 0; j < 64; j++) {
-      float at = s.at[t][j], rt = s.rt[t][j], bq = s.bh[q][j], kq = s.kh[q][j];
-      ab += at * bq; ak += at * kq; rb += rt * bq; rk += rt * kq;
-    }
-    s.A[t][q] = q < t ? ab : 0.f; s.Ak[t][q] = q < t ? ak : 0.f;
-    s.Bm[t][q] = q <= t ? rb : 0.f; s.Bk[t][q] = q <= t ? rk : 0.f;
-  });
+  chunk_ll<X>(s.A, s.Ak, s.Bm, s.Bk, s.at, s.rt, s.bh, s.kh);
   X::each([&](int tid) {
     if (tid >= 128) return;
     // column `tid` of [Wc | U0] = (I − A)⁻¹ [Ã | A_k V], forward substitution
@@ -178,31 +224,41 @@ extern "C" __global__ void __launch_bounds__(256) wkt_prep(float* rec, const flo
 }
 
 // The row update both sequential passes share (wkt_scan's state and, transposed, wkt_chain's gradient):
-// R[i][j] ← gn[j]·R[i][j] + Σ_t a[t][i]·M[t][j] + b[t][i]·M[L + t][j] for this block's WKT_ROWS rows.
+// R[i][j] ← gn[j]·R[i][j] + Σ_t a[t][i]·M[t][j] + b[t][i]·M[L + t][j] for this block's WKT_ROWS rows;
+// thread: row tid/16, columns 4·(tid % 16) … + 3.
 template <class X, int LD>
 __host__ __device__ void row_update(float (*R)[LD], const float* gn, const float (*a)[WKT_ROWS], const float (*b)[WKT_ROWS],
                                     const float (*M)[64]) {
-  constexpr int NT = 16 * WKT_ROWS;
   X::each([&](int tid) {
-    for (int e = tid; e < WKT_ROWS * 64; e += NT) {
-      const int i = e >> 6, j = e & 63;
-      float x = gn[j] * R[i][j];
-      for (int t = 0; t < WKT_L; t++) x += a[t][i] * M[t][j] + b[t][i] * M[WKT_L + t][j];
-      R[i][j] = x;
+    const int i = tid >> 4, j = (tid & 15) * 4;
+    const float4 g = ld4(gn + j), r = ld4(&R[i][j]);
+    float x0 = g.x * r.x, x1 = g.y * r.y, x2 = g.z * r.z, x3 = g.w * r.w;
+#pragma unroll 4
+    for (int t = 0; t < WKT_L; t++) {
+      const float av = a[t][i], bv = b[t][i];
+      const float4 m = ld4(&M[t][j]), n = ld4(&M[WKT_L + t][j]);
+      x0 = fmaf(bv, n.x, fmaf(av, m.x, x0)); x1 = fmaf(bv, n.y, fmaf(av, m.y, x1));
+      x2 = fmaf(bv, n.z, fmaf(av, m.z, x2)); x3 = fmaf(bv, n.w, fmaf(av, m.w, x3));
     }
+    *reinterpret_cast<float4*>(&R[i][j]) = make_float4(x0, x1, x2, x3);
   });
 }
 
 // ---------------------------------------------------------------------------------------------
-// wkt_scan: the forward's sequential pass. Per chunk: (load) the record into shared memory and the state
-// into ckpt; (1) lane p of a warp: u_p (p < 16) or y_{p−16} of one row, a 64-long dot product with the
-// state; (2) S ← S diag(Γ_n) + Σ_t u_t P_t + v_t Q_t, 4 values per thread.
+// wkt_scan: the forward's sequential pass. Per chunk: (1) the state into ckpt, the next chunk's record
+// requested into the other buffer (asynchronously: its latency hides behind this chunk's math), and lane p
+// of a warp: u_p (p < 16) or y_{p−16} of one row, a 64-long dot product with the state; (2) S ← S diag(Γ_n)
+// + Σ_t u_t P_t + v_t Q_t, 4 values per thread; (3) wait for the next record.
 
-struct ScanSm {
-  float wq[32][65];  // rows 0–15 Wc, 16–31 Qf (padded: lane p reads row p)
+struct __align__(16) ScanBuf {
+  float wq[32][68];  // rows 0–15 Wc, 16–31 Qf (rows padded to 68: lane p reads row p, 8 lanes per wide load)
   float pq[32][64];  // rows 0–15 P, 16–31 Q
   float gn[64];
-  float u0[16][WKT_ROWS], y0[16][WKT_ROWS], v[16][WKT_ROWS], u[16][WKT_ROWS];
+  float u0[16][WKT_ROWS], y0[16][WKT_ROWS], v[16][WKT_ROWS];
+};
+struct __align__(16) ScanSm {
+  ScanBuf b[2];
+  float u[16][WKT_ROWS];
   float S[WKT_ROWS][64];
 };
 struct ScanArgs {
@@ -210,43 +266,61 @@ struct ScanArgs {
   int T, C, H, nch, b, h, g0;
 };
 
+// thread tid's share of chunk c's record (and v) into `d`
+template <class X> __host__ __device__ void scan_fetch(ScanBuf& d, const ScanArgs& g, int c, int tid) {
+  constexpr int NT = 16 * WKT_ROWS, RW = WKT_ROWS;
+  const float* rc = g.rec + (((i64)g.b * g.nch + c) * g.H + g.h) * WKT_REC;
+  for (int e = tid * 4; e < 32 * 64; e += NT * 4) {
+    X::cp16(&d.wq[e >> 6][e & 63], rc + WKT_RO_W + e);  // Wc then Qf
+    X::cp16(&d.pq[e >> 6][e & 63], rc + WKT_RO_P + e);  // P then Q
+  }
+  if (tid < 16) X::cp16(&d.gn[tid * 4], rc + WKT_RO_GN + tid * 4);
+  for (int e = tid * 4; e < 16 * RW; e += NT * 4) {
+    int t = e / RW, i = e % RW, tok = c * WKT_L + t;
+    X::cp16(&d.u0[t][i], rc + WKT_RO_U0 + t * 64 + g.g0 + i);
+    X::cp16(&d.y0[t][i], rc + WKT_RO_Y0 + t * 64 + g.g0 + i);
+    if (tok < g.T) X::cp16(&d.v[t][i], g.v + (i64)g.b * g.T * g.C + (i64)tok * g.C + g.h * 64 + g.g0 + i);
+    else d.v[t][i] = d.v[t][i + 1] = d.v[t][i + 2] = d.v[t][i + 3] = 0.f;
+  }
+}
+
 template <class X> __host__ __device__ void wkt_scan_body(ScanSm& s, const ScanArgs& g) {
   constexpr int NT = 16 * WKT_ROWS, RW = WKT_ROWS;
   const int T = g.T, C = g.C, H = g.H, h = g.h, g0 = g.g0;
   const i64 so = (i64)g.b * T * C;
-  X::each([&](int tid) { for (int e = tid; e < RW * 64; e += NT) s.S[e >> 6][e & 63] = 0.f; });
+  X::each([&](int tid) {
+    for (int e = tid; e < RW * 64; e += NT) s.S[e >> 6][e & 63] = 0.f;
+    scan_fetch<X>(s.b[0], g, 0, tid);
+    X::cp_wait();
+  });
   for (int c = 0; c < g.nch; c++) {
-    const i64 blk = ((i64)g.b * g.nch + c) * H + h;
-    const float* rc = g.rec + blk * WKT_REC;
+    const ScanBuf& cb = s.b[c & 1];
     X::each([&](int tid) {
-      for (int e = tid; e < 32 * 64; e += NT) {
-        s.wq[e >> 6][e & 63] = rc[WKT_RO_W + e];  // Wc then Qf
-        s.pq[e >> 6][e & 63] = rc[WKT_RO_P + e];  // P then Q
+      float* ck = g.ckpt + (((i64)g.b * g.nch + c) * H + h) * 4096 + g0 * 64;
+      for (int e = tid * 4; e < RW * 64; e += NT * 4) *reinterpret_cast<float4*>(ck + e) = ld4(&s.S[e >> 6][e & 63]);
+      if (c + 1 < g.nch) scan_fetch<X>(s.b[(c + 1) & 1], g, c + 1, tid);
+      // lane p of rows i and i + RW/2 (one load of Wc/Qf row p serves both)
+      const int p = tid & 31, i0 = tid >> 5;
+      float a0 = 0.f, a1 = 0.f, b0 = 0.f, b1 = 0.f;
+#pragma unroll 4
+      for (int j = 0; j < 64; j += 8) {
+        const float4 w0 = ld4(&cb.wq[p][j]), w1 = ld4(&cb.wq[p][j + 4]);
+        a0 = fma4(w0, ld4(&s.S[i0][j]), a0); a1 = fma4(w1, ld4(&s.S[i0][j + 4]), a1);
+        b0 = fma4(w0, ld4(&s.S[i0 + RW / 2][j]), b0); b1 = fma4(w1, ld4(&s.S[i0 + RW / 2][j + 4]), b1);
       }
-      if (tid < 64) s.gn[tid] = rc[WKT_RO_GN + tid];
-      for (int e = tid; e < 16 * RW; e += NT) {
-        int t = e / RW, i = e % RW, tok = c * WKT_L + t;
-        s.u0[t][i] = rc[WKT_RO_U0 + t * 64 + g0 + i];
-        s.y0[t][i] = rc[WKT_RO_Y0 + t * 64 + g0 + i];
-        s.v[t][i] = tok < T ? g.v[so + (i64)tok * C + h * 64 + g0 + i] : 0.f;
-      }
-      float* ck = g.ckpt + blk * 4096 + g0 * 64;
-      for (int e = tid; e < RW * 64; e += NT) ck[e] = s.S[e >> 6][e & 63];
-    });
-    X::each([&](int tid) {
-      for (int q = tid; q < 32 * RW; q += NT) {
-        const int i = q >> 5, p = q & 31;
-        float a0 = 0.f, a1 = 0.f;
-        for (int j = 0; j < 64; j += 2) { a0 += s.wq[p][j] * s.S[i][j]; a1 += s.wq[p][j + 1] * s.S[i][j + 1]; }
-        float acc = a0 + a1;
-        if (p < WKT_L) s.u[p][i] = acc + s.u0[p][i];
+#pragma unroll
+      for (int k = 0; k < 2; k++) {
+        const int i = i0 + k * (RW / 2);
+        const float acc = k ? b0 + b1 : a0 + a1;
+        if (p < WKT_L) s.u[p][i] = acc + cb.u0[p][i];
         else {
           int t = p - WKT_L, tok = c * WKT_L + t;
-          if (tok < T) g.y[so + (i64)tok * C + h * 64 + g0 + i] = acc + s.y0[t][i];
+          if (tok < T) g.y[so + (i64)tok * C + h * 64 + g0 + i] = acc + cb.y0[t][i];
         }
       }
     });
-    row_update<X>(s.S, s.gn, s.u, s.v, s.pq);
+    row_update<X>(s.S, cb.gn, s.u, cb.v, cb.pq);
+    X::each([&](int) { X::cp_wait(); });
   }
   if (g.sfin) {
     X::each([&](int tid) {
@@ -256,7 +330,7 @@ template <class X> __host__ __device__ void wkt_scan_body(ScanSm& s, const ScanA
   }
 }
 
-extern "C" __global__ void __launch_bounds__(128) wkt_scan(float* y, float* ckpt, float* sfin, const float* rec, const float* v,
+extern "C" __global__ void __launch_bounds__(16 * WKT_ROWS) wkt_scan(float* y, float* ckpt, float* sfin, const float* rec, const float* v,
                                                            int T, int C) {
   __shared__ ScanSm sm;
   ScanArgs g{y, ckpt, sfin, rec, v, T, C, C / 64, (T + WKT_L - 1) / WKT_L, (int)blockIdx.z, (int)blockIdx.x, (int)blockIdx.y * WKT_ROWS};
@@ -265,49 +339,66 @@ extern "C" __global__ void __launch_bounds__(128) wkt_scan(float* y, float* ckpt
 
 // ---------------------------------------------------------------------------------------------
 // wkt_chain: the backward's sequential pass (the transpose of wkt_scan), last chunk to first. Per chunk:
-// (load) the record and dy, and the current g (= the gradient of this chunk's END state) into gend;
-// (1) p_t = P_t·g per row; (2) g ← Γ_n⊙g + Σ_t p_t Wc_t + dY_{t,i} Qf_t.
+// (1) the current g (= the gradient of this chunk's END state) into gend, the previous chunk's record and dy
+// requested into the other buffer, and p_t = P_t·g per row; (2) g ← Γ_n⊙g + Σ_t p_t Wc_t + dY_{t,i} Qf_t;
+// (3) wait for the requested record.
 
-struct ChainSm {
-  float p[16][65];   // P (padded: 16 lanes read 16 rows)
+struct __align__(16) ChainBuf {
+  float p[16][68];   // P (rows padded to 68: 16 lanes read 16 rows)
   float wq[32][64];  // rows 0–15 Wc, 16–31 Qf
   float gn[64];
-  float dy[16][WKT_ROWS], pg[16][WKT_ROWS];
-  float G[WKT_ROWS][65];
+  float dy[16][WKT_ROWS];
+};
+struct __align__(16) ChainSm {
+  ChainBuf b[2];
+  float pg[16][WKT_ROWS];
+  float G[WKT_ROWS][68];
 };
 struct ChainArgs {
   float *gend, *dsin; const float *rec, *dy;
   int T, C, H, nch, b, h, g0;
 };
 
+template <class X> __host__ __device__ void chain_fetch(ChainBuf& d, const ChainArgs& g, int c, int tid) {
+  constexpr int NT = 16 * WKT_ROWS, RW = WKT_ROWS;
+  const float* rc = g.rec + (((i64)g.b * g.nch + c) * g.H + g.h) * WKT_REC;
+  for (int e = tid * 4; e < 16 * 64; e += NT * 4) X::cp16(&d.p[e >> 6][e & 63], rc + WKT_RO_P + e);
+  for (int e = tid * 4; e < 32 * 64; e += NT * 4) X::cp16(&d.wq[e >> 6][e & 63], rc + WKT_RO_W + e);  // Wc then Qf
+  if (tid < 16) X::cp16(&d.gn[tid * 4], rc + WKT_RO_GN + tid * 4);
+  for (int e = tid * 4; e < 16 * RW; e += NT * 4) {
+    int t = e / RW, i = e % RW, tok = c * WKT_L + t;
+    if (tok < g.T) X::cp16(&d.dy[t][i], g.dy + (i64)g.b * g.T * g.C + (i64)tok * g.C + g.h * 64 + g.g0 + i);
+    else d.dy[t][i] = d.dy[t][i + 1] = d.dy[t][i + 2] = d.dy[t][i + 3] = 0.f;
+  }
+}
+
 template <class X> __host__ __device__ void wkt_chain_body(ChainSm& s, const ChainArgs& g) {
   constexpr int NT = 16 * WKT_ROWS, RW = WKT_ROWS;
-  const int T = g.T, C = g.C, H = g.H, h = g.h, g0 = g.g0;
-  const i64 so = (i64)g.b * T * C;
-  X::each([&](int tid) { for (int e = tid; e < RW * 64; e += NT) s.G[e >> 6][e & 63] = 0.f; });
+  const int H = g.H, h = g.h, g0 = g.g0;
+  X::each([&](int tid) {
+    for (int e = tid; e < RW * 64; e += NT) s.G[e >> 6][e & 63] = 0.f;
+    chain_fetch<X>(s.b[(g.nch - 1) & 1], g, g.nch - 1, tid);
+    X::cp_wait();
+  });
   for (int c = g.nch - 1; c >= 0; c--) {
-    const i64 blk = ((i64)g.b * g.nch + c) * H + h;
-    const float* rc = g.rec + blk * WKT_REC;
+    const ChainBuf& cb = s.b[c & 1];
     X::each([&](int tid) {
-      for (int e = tid; e < 16 * 64; e += NT) s.p[e >> 6][e & 63] = rc[WKT_RO_P + e];
-      for (int e = tid; e < 32 * 64; e += NT) s.wq[e >> 6][e & 63] = rc[WKT_RO_W + e];  // Wc then Qf
-      if (tid < 64) s.gn[tid] = rc[WKT_RO_GN + tid];
-      for (int e = tid; e < 16 * RW; e += NT) {
-        int t = e / RW, i = e % RW, tok = c * WKT_L + t;
-        s.dy[t][i] = tok < T ? g.dy[so + (i64)tok * C + h * 64 + g0 + i] : 0.f;
-      }
-      float* ge = g.gend + blk * 4096 + g0 * 64;
-      for (int e = tid; e < RW * 64; e += NT) ge[e] = s.G[e >> 6][e & 63];
-    });
-    X::each([&](int tid) {
-      for (int q = tid; q < 16 * RW; q += NT) {
-        const int i = q >> 4, t = q & 15;
+      float* ge = g.gend + (((i64)g.b * g.nch + c) * H + h) * 4096 + g0 * 64;
+      for (int e = tid * 4; e < RW * 64; e += NT * 4) *reinterpret_cast<float4*>(ge + e) = ld4(&s.G[e >> 6][e & 63]);
+      if (c > 0) chain_fetch<X>(s.b[(c - 1) & 1], g, c - 1, tid);
+      {
+        const int i = tid >> 4, t = tid & 15;
         float a0 = 0.f, a1 = 0.f;
-        for (int j = 0; j < 64; j += 2) { a0 += s.p[t][j] * s.G[i][j]; a1 += s.p[t][j + 1] * s.G[i][j + 1]; }
+#pragma unroll 4
+        for (int j = 0; j < 64; j += 8) {
+          a0 = fma4(ld4(&cb.p[t][j]), ld4(&s.G[i][j]), a0);
+          a1 = fma4(ld4(&cb.p[t][j + 4]), ld4(&s.G[i][j + 4]), a1);
+        }
         s.pg[t][i] = a0 + a1;
       }
     });
-    row_update<X>(s.G, s.gn, s.pg, s.dy, s.wq);
+    row_update<X>(s.G, cb.gn, s.pg, cb.dy, cb.wq);
+    X::each([&](int) { X::cp_wait(); });
   }
   if (g.dsin) {
     X::each([&](int tid) {
@@ -317,7 +408,7 @@ template <class X> __host__ __device__ void wkt_chain_body(ChainSm& s, const Cha
   }
 }
 
-extern "C" __global__ void __launch_bounds__(128) wkt_chain(float* gend, float* dsin, const float* rec, const float* dy, int T, int C) {
+extern "C" __global__ void __launch_bounds__(16 * WKT_ROWS) wkt_chain(float* gend, float* dsin, const float* rec, const float* dy, int T, int C) {
   __shared__ ChainSm sm;
   ChainArgs g{gend, dsin, rec, dy, T, C, C / 64, (T + WKT_L - 1) / WKT_L, (int)blockIdx.z, (int)blockIdx.x, (int)blockIdx.y * WKT_ROWS};
   wkt_chain_body<DevExec>(sm, g);
@@ -330,16 +421,18 @@ extern "C" __global__ void __launch_bounds__(128) wkt_chain(float* gend, float* 
 //   (back substitution); dA = sl(dZ Uᵀ), dA_k = sl(dZ Vᵀ), dB_m = l(dY Uᵀ), dB_k = l(dY Vᵀ);
 //   dV = A_kᵀdZ + B_kᵀdY + Q Gᵀ; the factor gradients dÃ, dR̃, dB̂, dK̂, dP, dQ and dΓ_n = Σ_i G⊙S0;
 //   then per channel the log-space decay gradient (a reverse sum along the chunk) and the outputs.
-// Matrices over tokens are [16][65] (t, i or j; padded), states [64][65] (i, j). S0 and G share their
+// Matrices over tokens are [16][68] (t, i or j), states [64][68] (i, j): rows padded to 68 floats so that
+// the product loops read four consecutive values in one 16-byte load (the kernel is bound by shared-memory
+// loads, not FMAs) and a warp's column-wise wide loads spread over all banks. S0 and G share their
 // space with the six factor gradients, written after the last read of S0 / G.
 
-struct GradSG { float S0[64][65]; float G[64][65]; };
+struct GradSG { float S0[64][68]; float G[64][68]; };
 union GradX { GradSG m; float fg[6][16][64]; };  // fg: dÃ, dR̃, dB̂, dK̂, dP, dQ
-struct GradSm {
-  float at[16][65], bh[16][65], kh[16][65], rt[16][65];
+struct __align__(16) GradSm {
+  float at[16][68], bh[16][68], kh[16][68], rt[16][68];
   float pp[16][64], qq[16][64];
   float gam[17][64], tail[16][64], w[16][64];
-  float v[16][65], dy[16][65], u[16][65], dz[16][65];
+  float v[16][68], dy[16][68], u[16][68], dz[16][68];
   float A[16][16], Ak[16][16], Bm[16][16], Bk[16][16], dA[16][16], dAk[16][16], dBm[16][16], dBk[16][16];
   float dgn[64];
   GradX x;
@@ -358,24 +451,20 @@ template <class X> __host__ __device__ void wkt_grad_body(GradSm& s, const GradA
   const i64 so = (i64)g.b * T * C, blk = ((i64)g.b * g.nch + g.c) * g.H + h;
   const float* ck = g.ckpt + blk * 4096;
   const float* ge = g.gend + blk * 4096;
-  // load
+  // load (asynchronous copies, all in flight at once)
   X::each([&](int tid) {
-    for (int e = tid; e < WKT_L * 64; e += 256) {
-      int t = e >> 6, j = e & 63, tok = t0 + t;
-      float al, be, kq, rr, vv, ww;
-      wkt_load_token(al, be, kq, rr, vv, ww, g.r + so, g.om + so, g.kt + so, g.v + so, g.kh + so, g.a + so, tok, T, C, h, j);
-      s.at[t][j] = al; s.bh[t][j] = be; s.kh[t][j] = kq; s.rt[t][j] = rr; s.v[t][j] = vv; s.w[t][j] = ww;
-      s.dy[t][j] = tok < T ? g.dy[so + (i64)tok * C + h * 64 + j] : 0.f;
+    chunk_load<X>(s.at, s.bh, s.kh, s.rt, s.v, s.w, s.dy, g.kh, g.a, g.kt, g.r, g.v, g.om, g.dy, so, t0, T, C, h, tid);
+    for (int e = tid * 4; e < 4096; e += 1024) {
+      X::cp16(&s.x.m.S0[e >> 6][e & 63], ck + e);
+      X::cp16(&s.x.m.G[e >> 6][e & 63], ge + e);
     }
-    for (int e = tid; e < 4096; e += 256) {
-      s.x.m.S0[e >> 6][e & 63] = ck[e];
-      s.x.m.G[e >> 6][e & 63] = ge[e];
-    }
+    X::cp_wait();
   });
   // factors, one channel per thread
   X::each([&](int tid) {
     if (tid >= 64) return;
     const int j = tid;
+    chunk_alpha_beta(s.at, s.bh, j);
     float suf = 1.f;
     for (int t = WKT_L - 1; t >= 0; t--) {
       s.tail[t][j] = suf;
@@ -395,24 +484,16 @@ template <class X> __host__ __device__ void wkt_grad_body(GradSm& s, const GradA
     }
   });
   // the four L×L matrices
-  X::each([&](int tid) {
-    const int t = tid >> 4, q = tid & 15;
-    float ab = 0.f, ak = 0.f, rb = 0.f, rk = 0.f;
-    for (int j = 0; j < 64; j++) {
-      float at = s.at[t][j], rt = s.rt[t][j], bq = s.bh[q][j], kq = s.kh[q][j];
-      ab += at * bq; ak += at * kq; rb += rt * bq; rk += rt * kq;
-    }
-    s.A[t][q] = q < t ? ab : 0.f; s.Ak[t][q] = q < t ? ak : 0.f;
-    s.Bm[t][q] = q <= t ? rb : 0.f; s.Bk[t][q] = q <= t ? rk : 0.f;
-  });
+  chunk_ll<X>(s.A, s.Ak, s.Bm, s.Bk, s.at, s.rt, s.bh, s.kh);
   // Ã S0ᵀ → u, P Gᵀ → dz (state products; thread: row i, tokens tq, tq + 4, …)
   X::each([&](int tid) {
     const int i = tid & 63, tq = tid >> 6;
     float z[4] = {0.f, 0.f, 0.f, 0.f}, pg[4] = {0.f, 0.f, 0.f, 0.f};
-    for (int j = 0; j < 64; j++) {
-      float s0 = s.x.m.S0[i][j], gg = s.x.m.G[i][j];
+#pragma unroll 2
+    for (int j = 0; j < 64; j += 4) {
+      const float4 s0 = ld4(&s.x.m.S0[i][j]), gg = ld4(&s.x.m.G[i][j]);
 #pragma unroll
-      for (int k = 0; k < 4; k++) { z[k] += s.at[tq + 4 * k][j] * s0; pg[k] += s.pp[tq + 4 * k][j] * gg; }
+      for (int k = 0; k < 4; k++) { z[k] = fma4(ld4(&s.at[tq + 4 * k][j]), s0, z[k]); pg[k] = fma4(ld4(&s.pp[tq + 4 * k][j]), gg, pg[k]); }
     }
 #pragma unroll
     for (int k = 0; k < 4; k++) { s.u[tq + 4 * k][i] = z[k]; s.dz[tq + 4 * k][i] = pg[k]; }
@@ -439,9 +520,10 @@ template <class X> __host__ __device__ void wkt_grad_body(GradSm& s, const GradA
   X::each([&](int tid) {
     const int t = tid >> 4, q = tid & 15;
     float zu = 0.f, zv = 0.f, yu = 0.f, yv = 0.f;
-    for (int i = 0; i < 64; i++) {
-      float dzt = s.dz[t][i], dyt = s.dy[t][i], uq = s.u[q][i], vq = s.v[q][i];
-      zu += dzt * uq; zv += dzt * vq; yu += dyt * uq; yv += dyt * vq;
+#pragma unroll 4
+    for (int i = 0; i < 64; i += 4) {
+      const float4 dzt = ld4(&s.dz[t][i]), dyt = ld4(&s.dy[t][i]), uq = ld4(&s.u[q][i]), vq = ld4(&s.v[q][i]);
+      zu = fma4(dzt, uq, zu); zv = fma4(dzt, vq, zv); yu = fma4(dyt, uq, yu); yv = fma4(dyt, vq, yv);
     }
     s.dA[t][q] = q < t ? zu : 0.f; s.dAk[t][q] = q < t ? zv : 0.f;
     s.dBm[t][q] = q <= t ? yu : 0.f; s.dBk[t][q] = q <= t ? yv : 0.f;
@@ -454,21 +536,23 @@ template <class X> __host__ __device__ void wkt_grad_body(GradSm& s, const GradA
 #pragma unroll
     for (int k = 0; k < 4; k++) { rg.at[k] = 0.f; rg.rt[k] = 0.f; rg.bh[k] = 0.f; rg.kh[k] = 0.f; rg.p[k] = 0.f; rg.q[k] = 0.f; rg.dv[k] = 0.f; }
     float dgn = 0.f;
-    for (int i = 0; i < 64; i++) {
-      float s0 = s.x.m.S0[i][cc], gg = s.x.m.G[i][cc];
-      dgn += s0 * gg;
+    for (int i = 0; i < 64; i += 4) {
+      const float4 s0 = make_float4(s.x.m.S0[i][cc], s.x.m.S0[i + 1][cc], s.x.m.S0[i + 2][cc], s.x.m.S0[i + 3][cc]);
+      const float4 gg = make_float4(s.x.m.G[i][cc], s.x.m.G[i + 1][cc], s.x.m.G[i + 2][cc], s.x.m.G[i + 3][cc]);
+      dgn = fma4(s0, gg, dgn);
 #pragma unroll
       for (int k = 0; k < 4; k++) {
         const int t = tq + 4 * k;
-        rg.at[k] += s.dz[t][i] * s0; rg.rt[k] += s.dy[t][i] * s0;
-        rg.p[k] += s.u[t][i] * gg; rg.q[k] += s.v[t][i] * gg;
+        rg.at[k] = fma4(ld4(&s.dz[t][i]), s0, rg.at[k]); rg.rt[k] = fma4(ld4(&s.dy[t][i]), s0, rg.rt[k]);
+        rg.p[k] = fma4(ld4(&s.u[t][i]), gg, rg.p[k]); rg.q[k] = fma4(ld4(&s.v[t][i]), gg, rg.q[k]);
       }
     }
     if (tid < 64) s.dgn[cc] = dgn;
-    for (int j = 0; j < 64; j++) {
-      float gg = s.x.m.G[cc][j];
+#pragma unroll 2
+    for (int j = 0; j < 64; j += 4) {
+      const float4 gg = ld4(&s.x.m.G[cc][j]);
 #pragma unroll
-      for (int k = 0; k < 4; k++) rg.dv[k] += s.qq[tq + 4 * k][j] * gg;
+      for (int k = 0; k < 4; k++) rg.dv[k] = fma4(ld4(&s.qq[tq + 4 * k][j]), gg, rg.dv[k]);
     }
   });
   // S0 and G are dead: the L×L parts of the factor gradients and of dV, then the factor gradients take S0's
@@ -492,12 +576,18 @@ template <class X> __host__ __device__ void wkt_grad_body(GradSm& s, const GradA
       }
       rg.at[k] = at; rg.rt[k] = rt; rg.bh[k] = bh; rg.kh[k] = kh; rg.dv[k] = dv;
     }
+    float old[4];  // the four loads of dv before any store (the compiler cannot reorder them past a store)
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+      const int tok = t0 + tq + 4 * k;
+      old[k] = tok < T ? g.dv[so + (i64)tok * C + h * 64 + cc] : 0.f;
+    }
 #pragma unroll
     for (int k = 0; k < 4; k++) {
       const int t = tq + 4 * k, tok = t0 + t;
       s.x.fg[0][t][cc] = rg.at[k]; s.x.fg[1][t][cc] = rg.rt[k]; s.x.fg[2][t][cc] = rg.bh[k];
       s.x.fg[3][t][cc] = rg.kh[k]; s.x.fg[4][t][cc] = rg.p[k]; s.x.fg[5][t][cc] = rg.q[k];
-      if (tok < T) g.dv[so + (i64)tok * C + h * 64 + cc] += rg.dv[k];
+      if (tok < T) g.dv[so + (i64)tok * C + h * 64 + cc] = old[k] + rg.dv[k];
     }
   });
   // per channel: dg_t = ∂/∂log Γ_t, its reverse sum along the chunk (→ dω), and the other outputs
@@ -505,7 +595,7 @@ template <class X> __host__ __device__ void wkt_grad_body(GradSm& s, const GradA
     if (tid >= 64) return;
     const int j = tid;
     float (*fg)[16][64] = s.x.fg;
-    float(*dg)[65] = s.dz;  // dz is dead: dg_t of this channel in its column
+    float(*dg)[68] = s.dz;  // dz is dead: dg_t of this channel in its column
     float last = s.dgn[j] * s.gam[WKT_L][j];
     for (int t = 0; t < WKT_L; t++) {
       float pq = fg[4][t][j] * s.pp[t][j] + fg[5][t][j] * s.qq[t][j];
@@ -515,18 +605,36 @@ template <class X> __host__ __device__ void wkt_grad_body(GradSm& s, const GradA
       dg[t][j] = d;
     }
     dg[WKT_L - 1][j] += last;
+    // the five output increments of (t, j) replace fg[0..4][t][j] (only this thread reads column j)
     float dlogw = 0.f;
     for (int t = WKT_L - 1; t >= 0; t--) {
       dlogw += dg[t][j];
-      const int tok = t0 + t;
+      const float ga = s.gam[t + 1][j], tl = s.tail[t][j];
+      const float dom = dlogw / s.w[t][j], dr = fg[1][t][j] * ga, dkt = fg[3][t][j] / ga + fg[5][t][j] * tl;
+      const float dkk = -fg[0][t][j] * s.gam[t][j];  // −dα (the α = −κ̂ part; the b part goes through db)
+      const float db = fg[2][t][j] / ga + fg[4][t][j] * tl;
+      fg[0][t][j] = dom; fg[1][t][j] = dr; fg[2][t][j] = dkt; fg[3][t][j] = dkk; fg[4][t][j] = db;
+    }
+  });
+  // add them to the outputs with every thread, all loads before the stores
+  X::each([&](int tid) {
+    float (*fg)[16][64] = s.x.fg;
+    float* out[5] = {g.dom, g.dr, g.dkt, g.dkk, g.db};
+    float old[4][5];
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+      const int e = tid + 256 * k, tok = t0 + (e >> 6);
+      const i64 o = so + (i64)tok * C + h * 64 + (e & 63);
+#pragma unroll
+      for (int q = 0; q < 5; q++) old[k][q] = tok < T ? out[q][o] : 0.f;
+    }
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+      const int e = tid + 256 * k, t = e >> 6, j = e & 63, tok = t0 + t;
+      const i64 o = so + (i64)tok * C + h * 64 + j;
       if (tok < T) {
-        const i64 o = so + (i64)tok * C + h * 64 + j;
-        const float ga = s.gam[t + 1][j], tl = s.tail[t][j];
-        g.dom[o] += dlogw / s.w[t][j];
-        g.dr[o] += fg[1][t][j] * ga;
-        g.dkt[o] += fg[3][t][j] / ga + fg[5][t][j] * tl;
-        g.dkk[o] += -fg[0][t][j] * s.gam[t][j];  // −dα (the α = −κ̂ part; the b part goes through db)
-        g.db[o] += fg[2][t][j] / ga + fg[4][t][j] * tl;
+#pragma unroll
+        for (int q = 0; q < 5; q++) out[q][o] = old[k][q] + fg[q][t][j];
       }
     }
   });

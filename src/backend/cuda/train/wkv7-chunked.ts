@@ -12,8 +12,8 @@ import type { CudaContext } from '../driver.js';
 import { kernelSource, launch, loadModule, setMaxDynamicSmem, type CudaModule } from '../module-cache.js';
 
 const FILE = 'wkv7-train.cu';
-/** Tokens per chunk, floats per (sequence, chunk, head) record, state rows per scan/chain block. */
-export const WKT_L = 16, WKT_REC = 6208, WKT_ROWS = 8;
+/** Tokens per chunk, floats per (sequence, chunk, head) record. */
+export const WKT_L = 16, WKT_REC = 6208;
 
 function defined(name: string): number {
   const m = new RegExp(`^#define ${name} (\\d+)`, 'm').exec(kernelSource(FILE));
@@ -25,14 +25,19 @@ export class Wkv7ChunkedTrain {
   private mod: CudaModule;
   /** Dynamic shared memory of wkt_grad (sizeof(GradSm), static_assert-ed in the source). */
   private gradSmem: number;
+  /** State rows per block of wkt_scan / wkt_chain (the source's WKT_ROWS, or -DWKT_ROWS=… in `options`). */
+  readonly rows: number;
 
   /** `timed` wraps each launch (the trainer's per-op profile); `options` are NVRTC options. */
   constructor(private ctx: CudaContext, private timed: (tag: string, f: () => void) => void = (_t, f) => f(), options: string[] = []) {
     this.mod = loadModule(ctx, FILE, options);
-    for (const [n, v] of [['WKT_L', WKT_L], ['WKT_REC', WKT_REC], ['WKT_ROWS', WKT_ROWS]] as const) {
+    for (const [n, v] of [['WKT_L', WKT_L], ['WKT_REC', WKT_REC]] as const) {
       if (defined(n) !== v) throw new Error(`internal: ${FILE} has ${n} ${defined(n)}, wkv7-chunked.ts ${v}`);
     }
     this.gradSmem = defined('WKT_GRAD_SMEM');
+    const opt = options.map((o) => /^-DWKT_ROWS=(\d+)$/.exec(o)).find((m) => m);
+    this.rows = opt ? Number(opt[1]) : defined('WKT_ROWS');
+    if (![8, 16].includes(this.rows)) throw new Error(`internal: WKT_ROWS ${this.rows} (8 or 16)`);
     setMaxDynamicSmem(this.mod, 'wkt_grad', this.gradSmem);
   }
 
@@ -57,7 +62,7 @@ export class Wkv7ChunkedTrain {
     if (T <= 0 || Bn <= 0) return;
     const H = C / 64, nch = Wkv7ChunkedTrain.chunks(T);
     this.k('wkt_prep', [nch, H, Bn], 256, 0, [rec, r, om, kt, v, kh, a, T, C]);
-    this.k('wkt_scan', [H, 64 / WKT_ROWS, Bn], 16 * WKT_ROWS, 0, [y, ckpt, sfin, rec, v, T, C]);
+    this.k('wkt_scan', [H, 64 / this.rows, Bn], 16 * this.rows, 0, [y, ckpt, sfin, rec, v, T, C]);
   }
 
   /**
@@ -69,7 +74,7 @@ export class Wkv7ChunkedTrain {
     Bn: number, T: number, C: number, dsin = 0): void {
     if (T <= 0 || Bn <= 0) return;
     const H = C / 64, nch = Wkv7ChunkedTrain.chunks(T);
-    this.k('wkt_chain', [H, 64 / WKT_ROWS, Bn], 16 * WKT_ROWS, 0, [gend, dsin, rec, dy, T, C]);
+    this.k('wkt_chain', [H, 64 / this.rows, Bn], 16 * this.rows, 0, [gend, dsin, rec, dy, T, C]);
     this.k('wkt_grad', [nch, H, Bn], 256, this.gradSmem, [dr, dom, dkt, dv, dkk, db, dy, r, om, kt, v, kh, a, ckpt, gend, T, C]);
   }
 }
