@@ -89,12 +89,16 @@ for (const [label, cfg] of shapes) {
     const seqs = Array.from({ length: best.Bn }, (_, b) => Array.from({ length: T + 1 }, (_, i) => (i * 7919 + b * 104729 + 13) % cfg.vocab));
     tr.computeBatch(seqs);
     tr.profile = new Map();
+    tr.profileCalls.clear();
     tr.computeBatch(seqs);
     tr.step(1e-5, { gradClip: 1, adam: RWKV_ADAMW });
     const prof = [...tr.profile].sort((x, y) => y[1] - x[1]);
     const total = prof.reduce((s, [, v]) => s + v, 0);
     console.log(`  ${label}, ${T} × ${best.Bn}: per-op breakdown (synchronised, total ${total.toFixed(1)} ms):`);
-    for (const [name, ms] of prof.slice(0, 22)) console.log(`    ${name.padEnd(24)} ${ms.toFixed(2).padStart(9)} ms  ${((100 * ms) / total).toFixed(1)}%`);
+    for (const [name, ms] of prof.slice(0, 30)) {
+      const calls = tr.profileCalls.get(name) ?? 0;
+      console.log(`    ${name.padEnd(24)} ${ms.toFixed(2).padStart(9)} ms  ${((100 * ms) / total).toFixed(1).padStart(4)}%  ${String(calls).padStart(4)} calls, ${(ms / calls).toFixed(3)} ms each`);
+    }
     tr.dispose();
   }
 }

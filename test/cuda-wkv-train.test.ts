@@ -155,6 +155,31 @@ test('CUDA trainer: RWKVX_TRAIN_WKV=chunked gives the sequential gradients (fp32
   }
 });
 
+test('CUDA trainer: keeping the forward\'s WKV-7 outputs for the backward gives the same loss and gradients', { skip: skipReason }, () => {
+  const { grad } = dev!;
+  const cfg = shapeConfig({ vocab: 64, dim: 128, nLayer: 3 });
+  const model = trainModelFromWeights(cfg, randomWeights(cfg, 13));
+  const tr = new grad.CudaTrainer(model);
+  const saved = process.env.RWKVX_TRAIN_KEEP_WKV;
+  try {
+    const seqs = Array.from({ length: 2 }, (_, b) => Array.from({ length: 71 }, (_, i) => (i * 31 + b * 7 + 3) % cfg.vocab));
+    process.env.RWKVX_TRAIN_KEEP_WKV = '0';
+    const lossR = tr.computeBatch(seqs);
+    assert.equal(tr.keptWkv, false);
+    const gR = tr.getGrads();
+    delete process.env.RWKVX_TRAIN_KEEP_WKV;
+    const lossK = tr.computeBatch(seqs);
+    assert.equal(tr.keptWkv, true, 'a small batch should keep the WKV-7 outputs');
+    const gK = tr.getGrads();
+    assert.deepEqual(lossK, lossR);
+    // the column sums of the small parameters' gradients add with atomics, so equal up to their order
+    for (const [name, g] of gR) assert.ok(rel(gK.get(name)!, g) <= 1e-5, `${name}: ${rel(gK.get(name)!, g)}`);
+  } finally {
+    if (saved === undefined) delete process.env.RWKVX_TRAIN_KEEP_WKV; else process.env.RWKVX_TRAIN_KEEP_WKV = saved;
+    tr.dispose();
+  }
+});
+
 test('rwkvx train --backend cuda with RWKVX_TRAIN_WKV=chunked: the losses of the sequential run', { skip: skipReason }, () => {
   const data = writeToyCorpus(join(dir, 'toy'), 60);
   const runWith = (mode: string): number[] => {

@@ -29,6 +29,8 @@ import { MobaTrain, type MobaSaved, type MobaShape } from './moba.js';
 const F32 = 4;
 const WKV_EVERY = 16, WR = 8;
 const MAX_SEL = 8;
+/** The most of the device memory the kept WKV-7 outputs may take (see CudaTrainer.keepWkv). */
+const KEEP_WKV_SHARE = 0.4;
 
 type Fn = (...args: unknown[]) => number;
 let gemmEx: Fn | undefined;
@@ -54,6 +56,10 @@ class Scratch {
     return nb.ptr;
   }
   free(): void { for (const b of this.bufs.values()) b.free(); this.bufs.clear(); }
+  /** Frees the buffers whose names start with `prefix`. */
+  drop(prefix: string): void {
+    for (const [nm, b] of this.bufs) if (nm.startsWith(prefix)) { this.ctx.sync(); b.free(); this.bufs.delete(nm); }
+  }
 }
 
 export interface CudaTrainerOptions {
@@ -111,8 +117,9 @@ export class CudaTrainer {
   private sc: Scratch;
   /** AdamW steps taken. */
   t = 0;
-  /** Per-op device time (ms) when set: every op is synchronised and timed. */
+  /** Per-op device time (ms) when set: every op is synchronised and timed; profileCalls counts the calls. */
   profile: Map<string, number> | undefined;
+  profileCalls = new Map<string, number>();
   private opt: { start: DeviceBuffer; lr: DeviceBuffer; decay: DeviceBuffer; n: number } | undefined;
   /** The trainable parameters' range [lo, hi) of the flat layout (elements). */
   private lo: number; private hi: number;
@@ -125,6 +132,14 @@ export class CudaTrainer {
    */
   wkvChunked: boolean;
   private wkc: Wkv7ChunkedTrain | undefined;
+  /**
+   * Whether each RWKV block's WKV-7 outputs (y, chunk-start states, the chunked record) are kept from the
+   * forward for the backward, so its recompute skips wkt_prep and wkt_scan: decided per call, when they take
+   * at most KEEP_WKV_SHARE of the device memory (RWKVX_TRAIN_KEEP_WKV=0 never keeps them).
+   */
+  private keepWkv = false;
+  /** Whether the last call kept the WKV-7 outputs (see keepWkv). */
+  get keptWkv(): boolean { return this.keepWkv; }
   private chunked(): Wkv7ChunkedTrain {
     this.wkc ??= new Wkv7ChunkedTrain(this.ctx, (tag, f) => this.timed(tag, f));
     return this.wkc;
@@ -239,6 +254,7 @@ export class CudaTrainer {
     f();
     this.ctx.sync();
     this.profile.set(name, (this.profile.get(name) ?? 0) + performance.now() - a);
+    this.profileCalls.set(name, (this.profileCalls.get(name) ?? 0) + 1);
   }
 
   private k(name: string, grid: [number, number?, number?], block: [number, number?, number?], args: number[], smem = 0, tag = name): void {
@@ -325,7 +341,17 @@ export class CudaTrainer {
   }
 
   /** RWKV block forward over h (in place); with `save`, the WKV checkpoints are kept for the backward. */
-  private rwkvForward(li: number, h: number, vFirst: number, R: number): void {
+  /** The WKV-7 buffers of RWKV block li: its own when kept (see keepWkv), else shared by all blocks. */
+  private wkvBufs(li: number): { y: number; ckpt: number; rec: number } {
+    const H = this.cfg.heads, sfx = this.keepWkv ? `.${li}` : '';
+    return {
+      y: this.sc.get(`tm.y${sfx}`, this.R * this.cfg.dim * F32),
+      ckpt: this.sc.get(`tm.ckpt${sfx}`, this.Bn * Math.ceil(this.T / WKV_EVERY) * H * 64 * 64 * F32),
+      rec: this.wkvChunked ? this.sc.get(`tm.wrec${sfx}`, Wkv7ChunkedTrain.recBytes(this.Bn, this.T, H)) : 0,
+    };
+  }
+
+  private rwkvForward(li: number, h: number, vFirst: number, R: number, recompute = false): void {
     const cfg = this.cfg, C = cfg.dim, H = cfg.heads, L = cfg.lora, s = this.sc, n = R * C;
     const p = `${rwkvPrefix(cfg)}blocks.${li}.`, a = (x: string) => this.f(`${p}att.${x}`), ab = (x: string) => this.b(`${p}att.${x}`);
     const x1 = s.get('tm.x1', n * F32), mix = s.get('tm.mix', 6 * n * this.eb);
@@ -356,10 +382,9 @@ export class CudaTrainer {
     const knorm = s.get('tm.knorm', R * H * F32);
     this.k('tr_tmix_prep', [Math.ceil((R * H) / 8)], [256],
       [d, om, av, sv, kh, kt, v, vFirst, knorm, k, vraw, a('w0'), a('a0'), a('v0'), a('k_k'), a('k_a'), R, H, li === 0 ? 1 : 0]);
-    const y = s.get('tm.y', n * F32), ckpt = s.get('tm.ckpt', this.Bn * Math.ceil(this.T / WKV_EVERY) * H * 64 * 64 * F32);
+    const { y, ckpt, rec } = this.wkvBufs(li);
     if (this.wkvChunked) {
-      const rec = s.get('tm.wrec', Wkv7ChunkedTrain.recBytes(this.Bn, this.T, H));
-      this.chunked().forward(y, ckpt, rec, r, om, kt, v, kh, av, this.Bn, this.T, C);
+      if (!(recompute && this.keepWkv)) this.chunked().forward(y, ckpt, rec, r, om, kt, v, kh, av, this.Bn, this.T, C);
     } else this.k('tr_wkv_fwd', [H, 64 / WR, this.Bn], [32 * WR], [y, ckpt, r, om, kt, v, kh, av, this.T, C]);
     const zB = s.get('tm.zB', n * this.eb);
     this.k('tr_out_fwd', [Math.ceil((R * H) / 8)], [256], [zB, y, r, kt, v, gate, a('ln_x.weight'), a('ln_x.bias'), a('r_k'), R, H]);
@@ -377,7 +402,8 @@ export class CudaTrainer {
     const ga = (x: string) => this.g(`${p}att.${x}`);
     const h = s.get('rb.h', n * F32);
     copyD(this, h, hIn, n * F32);
-    this.rwkvForward(li, h, vFirst, R);
+    this.rwkvForward(li, h, vFirst, R, true);
+    const wb = this.wkvBufs(li);
     const dhB = s.get('b.dhB', n * this.eb);
     // ChannelMix and LN2
     this.toBf(dhB, dh, n);
@@ -390,7 +416,7 @@ export class CudaTrainer {
     const dgate = s.get('tmb.dgate', n * F32), dv = s.get('tmb.dv', n * F32), dr = s.get('tmb.dr', n * F32);
     const dkt = s.get('tmb.dkt', n * F32), dy = s.get('tmb.dy', n * F32);
     const P1 = s.get('tmb.P1', n * F32), P2 = s.get('tmb.P2', n * F32), P3 = s.get('tmb.P3', n * F32);
-    const y = s.get('tm.y', 0), r = s.get('tm.r', 0), kt = s.get('tm.kt', 0), v = s.get('tm.v', 0), gate = s.get('tm.gate', 0);
+    const y = wb.y, r = s.get('tm.r', 0), kt = s.get('tm.kt', 0), v = s.get('tm.v', 0), gate = s.get('tm.gate', 0);
     this.k('tr_out_bwd', [Math.ceil((R * H) / 8)], [256],
       [dgate, dv, dr, dkt, dy, P1, P2, P3, dz, y, r, kt, v, gate, a('ln_x.weight'), a('ln_x.bias'), a('r_k'), R, H]);
     this.colsum(ga('r_k'), P1, 0, R, C, 0);
@@ -399,11 +425,11 @@ export class CudaTrainer {
     // WKV
     const dom = s.get('tmb.dom', n * F32), dkk = s.get('tmb.dkk', n * F32), db = s.get('tmb.db', n * F32);
     zero(this.ctx, dom, n * F32); zero(this.ctx, dkk, n * F32); zero(this.ctx, db, n * F32);
-    const om = s.get('tm.om', 0), kh = s.get('tm.kh', 0), av = s.get('tm.a', 0), ckpt = s.get('tm.ckpt', 0);
+    const om = s.get('tm.om', 0), kh = s.get('tm.kh', 0), av = s.get('tm.a', 0), ckpt = wb.ckpt;
     if (this.wkvChunked) {
-      // the record is the one the recompute above (rwkvForward) just wrote for this block
+      // the record is this block's: kept from the forward, or written by the recompute above
       const gend = s.get('tmb.gend', Wkv7ChunkedTrain.stateBytes(this.Bn, this.T, H));
-      this.chunked().backward(dr, dom, dkt, dv, dkk, db, dy, r, om, kt, v, kh, av, ckpt, s.get('tm.wrec', 0), gend, this.Bn, this.T, C);
+      this.chunked().backward(dr, dom, dkt, dv, dkk, db, dy, r, om, kt, v, kh, av, ckpt, wb.rec, gend, this.Bn, this.T, C);
     } else this.k('tr_wkv_bwd', [H, 64 / WR, this.Bn], [32 * WR], [dr, dom, dkt, dv, dkk, db, dy, r, om, kt, v, kh, av, ckpt, this.T, C]);
     // keys, rate, decay, value residual
     const dk = s.get('tmb.dk', n * F32), dapre = s.get('tmb.dapre', n * F32), dvraw = s.get('tmb.dvraw', n * F32), dvpre = s.get('tmb.dvpre', n * F32);
@@ -536,6 +562,10 @@ export class CudaTrainer {
     if (topk - 1 > MAX_SEL) fail(`CUDA training supports top-k up to ${MAX_SEL + 1} (got ${topk})`);
     const R = Bn * T, n = R * C;
     this.R = R; this.T = T; this.Bn = Bn;
+    const keep = this.wkvChunked && process.env.RWKVX_TRAIN_KEEP_WKV !== '0' && cfg.nLayer *
+      (n * F32 + Wkv7ChunkedTrain.stateBytes(Bn, T, cfg.heads) + Wkv7ChunkedTrain.recBytes(Bn, T, cfg.heads)) <= KEEP_WKV_SHARE * this.ctx.memInfo().total;
+    if (this.keepWkv && !keep) for (const x of ['tm.y.', 'tm.ckpt.', 'tm.wrec.']) s.drop(x);
+    this.keepWkv = keep;
     if (opts.tokenWeights) {
       if (opts.tokenWeights.length !== Bn) fail(`tokenWeights has ${opts.tokenWeights.length} arrays for ${Bn} sequences`);
       for (const w of opts.tokenWeights) if (w.length !== T) fail(`tokenWeights has ${w.length} entries for ${T} target tokens`);
