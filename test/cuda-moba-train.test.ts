@@ -12,6 +12,7 @@ import assert from 'node:assert/strict';
 import { skipReason } from './helpers/cuda.js';
 import { shapeConfig, randomWeights } from '../src/model/random.js';
 import { trainModelFromWeights } from '../src/train/model-grad.js';
+import { rel, rng } from './helpers/numeric.js';
 
 const TOL = 1e-2;
 const dev = skipReason ? undefined : {
@@ -21,27 +22,6 @@ const dev = skipReason ? undefined : {
   moba: await import('../src/backend/cuda/train/moba.js'),
   grad: await import('../src/backend/cuda/train/grad.js'),
 };
-
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let x = Math.imul(s ^ (s >>> 15), 1 | s);
-    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x;
-    return ((x ^ (x >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
-
-/** max |a − b| / max |b| (NaN counts as infinite). */
-function rel(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let d = 0, m = 0;
-  for (let i = 0; i < b.length; i++) {
-    const x = Math.abs(a[i] - b[i]);
-    if (!(x <= d)) d = Number.isNaN(x) ? Infinity : x;
-    m = Math.max(m, Math.abs(b[i]));
-  }
-  return m > 0 ? d / m : d;
-}
 
 for (const [Bn, T, H, B, topk] of [[2, 337, 2, 64, 3], [1, 1000, 1, 128, 4], [3, 200, 2, 64, 1], [1, 100, 1, 128, 3], [2, 640, 3, 64, 2]] as const) {
   test(`CUDA tensor-core moba training kernels = reference kernels (${Bn} × ${T}, H ${H}, chunk ${B}, top-k ${topk})`, { skip: skipReason }, () => {

@@ -19,6 +19,7 @@ import { trainModelFromWeights } from '../src/train/model-grad.js';
 import { wkv7ChunkedBackward, wkv7ChunkedForward } from '../src/train/wkv7-chunked.js';
 import type { StepLog } from '../src/train/trainer.js';
 import { writeToyCorpus } from './helpers/toy-corpus.js';
+import { rel, rng } from './helpers/numeric.js';
 
 const REL_TOL = 1e-4;
 const dev = skipReason ? undefined : {
@@ -31,15 +32,6 @@ const dev = skipReason ? undefined : {
 const dir = mkdtempSync(join(tmpdir(), 'rwkvx-cuda-wkv-train-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
 
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let x = Math.imul(s ^ (s >>> 15), 1 | s);
-    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x;
-    return ((x ^ (x >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
 const sig = (x: number) => 1 / (1 + Math.exp(-x));
 
 /** Inputs as bench/cuda.ts --wkv draws them, κ̂ of unit norm per head (as tr_tmix_prep makes it). */
@@ -57,17 +49,6 @@ function draw(n: number, seed: number) {
     for (let j = 0; j < 64; j++) kh[o + j] /= s;
   }
   return { r, om, kt, v, kh, a, dy };
-}
-
-/** max |a − b| / max |b| (NaN counts as infinite). */
-function rel(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let d = 0, m = 0;
-  for (let i = 0; i < b.length; i++) {
-    const x = Math.abs(a[i] - b[i]);
-    if (!(x <= d)) d = Number.isNaN(x) ? Infinity : x;
-    m = Math.max(m, Math.abs(b[i]));
-  }
-  return m > 0 ? d / m : d;
 }
 
 for (const [C, Bn, T] of [[128, 3, 37], [128, 2, 100], [768, 2, 333]] as const) {

@@ -6,24 +6,13 @@ import { describe, it } from 'node:test';
 import { StreamDecoder, WorldTokenizer } from '../src/tokenizer/index.js';
 import { parsePythonLiteral } from '../src/tokenizer/pyliteral.js';
 import { UserError } from '../src/util/errors.js';
+import { rng } from './helpers/numeric.js';
 
 const tok = WorldTokenizer.load();
 const fixtures = JSON.parse(readFileSync(new URL('./fixtures/tokenizer.json', import.meta.url), 'utf8')) as {
   cases: { text: string; ids: number[] }[];
 };
 const utf8 = (s: string) => new TextEncoder().encode(s);
-
-/** Deterministic, so a failure reproduces. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Well-formed random text mixing ASCII, Latin, CJK, emoji and pieces of the fixtures. */
 function randomText(rand: () => number, length: number): string {

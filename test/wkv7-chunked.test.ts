@@ -7,18 +7,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { wkv7, wkv7Backward, wkv7Checkpointed } from '../src/backend/cpu/wkv7.js';
 import { wkv7ChunkedBackward, wkv7ChunkedBackwardStaged, wkv7ChunkedForward } from '../src/train/wkv7-chunked.js';
+import { rng } from './helpers/numeric.js';
 
 const REL_TOL = 1e-5;
 
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => { // mulberry32, uniform in [0, 1)
-    s = (s + 0x6d2b79f5) >>> 0;
-    let x = Math.imul(s ^ (s >>> 15), 1 | s);
-    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x;
-    return ((x ^ (x >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
 const sigmoid = (x: number) => 1 / (1 + Math.exp(-x));
 
 interface Inputs { r: Float32Array; w: Float32Array; kt: Float32Array; v: Float32Array; kk: Float32Array; a: Float32Array; S0: Float32Array; dy: Float32Array }

@@ -253,6 +253,30 @@ struct KeyTiles {
   }
 };
 
+// Runs f(K tile, V tile, tiles) for each key tile a query tile [t0, t0 + 64) visits, the K and V tiles
+// double-buffered in shared memory with cp.async (the next tile's loads overlap this tile's math)
+template <class F>
+__device__ __forceinline__ void walk_key_tiles(bf16 (*Ks)[64 * KS], bf16 (*Vs)[64 * KS], const bf16* kB, const bf16* vB, const u32* m,
+                                               int t0, int B, int T, int C, int h, int tid, F f) {
+  KeyTiles cur{m, t0 / B, B, t0, 0, 0};
+  cur.first();
+  KeyTiles nxt = cur;
+  const int ownEnd = min(T, t0 + 64);
+  load_kv_tile(Ks[0], Vs[0], kB, vB, cur.kt, cur.j < cur.ct ? T : ownEnd, C, h, tid);
+  __syncthreads();
+  for (int i = 0; !cur.done(); i++) {
+    nxt.advance();
+    if (!nxt.done()) {
+      load_kv_tile(Ks[(i + 1) & 1], Vs[(i + 1) & 1], kB, vB, nxt.kt, nxt.j < nxt.ct ? T : ownEnd, C, h, tid);
+      cp_wait1();
+    } else cp_wait0();
+    __syncthreads();
+    f(Ks[i & 1], Vs[i & 1], cur);
+    __syncthreads();
+    cur = nxt;
+  }
+}
+
 // 16 rows × 64 dims of a bf16 [R, C] matrix (rows r0 = row g, r1 = row g + 8; ≥ T → zeros) as A fragments
 __device__ __forceinline__ void load_afrag(u32 (&f)[4][4], const bf16* X, int r0, int r1, int T, int C, int h, int c4) {
 #pragma unroll
@@ -313,28 +337,16 @@ extern "C" __global__ void __launch_bounds__(128) mt_fwd(float* y, float* lse2, 
   float o[8][4];
   zero_acc(o);
   float ma = -INFINITY, mb = -INFINITY, la = 0.f, lb = 0.f;
-  KeyTiles cur{mask + (((i64)blockIdx.z * H + h) * nQt + blockIdx.x) * nW, t0 / B, B, t0, 0, 0};
-  cur.first();
-  KeyTiles nxt = cur;
-  const int ownEnd = min(T, t0 + 64);
-  load_kv_tile(Ks[0], Vs[0], kB, vB, cur.kt, cur.j < cur.ct ? T : ownEnd, C, h, tid);
-  __syncthreads();
-  for (int i = 0; !cur.done(); i++) {
-    nxt.advance();
-    if (!nxt.done()) { load_kv_tile(Ks[(i + 1) & 1], Vs[(i + 1) & 1], kB, vB, nxt.kt, nxt.j < nxt.ct ? T : ownEnd, C, h, tid); cp_wait1(); }
-    else cp_wait0();
-    __syncthreads();
-    const int kt = cur.kt;
-    if (cur.j < cur.ct) {
-      const bool sa = has_sel(selS[ra], cur.j), sb = has_sel(selS[rb], cur.j);
-      attn_tile(Ks[i & 1], Vs[i & 1], qf, o, ma, mb, la, lb, scaleLog2, lane, [&](int, int row) { return row == 0 ? sa : sb; });
+  walk_key_tiles(Ks, Vs, kB, vB, mask + (((i64)blockIdx.z * H + h) * nQt + blockIdx.x) * nW, t0, B, T, C, h, tid,
+                 [&](const bf16* K, const bf16* V, const KeyTiles& tl) {
+    const int kt = tl.kt;
+    if (tl.j < tl.ct) {
+      const bool sa = has_sel(selS[ra], tl.j), sb = has_sel(selS[rb], tl.j);
+      attn_tile(K, V, qf, o, ma, mb, la, lb, scaleLog2, lane, [&](int, int row) { return row == 0 ? sa : sb; });
     } else {
-      attn_tile(Ks[i & 1], Vs[i & 1], qf, o, ma, mb, la, lb, scaleLog2, lane,
-                [&](int col, int row) { return kt + col <= (row == 0 ? ta : tb); });
+      attn_tile(K, V, qf, o, ma, mb, la, lb, scaleLog2, lane, [&](int col, int row) { return kt + col <= (row == 0 ? ta : tb); });
     }
-    __syncthreads();
-    cur = nxt;
-  }
+  });
   la += __shfl_xor_sync(0xffffffffu, la, 1);
   la += __shfl_xor_sync(0xffffffffu, la, 2);
   lb += __shfl_xor_sync(0xffffffffu, lb, 1);
@@ -387,27 +399,17 @@ extern "C" __global__ void __launch_bounds__(128) mt_dq(float* dq, const bf16* q
   const float Da = ta < T ? Dv[(i64)ta * H + h] : 0.f, Db = tb < T ? Dv[(i64)tb * H + h] : 0.f;
   float acc[8][4];
   zero_acc(acc);
-  KeyTiles cur{mask + (((i64)blockIdx.z * H + h) * nQt + blockIdx.x) * nW, t0 / B, B, t0, 0, 0};
-  cur.first();
-  KeyTiles nxt = cur;
-  const int ownEnd = min(T, t0 + 64);
-  load_kv_tile(Ks[0], Vs[0], kB, vB, cur.kt, cur.j < cur.ct ? T : ownEnd, C, h, tid);
-  __syncthreads();
-  for (int i = 0; !cur.done(); i++) {
-    nxt.advance();
-    if (!nxt.done()) { load_kv_tile(Ks[(i + 1) & 1], Vs[(i + 1) & 1], kB, vB, nxt.kt, nxt.j < nxt.ct ? T : ownEnd, C, h, tid); cp_wait1(); }
-    else cp_wait0();
-    __syncthreads();
-    const bf16* K = Ks[i & 1];
-    const int kt = cur.kt;
-    const bool own = cur.j == cur.ct;
-    const bool sa = own || has_sel(selS[ra], cur.j), sb = own || has_sel(selS[rb], cur.j);
+  walk_key_tiles(Ks, Vs, kB, vB, mask + (((i64)blockIdx.z * H + h) * nQt + blockIdx.x) * nW, t0, B, T, C, h, tid,
+                 [&](const bf16* K, const bf16* V, const KeyTiles& tl) {
+    const int kt = tl.kt;
+    const bool own = tl.j == tl.ct;
+    const bool sa = own || has_sel(selS[ra], tl.j), sb = own || has_sel(selS[rb], tl.j);
     float p[8][4], dp[8][4];
     mma_abt(p, qf, K, lane);
     probs(p, scaleLog2, La, Lb, nullptr, c4, [&](int col, int row) {
       return row == 0 ? sa && (!own || kt + col <= ta) : sb && (!own || kt + col <= tb);
     });
-    mma_abt(dp, df, Vs[i & 1], lane);
+    mma_abt(dp, df, V, lane);
 #pragma unroll
     for (int n = 0; n < 8; n++) {
       dp[n][0] = p[n][0] * (dp[n][0] - Da); dp[n][1] = p[n][1] * (dp[n][1] - Da);
@@ -416,9 +418,7 @@ extern "C" __global__ void __launch_bounds__(128) mt_dq(float* dq, const bf16* q
     u32 sf[4][4];
     to_afrag(sf, dp);
     mma_ab(acc, sf, K, lane);
-    __syncthreads();
-    cur = nxt;
-  }
+  });
   store_acc(dq, acc, ta, tb, T, C, h, c4, scale);
 }
 
