@@ -35,20 +35,6 @@ export interface DecodeState {
   attn: readonly { k: { ptr: number } | null; v: { ptr: number } | null; means: { ptr: number } | null; meansCap: number; ffnX: { ptr: number } }[];
 }
 
-/**
- * The blocks of a step before the first attention block's chunk choice, recorded by the caller
- * with the cuBLAS kernels of the prefill (whose products cuBLAS computes bit for bit alike for one
- * row and for many, so that choice is the prefill's exactly; near-tied choices otherwise flip on
- * rounding-level differences). The step resumes at layout entry `resume` (an attention block) from
- * its q and choices, sharing the prefix's buffers.
- */
-export interface DecodePrefix {
-  resume: number;
-  enqueue(): void;
-  /** [token id, position] (int32), residual (float32 [C]), layer 0's v, q (float32 [C]), choices (int32 [H, 8]). */
-  dyn: number; h: number; vFirst: number; q: number; sel: number;
-}
-
 const F32 = 4, BF = 2, MAXSEL = 8, DEC_SPL = 256;
 /** mgemv epilogues (kernels/decode.cu GV_*). */
 const GV = { F32: 0, F32_ADD: 1, BF16: 2, TANH: 3, SIGMOID: 4, RELU2: 5 } as const;
@@ -75,10 +61,7 @@ export class DecodeStep {
   /** LoRA factors transposed to [out, in] per RWKV block: w1ᵀ, a1ᵀ, v1ᵀ, g1ᵀ ([L, C]), w2ᵀ, a2ᵀ, v2ᵀ, g2ᵀ ([C, L]). */
   private readonly loraT: { w1: number; a1: number; v1: number; g1: number; w2: number; a2: number; v2: number; g2: number }[] = [];
   /** [token id, position] on the device, read by the kernels that depend on the position. */
-  private readonly ownDyn: number; private readonly ownH: number; private readonly ownVFirst: number;
-  /** The buffers of the recorded step: our own, or those shared with a prefix. */
-  private dyn: number; private h: number; private vFirst: number;
-  private prefix: DecodePrefix | undefined;
+  private readonly dyn: number; private readonly h: number; private readonly vFirst: number;
   private readonly mix: number; private readonly io: number;
   private readonly lw: number; private readonly la: number; private readonly lv: number; private readonly lg: number;
   private readonly yb: number; private readonly hid: number; private readonly q: number; private readonly ab: number;
@@ -102,9 +85,9 @@ export class DecodeStep {
     const C = cfg.dim, H = cfg.heads, L = cfg.lora, F = Math.max(cfg.ffn, cfg.attnFfn);
     this.mod = loadModule(ctx, 'decode.cu');
     const a = (bytes: number, what: string) => { const b = alloc(ctx, bytes, `decode ${what}`); this.bufs.push(b); return b.ptr; };
-    this.dyn = this.ownDyn = a(8, 'position');
-    this.h = this.ownH = a(C * F32, 'residual'); this.mix = a(6 * C * BF, 'mixes'); this.io = a(7 * C * F32, 'projections');
-    this.vFirst = this.ownVFirst = a(C * F32, 'v first');
+    this.dyn = a(8, 'position');
+    this.h = a(C * F32, 'residual'); this.mix = a(6 * C * BF, 'mixes'); this.io = a(7 * C * F32, 'projections');
+    this.vFirst = a(C * F32, 'v first');
     this.lw = a(L.w * BF, 'lora'); this.la = a(L.a * BF, 'lora'); this.lv = a(L.v * BF, 'lora'); this.lg = a(L.g * BF, 'lora');
     this.yb = a(C * BF, 'wkv out'); this.hid = a(F * BF, 'ffn'); this.q = a(C * F32, 'q'); this.ab = a(C * BF, 'attention');
     this.lnb = a(C * BF, 'ln'); this.logits = a(cfg.vocab * F32, 'logits'); this.sel = a(H * MAXSEL * 4, 'selection');
@@ -135,9 +118,7 @@ export class DecodeStep {
    * caches, are uploaded first: no synchronous call may happen during capture). `scores` holds
    * H × (largest meansCap) floats. Falls back to plain launches if a PDL capture fails.
    */
-  capture(graph: CudaGraph, state: DecodeState, scores: number, prefix?: DecodePrefix): void {
-    this.prefix = prefix;
-    this.dyn = prefix?.dyn ?? this.ownDyn; this.h = prefix?.h ?? this.ownH; this.vFirst = prefix?.vFirst ?? this.ownVFirst;
+  capture(graph: CudaGraph, state: DecodeState, scores: number): void {
     this.upload(this.problems(state));
     try {
       graph.capture(() => this.enqueue(state, scores));
@@ -175,13 +156,11 @@ export class DecodeStep {
     const push = (probs: Prob[]) => out.push(probs);
     const mix = (m: number) => this.mix + m * C * BF; // r, w, k, v, a, g
     const io = (i: number) => this.io + i * C * F32; // r, k, v, dw, da, dv, g
-    const resume = this.prefix?.resume ?? -1;
     const ffn = (Wk: number, Wv: number, F: number) => {
       push([{ W: Wk, x: this.mix, y: this.hid, N: F, K: C, mode: GV.RELU2 }]);
       push([{ W: Wv, x: this.hid, y: this.h, N: C, K: F, mode: GV.F32_ADD }]);
     };
-    for (const [i, e] of this.order.entries()) {
-      if (i < resume) continue;
+    for (const e of this.order) {
       if (e.kind === 'rwkv') {
         const w = this.w.rw[e.index], t = this.loraT[e.index], first = e.index === 0;
         push([
@@ -203,7 +182,7 @@ export class DecodeStep {
         ffn(w.ffnK, w.ffnV, cfg.ffn);
       } else {
         const w = this.w.aw[e.index], st = state.attn[e.index];
-        if (i !== resume) push([
+        push([
           { W: w.Wq, x: this.lnb, y: this.q, N: C, K: C, mode: GV.F32 },
           { W: w.Wk, x: this.lnb, y: st.k!.ptr, N: C, K: C, mode: GV.BF16, dynStride: C },
           { W: w.Wv, x: this.lnb, y: st.v!.ptr, N: C, K: C, mode: GV.BF16, dynStride: C },
@@ -247,9 +226,7 @@ export class DecodeStep {
     const cfg = this.cfg, C = cfg.dim, H = cfg.heads, B = cfg.chunk, w = this.w;
     this.firstLaunch = true;
     this.next = 0;
-    const prefix = this.prefix, resume = prefix?.resume ?? -1;
     let emb = w.emb;
-    if (prefix) { prefix.enqueue(); emb = 0; this.firstLaunch = false; }
     const ln = (out: number, lw: number, lb: number, prev: number, mu: number, M: number) => {
       this.k('dec_ln_mix', 'ppppppiipp', [1], [256], [out, this.h, lw, lb, prev, mu, C, M, emb, this.dyn]);
       emb = 0;
@@ -258,8 +235,7 @@ export class DecodeStep {
       const l = this.launches[this.next++];
       this.k('mgemv', 'pip', [Math.ceil(l.tasks / GV_WARPS)], [32 * GV_WARPS], [this.tables!.ptr + l.off, l.n, this.dyn]);
     };
-    for (const [i, e] of this.order.entries()) {
-      if (i < resume) continue;
+    for (const e of this.order) {
       if (e.kind === 'rwkv') {
         const b = w.rw[e.index], st = state.rwkv[e.index];
         ln(this.mix, b.ln1w, b.ln1b, st.attX.ptr, b.mu6, 6);
@@ -271,16 +247,12 @@ export class DecodeStep {
         gemv(); gemv(); // W_key (relu²), W_value
       } else {
         const a = w.aw[e.index], st = state.attn[e.index];
-        let q = this.q, sel = this.sel;
-        if (i === resume) { q = prefix!.q; sel = prefix!.sel; } // the prefix made q, the K/V rows, the means and the choices
-        else {
-          ln(this.lnb, a.ln1w, a.ln1b, 0, 0, 0);
-          gemv(); // q, k, v (k, v into the caches at row P)
-          this.k('dec_select', 'pppppp' + 'iiii', [H + Math.ceil(C / 256)], [256],
-            [this.sel, scores, st.means!.ptr, this.q, st.k!.ptr, this.dyn, H, B, st.meansCap, this.nSel]);
-        }
+        ln(this.lnb, a.ln1w, a.ln1b, 0, 0, 0);
+        gemv(); // q, k, v (k, v into the caches at row P)
+        this.k('dec_select', 'pppppp' + 'iiii', [H + Math.ceil(C / 256)], [256],
+          [this.sel, scores, st.means!.ptr, this.q, st.k!.ptr, this.dyn, H, B, st.meansCap, this.nSel]);
         this.k('dec_attn', 'pppppppp' + 'iii' + 'f', [this.nSplit * (this.nSel + 1), H], [128],
-          [this.ab, this.part, this.counter, q, st.k!.ptr, st.v!.ptr, sel, this.dyn, H, B, this.nSplit, 0.125 * Math.LOG2E]);
+          [this.ab, this.part, this.counter, this.q, st.k!.ptr, st.v!.ptr, this.sel, this.dyn, H, B, this.nSplit, 0.125 * Math.LOG2E]);
         gemv(); // Wo
         ln(this.mix, a.ln2w, a.ln2b, st.ffnX.ptr, a.ffnXk, 1);
         gemv(); gemv();

@@ -151,16 +151,8 @@ export class CudaModel {
    * RWKVX_DECODE_GEMV=0 (or false) records the cuBLAS step of `stepBody` instead.
    */
   decodeGemv = process.env.RWKVX_DECODE_GEMV !== '0';
-  /**
-   * RWKVX_DECODE_EXACT=1: the blocks before the first attention block's chunk choice stay on the cuBLAS
-   * step, so that choice is the prefill's bit for bit (cuBLAS sums one row as it sums many). Off by
-   * default: GEMV throughout is 0.73 instead of ~0.9 ms/token, and its rounding differs from the prefill
-   * only as much as the prefill's own bf16 rounding does (near-tied chunk choices may flip either way).
-   */
-  decodeExactPrefix = process.env.RWKVX_DECODE_EXACT === '1';
   private decoder: DecodeStep | undefined;
   private graphDecoder: DecodeStep | undefined;
-  private graphPrefix = false;
   /** Bumped whenever a buffer that a captured graph may use is reallocated. */
   private gen = 0;
   private tmpBufs = new Map<string, DeviceBuffer>();
@@ -735,21 +727,11 @@ export class CudaModel {
       : undefined;
     const part = dec ? 0 : this.tmp('decode', H * nBlk * 66 * F32);
     const scores = this.tmp('decodeScores', H * Math.max(...state.attn.map((a) => a.meansCap), 1) * F32);
-    const resume = dec && this.decodeExactPrefix ? this.order.findIndex((e) => e.kind === 'attn') : -1;
-    if (this.graphState !== state || this.graphGen !== this.gen || !this.graph.ready || this.graphDecoder !== dec || this.graphPrefix !== resume >= 0) {
+    if (this.graphState !== state || this.graphGen !== this.gen || !this.graph.ready || this.graphDecoder !== dec) {
       this.ctx.sync();
-      if (dec) {
-        dec.capture(this.graph, state, scores, resume < 0 ? undefined : {
-          resume, dyn: sc.tok, h: sc.h, vFirst: sc.vFirst, q: sc.q, sel: sc.sel,
-          enqueue: () => {
-            this.k('embed', 'pppi', [1], [256], [sc.h, this.emb, sc.tok, cfg.dim]);
-            for (const e of this.order.slice(0, resume)) this.rwkvBlock(sc, e.index, state.rwkv[e.index], 1);
-            const e = this.order[resume];
-            this.stepAttnFront(sc, state.attn[e.index], this.aw[e.index], scores, nSel);
-          },
-        });
-      } else this.graph.capture(() => this.stepBody(sc, state, part, scores, nSel, nSplit));
-      this.graphState = state; this.graphGen = this.gen; this.graphDecoder = dec; this.graphPrefix = resume >= 0;
+      if (dec) dec.capture(this.graph, state, scores);
+      else this.graph.capture(() => this.stepBody(sc, state, part, scores, nSel, nSplit));
+      this.graphState = state; this.graphGen = this.gen; this.graphDecoder = dec;
     }
     if (dec) dec.setInput(token, P);
     else { this.stepIds[0] = token; this.stepIds[1] = P; copyHtoD(sc.tok, this.stepIds); }

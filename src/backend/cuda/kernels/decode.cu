@@ -222,6 +222,7 @@ extern "C" __global__ void __launch_bounds__(1024) dec_wkv(bf16* out, float* sta
 // Attention block, one token at position P = dyn[1] (moba), after the q/k/v GEMV (q float32, the new
 // K/V rows already in the caches).
 #define MAXSEL 8
+#include "decode-attn.cuh"
 
 // Blocks 0 … H−1: the scores q_h·mean_j for the complete past chunks j < P/B (the fmaf order of
 // dec_scores / chunk_scores, so choices equal prefill's) into scores[h, j], then the top-nSel
@@ -295,89 +296,17 @@ extern "C" __global__ void __launch_bounds__(256) dec_select(int* sel, float* sc
     for (int s = 0; s < MAXSEL; s++) sel[h * MAXSEL + s] = outIdx[s];
 }
 
-// Split-K attention of attn_decode (block (x, h): up to 256 keys of slot x / nSplit, piece x % nSplit;
-// slot 0 the own chunk up to P, slot s ≥ 1 the chunk sel[h, s − 1]), then the last block of head h
-// to finish combines the gridDim.x partials (attn_decode_combine) into out[h, :] (bf16) and resets
-// counter[h] for the next step. part[h, x, 0..63 | 64: max | 65: sum] (log2 domain).
-#define DEC_SPL 256
+// The split-K attention block of decode-attn.cuh (block (x, h): up to DEC_SPL keys of slot x / nSplit,
+// piece x % nSplit), then the last block of head h to finish combines the gridDim.x partials into
+// out[h, :] (bf16) and resets counter[h] for the next step.
 extern "C" __global__ void __launch_bounds__(128) dec_attn(bf16* out, float* part, int* counter, const float* q, const bf16* K,
     const bf16* V, const int* sel, const int* dyn, int H, int B, int nSplit, float scaleLog2) {
-  __shared__ float qs[64];
-  __shared__ float ps[DEC_SPL];
-  __shared__ float red[4];
-  __shared__ float acc[4][64];
+  __shared__ DecAttnSmem sm;
   __shared__ int isLast;
   pdl_wait();
   pdl_trigger();
-  const int C = H * 64, h = blockIdx.y, slot = blockIdx.x / nSplit, piece = blockIdx.x % nSplit, nBlk = gridDim.x;
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const int P = dyn[1];
-  int k0 = 0, k1 = 0;
-  if (slot == 0) { int cs = (P / B) * B; k0 = cs + piece * DEC_SPL; k1 = min(k0 + DEC_SPL, P + 1); }
-  else {
-    int j = sel[h * MAXSEL + slot - 1];
-    if (j >= 0) { k0 = j * B + piece * DEC_SPL; k1 = min(k0 + DEC_SPL, (j + 1) * B); }
-  }
-  const int n = max(0, k1 - k0);
-  float* outp = part + ((long long)h * nBlk + blockIdx.x) * 66;
-  if (n == 0) {
-    if (tid < 64) outp[tid] = 0.f;
-    if (tid == 0) { outp[64] = -INFINITY; outp[65] = 0.f; }
-  } else {
-    if (tid < 64) qs[tid] = bf2f(f2bf(q[h * 64 + tid]));
-    __syncthreads();
-    float mx = -INFINITY;
-    float sv[2];
-#pragma unroll
-    for (int u = 0; u < 2; u++) {
-      int kk = tid + 128 * u;
-      float s = -INFINITY;
-      if (kk < n) {
-        const uint4* row = (const uint4*)(K + (long long)(k0 + kk) * C + h * 64);
-        float d = 0.f;
-#pragma unroll
-        for (int c = 0; c < 8; c++) {
-          uint4 x = row[c];
-          const u32 w[4] = {x.x, x.y, x.z, x.w};
-#pragma unroll
-          for (int e = 0; e < 4; e++) {
-            d = fmaf(qs[c * 8 + 2 * e], bf2f((bf16)(w[e] & 0xffff)), d);
-            d = fmaf(qs[c * 8 + 2 * e + 1], bf2f((bf16)(w[e] >> 16)), d);
-          }
-        }
-        s = d * scaleLog2;
-      }
-      sv[u] = s;
-      mx = fmaxf(mx, s);
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-    if (lane == 0) red[warp] = mx;
-    __syncthreads();
-    const float m = fmaxf(fmaxf(red[0], red[1]), fmaxf(red[2], red[3]));
-    float l = 0.f;
-#pragma unroll
-    for (int u = 0; u < 2; u++) {
-      int kk = tid + 128 * u;
-      float p = sv[u] == -INFINITY ? 0.f : exp2f(sv[u] - m);
-      l += p;
-      ps[kk] = bf2f(f2bf(p));
-    }
-    l = warp_sum(l);
-    __syncthreads();
-    if (lane == 0) red[warp] = l;
-    float a0 = 0.f, a1 = 0.f;
-    for (int kk = warp * 64; kk < min(n, warp * 64 + 64); kk++) {
-      u32 x = *(const u32*)(V + (long long)(k0 + kk) * C + h * 64 + 2 * lane);
-      float p = ps[kk];
-      a0 = fmaf(p, bf2f((bf16)(x & 0xffff)), a0);
-      a1 = fmaf(p, bf2f((bf16)(x >> 16)), a1);
-    }
-    acc[warp][2 * lane] = a0; acc[warp][2 * lane + 1] = a1;
-    __syncthreads();
-    if (tid < 64) outp[tid] = acc[0][tid] + acc[1][tid] + acc[2][tid] + acc[3][tid];
-    if (tid == 0) { outp[64] = m; outp[65] = red[0] + red[1] + red[2] + red[3]; }
-  }
+  const int h = blockIdx.y, nBlk = gridDim.x, tid = threadIdx.x;
+  dec_attn_partial(sm, part, q, K, V, sel, dyn[1], H, B, nSplit, scaleLog2);
   // the last of the head's blocks (in arrival order) combines; the fence publishes this block's partial first
   __threadfence();
   __syncthreads();
@@ -387,18 +316,7 @@ extern "C" __global__ void __launch_bounds__(128) dec_attn(bf16* out, float* par
   __threadfence();
   if (tid == 0) counter[h] = 0;
   if (tid >= 64) return;
-  const float* pp = part + (long long)h * nBlk * 66;
-  float M = -INFINITY;
-  for (int b = 0; b < nBlk; b++) M = fmaxf(M, __ldcg(pp + b * 66 + 64));
-  float L = 0.f, o = 0.f;
-  for (int b = 0; b < nBlk; b++) {
-    float mb = __ldcg(pp + b * 66 + 64);
-    if (mb == -INFINITY) continue;
-    float w = exp2f(mb - M);
-    L += w * __ldcg(pp + b * 66 + 65);
-    o += w * __ldcg(pp + b * 66 + tid);
-  }
-  out[h * 64 + tid] = f2bf(L > 0.f ? o / L : 0.f);
+  out[h * 64 + tid] = f2bf(dec_combine(part + (long long)h * nBlk * 66, nBlk, tid));
 }
 
 // out[c, r] = in[r, c] for an R×Cc bf16 matrix (the LoRA factors in the [out, in] layout of mgemv; once, at set-up)
