@@ -47,7 +47,7 @@ typedef long long i64;
 #ifndef WKT_ROWS
 #define WKT_ROWS 8      // state rows per block of wkt_scan / wkt_chain (8 or 16: two record buffers fit 48 KB; 8 is faster at 16K × 4)
 #endif
-#define WKT_GRAD_SMEM 98816
+#define WKT_GRAD_SMEM 99840
 
 struct DevExec {
   template <class T> struct Local {
@@ -435,6 +435,7 @@ struct __align__(16) GradSm {
   float v[16][68], dy[16][68], u[16][68], dz[16][68];
   float A[16][16], Ak[16][16], Bm[16][16], Bk[16][16], dA[16][16], dAk[16][16], dBm[16][16], dBk[16][16];
   float dgn[64];
+  float quarter[4][64];  // per channel, one value per quarter of the chunk (4 tokens): products or sums
   GradX x;
 };
 static_assert(sizeof(GradSm) == WKT_GRAD_SMEM, "WKT_GRAD_SMEM must be sizeof(GradSm)");
@@ -460,21 +461,32 @@ template <class X> __host__ __device__ void wkt_grad_body(GradSm& s, const GradA
     }
     X::cp_wait();
   });
-  // factors, one channel per thread
+  // factors; thread: channel j = tid % 64, tokens 4q … 4q + 3 (q = tid / 64): the decay products of the
+  // quarters first, then each thread's prefix and suffix products from them
   X::each([&](int tid) {
-    if (tid >= 64) return;
-    const int j = tid;
-    chunk_alpha_beta(s.at, s.bh, j);
-    float suf = 1.f;
-    for (int t = WKT_L - 1; t >= 0; t--) {
+    const int j = tid & 63, q = tid >> 6;
+    float p = 1.f;
+    for (int t = 4 * q; t < 4 * q + 4; t++) {
+      const float k = s.at[t][j];
+      s.at[t][j] = -k;  // α = −κ̂, β = κ̂⊙a (chunk_load left κ̂ and a)
+      s.bh[t][j] *= k;
+      p *= s.w[t][j];
+    }
+    s.quarter[q][j] = p;
+  });
+  X::each([&](int tid) {
+    const int j = tid & 63, q = tid >> 6;
+    float gm = 1.f, suf = 1.f;
+    for (int u = 0; u < q; u++) gm *= s.quarter[u][j];
+    for (int u = 3; u > q; u--) suf *= s.quarter[u][j];
+    for (int t = 4 * q + 3; t >= 4 * q; t--) {  // Γ_n/Γ_t = w_{t+1}⋯w_n (never a quotient)
       s.tail[t][j] = suf;
       s.pp[t][j] = s.bh[t][j] * suf;
       s.qq[t][j] = s.kh[t][j] * suf;
       suf *= s.w[t][j];
     }
-    float gm = 1.f;
-    s.gam[0][j] = 1.f;
-    for (int t = 0; t < WKT_L; t++) {
+    if (q == 0) s.gam[0][j] = 1.f;
+    for (int t = 4 * q; t < 4 * q + 4; t++) {
       s.at[t][j] *= gm;
       gm *= s.w[t][j];
       s.gam[t + 1][j] = gm;
@@ -590,27 +602,40 @@ template <class X> __host__ __device__ void wkt_grad_body(GradSm& s, const GradA
       if (tok < T) g.dv[so + (i64)tok * C + h * 64 + cc] = old[k] + rg.dv[k];
     }
   });
-  // per channel: dg_t = ∂/∂log Γ_t, its reverse sum along the chunk (→ dω), and the other outputs
+  // dg_t = ∂/∂log Γ_t (dz is dead: dg in its place) and, per quarter, the Σ_t of the P/Q terms; thread:
+  // channel j, tokens 4q … 4q + 3
+  float(*dg)[68] = s.dz;
   X::each([&](int tid) {
-    if (tid >= 64) return;
-    const int j = tid;
+    const int j = tid & 63, q = tid >> 6;
     float (*fg)[16][64] = s.x.fg;
-    float(*dg)[68] = s.dz;  // dz is dead: dg_t of this channel in its column
-    float last = s.dgn[j] * s.gam[WKT_L][j];
-    for (int t = 0; t < WKT_L; t++) {
+    float sum = 0.f;
+    for (int t = 4 * q; t < 4 * q + 4; t++) {
       float pq = fg[4][t][j] * s.pp[t][j] + fg[5][t][j] * s.qq[t][j];
-      last += pq;
+      sum += pq;
       float d = fg[1][t][j] * s.rt[t][j] - fg[2][t][j] * s.bh[t][j] - fg[3][t][j] * s.kh[t][j] - pq;
       if (t + 1 < WKT_L) d += fg[0][t + 1][j] * s.at[t + 1][j];
       dg[t][j] = d;
     }
-    dg[WKT_L - 1][j] += last;
-    // the five output increments of (t, j) replace fg[0..4][t][j] (only this thread reads column j)
-    float dlogw = 0.f;
+    s.quarter[q][j] = sum;
+  });
+  // per channel: the last token's dg gets Γ_n's own gradient, then the reverse sums along the chunk
+  // (dg_t ← Σ_{u ≥ t} dg_u, the gradient of log w_t) in place
+  X::each([&](int tid) {
+    if (tid >= 64) return;
+    const int j = tid;
+    float run = s.dgn[j] * s.gam[WKT_L][j] + ((s.quarter[0][j] + s.quarter[1][j]) + (s.quarter[2][j] + s.quarter[3][j]));
     for (int t = WKT_L - 1; t >= 0; t--) {
-      dlogw += dg[t][j];
+      run += dg[t][j];
+      dg[t][j] = run;
+    }
+  });
+  // the five output increments of (t, j) replace fg[0..4][t][j] (each (t, j) is one thread's)
+  X::each([&](int tid) {
+    const int j = tid & 63, q = tid >> 6;
+    float (*fg)[16][64] = s.x.fg;
+    for (int t = 4 * q; t < 4 * q + 4; t++) {
       const float ga = s.gam[t + 1][j], tl = s.tail[t][j];
-      const float dom = dlogw / s.w[t][j], dr = fg[1][t][j] * ga, dkt = fg[3][t][j] / ga + fg[5][t][j] * tl;
+      const float dom = dg[t][j] / s.w[t][j], dr = fg[1][t][j] * ga, dkt = fg[3][t][j] / ga + fg[5][t][j] * tl;
       const float dkk = -fg[0][t][j] * s.gam[t][j];  // −dα (the α = −κ̂ part; the b part goes through db)
       const float db = fg[2][t][j] / ga + fg[4][t][j] * tl;
       fg[0][t][j] = dom; fg[1][t][j] = dr; fg[2][t][j] = dkt; fg[3][t][j] = dkk; fg[4][t][j] = db;
