@@ -222,7 +222,6 @@ export function decodeToF32(dtype: DType, src: Uint8Array, count: number, dst: F
 // File regions.
 // ---------------------------------------------------------------------------------------------
 
-/** Largest single read; also the size of the scratch buffer used for types that need converting. */
 /** Opens a file for reading; failure is a UserError naming the file and the reason. */
 export function openReadOnly(path: string): number {
   try {
@@ -232,6 +231,18 @@ export function openReadOnly(path: string): number {
   }
 }
 
+/** Opens a file and hands it to `init` (which reads its header); if `init` throws, the file is closed. */
+export function openAndInit(path: string, init: (fd: number) => void): void {
+  const fd = openReadOnly(path);
+  try {
+    init(fd);
+  } catch (e) {
+    fs.closeSync(fd);
+    throw e;
+  }
+}
+
+/** Largest single read; also the size of the scratch buffer used for types that need converting. */
 export const DEFAULT_CHUNK_BYTES = 16 * 1024 * 1024;
 
 /**

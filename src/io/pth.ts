@@ -5,7 +5,7 @@
  */
 import * as fs from 'node:fs';
 import { UserError } from '../util/errors.js';
-import { DEFAULT_CHUNK_BYTES, Scratch, decodeToF32, readExactly, readRegionF32, openReadOnly } from './dtype.js';
+import { DEFAULT_CHUNK_BYTES, Scratch, decodeToF32, readExactly, readRegionF32, openAndInit } from './dtype.js';
 import { isPyCallable, isTuple, unpickle, type PyCallable } from './pickle.js';
 import { DTYPE_BYTES, type DType, type F32Alloc, type TensorInfo, type TensorSource } from './types.js';
 import { ZipDirectory, type ZipEntry } from './zip.js';
@@ -233,15 +233,10 @@ export class PthSource implements TensorSource {
 
   constructor(readonly path: string, options: PthOptions = {}) {
     this.scratch = new Scratch(options.chunkBytes ?? DEFAULT_CHUNK_BYTES);
-    const fd = openReadOnly(path);
-    try {
+    openAndInit(path, (fd) => {
       this.fd = fd;
       this.load(fd);
-    } catch (e) {
-      fs.closeSync(fd);
-      this.fd = undefined;
-      throw e;
-    }
+    });
   }
 
   private load(fd: number): void {

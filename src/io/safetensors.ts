@@ -6,7 +6,7 @@
 import * as fs from 'node:fs';
 import { UserError } from '../util/errors.js';
 import { openAtomic, writeAll } from '../util/atomic.js';
-import { DEFAULT_CHUNK_BYTES, Scratch, readExactly, readRegionF32, openReadOnly } from './dtype.js';
+import { DEFAULT_CHUNK_BYTES, Scratch, readExactly, readRegionF32, openAndInit } from './dtype.js';
 import { DTYPE_BYTES, type DType, type F32Alloc, type TensorInfo, type TensorSource } from './types.js';
 
 /** The reference implementation's limit; a larger header is a sign of a wrong or hostile file. */
@@ -38,15 +38,10 @@ export class SafetensorsSource implements TensorSource {
 
   constructor(readonly path: string, options: SafetensorsOptions = {}) {
     this.scratch = new Scratch(options.chunkBytes ?? DEFAULT_CHUNK_BYTES);
-    const fd = openReadOnly(path);
-    try {
+    openAndInit(path, (fd) => {
       this.fd = fd;
       this.load(fd);
-    } catch (e) {
-      fs.closeSync(fd);
-      this.fd = undefined;
-      throw e;
-    }
+    });
   }
 
   private load(fd: number): void {

@@ -10,7 +10,6 @@
 template <int NT> struct HostExec {
   template <class T> struct Local { T v[NT]; __host__ __device__ T& operator[](int i) { return v[i]; } };
   template <class F> __host__ __device__ static void each(F&& f) { for (int t = 0; t < NT; t++) f(t); }
-  __host__ __device__ static void cp4(float* dst, const float* src) { *dst = *src; }
   __host__ __device__ static void cp16(float* dst, const float* src) { for (int i = 0; i < 4; i++) dst[i] = src[i]; }
   __host__ __device__ static void cp_wait() {}
 };

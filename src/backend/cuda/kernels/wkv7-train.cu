@@ -60,14 +60,9 @@ struct DevExec {
     __syncthreads();
 #endif
   }
-  // a 4-byte asynchronous copy global → shared (the host executor copies at once), and waiting for this
-  // thread's copies (the next barrier then publishes them to the block)
-  HD static void cp4(float* dst, const float* src) {
-#ifdef __CUDA_ARCH__
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" :: "r"(smem_u32(dst)), "l"(src) : "memory");
-#endif
-  }
-  HD static void cp16(float* dst, const float* src) {  // both 16-byte aligned
+  // a 16-byte asynchronous copy global → shared, both addresses 16-byte aligned (the host executor copies at
+  // once), and waiting for this thread's copies (the next barrier then publishes them to the block)
+  HD static void cp16(float* dst, const float* src) {
 #ifdef __CUDA_ARCH__
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(smem_u32(dst)), "l"(src) : "memory");
 #endif
