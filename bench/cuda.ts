@@ -2,10 +2,10 @@
  * CUDA backend benchmark: prefill latency and decode ms/token of RWKV-X 0.22B (L12 C768 + 4
  * attention blocks, chunk 2048, top-k 3) and RWKV-7 0.19B (L12 C768), random weights, V 65536.
  *   npm run bench:cuda -- [--lengths 4096,16384,65536,131072] [--decode 4096,65536] [--steps 32] [--json FILE]
- *     [--models rwkvx,rwkv7|none] [--wkv N] [--attn N,N…] [--peer]
+ *     [--models rwkvx,rwkv7|none] [--repeat R] [--wkv N] [--attn N,N…] [--gemm N] [--peer]
  * Prefill: one forward() of N tokens from an empty state, logits of the last token back on the host
  * (wall clock, so it includes every launch and the copy). Decode: forward() of one token after a
- * prefill of N, logits back; median of --steps. Peak memory: bytes this process allocated on the GPU
+ * prefill of N, logits back; median of --steps. --repeat R: prefill time is the median of R runs. Peak memory: bytes this process allocated on the GPU
  * (weights + scratch + state), at the peak of that run.
  */
 import { writeFileSync } from 'node:fs';
@@ -19,43 +19,77 @@ await requireCuda();
 const lengths = arg('lengths', '4096,16384,65536,131072').split(',').map(Number);
 const decodeAt = new Set(arg('decode', '4096,65536').split(',').map(Number));
 const steps = Number(arg('steps', '32'));
+const repeat = Math.max(1, Number(arg('repeat', '1')));
 const jsonOut = arg('json', '');
 const which = arg('models', 'rwkvx,rwkv7').split(',').filter((x) => x === 'rwkvx' || x === 'rwkv7');
+
+// --gemm N: the prefill GEMMs of one RWKV-7 layer of the 0.22B shape at N tokens (one segment), each
+// alone through our cuBLAS calls: ms, TFLOP/s and the GB/s its operands imply (median of 20).
+const gemmN = Number(arg('gemm', '0'));
+if (gemmN > 0) {
+  const { alloc, zero } = await import('../src/backend/cuda/memory.js');
+  const { Cublas } = await import('../src/backend/cuda/cublas.js');
+  const cfg = shapeConfig({ vocab: 256, dim: 768, nLayer: 1, nAttn: 0 });
+  const m = CudaModel.fromWeights(cfg, randomWeights(cfg, 2));
+  const blas = new Cublas(m.ctx), T = gemmN, C = 768, F = 3072, L = cfg.lora;
+  const x = alloc(m.ctx, T * F * 2, 'x'), W = alloc(m.ctx, F * F * 2, 'W'), y = alloc(m.ctx, T * F * 4, 'y');
+  for (const b of [x, W, y]) zero(m.ctx, b.ptr, b.bytes);
+  // [what, linear (W [N, K]) or matmul (A [K, N]), K, N, output, accumulate]
+  const shapes: [string, 'linear' | 'matmul', number, number, 'f32' | 'bf16', boolean][] = [
+    ['r/k/v', 'linear', C, C, 'f32', false], ['Wo (+= h)', 'linear', C, C, 'f32', true],
+    ['ffn key', 'linear', C, F, 'bf16', false], ['ffn value (+= h)', 'linear', F, C, 'f32', true],
+    ['decay LoRA 1', 'matmul', C, L.w, 'f32', false], ['decay LoRA 2', 'matmul', L.w, C, 'f32', false],
+    ['rate LoRA 1', 'matmul', C, L.a, 'bf16', false], ['value LoRA 1', 'matmul', C, L.v, 'bf16', false],
+    ['value LoRA 2', 'matmul', L.v, C, 'f32', false], ['gate LoRA 1', 'matmul', C, L.g, 'f32', false],
+    ['gate LoRA 2', 'matmul', L.g, C, 'f32', false],
+  ];
+  console.log(`\nGEMMs at ${T} tokens on ${m.ctx.info.name}\n| GEMM | K | N | out | ms | TFLOP/s | GB/s |\n|---|---:|---:|---|---:|---:|---:|`);
+  for (const [what, kind, K, N, out, acc] of shapes) {
+    const run = () => kind === 'linear' ? blas.linear(y.ptr, out, x.ptr, W.ptr, T, K, N, acc) : blas.matmul(y.ptr, out, x.ptr, W.ptr, T, K, N);
+    const t: number[] = [];
+    for (let i = 0; i < 21; i++) { m.sync(); const b = performance.now(); run(); m.sync(); if (i) t.push(performance.now() - b); }
+    const ms = median(t), flop = 2 * T * K * N, bytes = T * K * 2 + K * N * 2 + T * N * (out === 'f32' ? 4 : 2) * (acc ? 2 : 1);
+    console.log(`| ${what} | ${K} | ${N} | ${out}${acc ? ' +=' : ''} | ${ms.toFixed(3)} | ${(flop / ms / 1e9).toFixed(0)} | ${(bytes / ms / 1e6).toFixed(0)} |`);
+  }
+  for (const b of [x, W, y]) b.free();
+  blas.dispose();
+  m.dispose();
+}
 
 interface Row { model: string; tokens: number; prefill_ms: number; prefill_tok_s: number; decode_ms: number | null; peak_gib: number }
 const rows: Row[] = [];
 
-// --wkv N: the WKV-7 kernels alone at N tokens, C768 (12 heads), one layer: sequential vs chunked
-// (rows per scan block 4 / 8 / 16), median of 5, random inputs of real scale.
+// --wkv N: the WKV-7 part of a time mix alone at N tokens, C768 (12 heads), one layer: tmix_prep +
+// the sequential kernel vs the chunked kernels (rows per scan block 4 / 8 / 16), median of 5, random
+// projections of real scale (the chunked prep overwrites k and v in place, which does not change its time).
 const wkvN = Number(arg('wkv', '0'));
 if (wkvN > 0) {
   const { alloc, copyHtoD } = await import('../src/backend/cuda/memory.js');
-  const cfg = shapeConfig({ vocab: 256, dim: 768, nLayer: 1, nAttn: 0 });
+  const { wkvRecordBytes } = await import('../src/backend/cuda/model.js');
+  const cfg = shapeConfig({ vocab: 256, dim: 768, nLayer: 2, nAttn: 0 });
   const m = CudaModel.fromWeights(cfg, randomWeights(cfg, 2));
   const C = cfg.dim, H = cfg.heads, n = wkvN * C;
-  const sig = (x: number) => 1 / (1 + Math.exp(-x));
-  const host = Array.from({ length: 6 }, () => new Float32Array(n));
-  for (let i = 0; i < n; i++) {
-    host[0][i] = Math.random() * 2 - 1; host[1][i] = Math.exp(-0.6065306597126334 * sig(4 * Math.random() - 2));
-    host[2][i] = Math.random() - 0.5; host[3][i] = Math.random() * 2 - 1; host[4][i] = 0.125 * (Math.random() * 2 - 1); host[5][i] = sig(Math.random() * 4 - 2);
-  }
-  const dev = host.map((x) => { const d = alloc(m.ctx, x.byteLength, 'wkv bench'); copyHtoD(d.ptr, x); return d; });
-  const y = alloc(m.ctx, n * 4, 'y'), st = alloc(m.ctx, H * 4096 * 4, 'state'), rec = alloc(m.ctx, Math.ceil(wkvN / 16) * H * 6208 * 4, 'rec');
-  const [r, w, k, v, kk, a] = dev.map((d) => d.ptr);
+  const names = ['y', 'r', 'w', 'a', 'k', 'v', 'kk', 'dv', 'vFirst'] as const;
+  const dev = names.map(() => {
+    const x = Float32Array.from({ length: n }, () => Math.random() * 2 - 1);
+    const d = alloc(m.ctx, x.byteLength, 'wkv bench'); copyHtoD(d.ptr, x); return d;
+  });
+  const io = Object.fromEntries(names.map((nm, i) => [nm, dev[i].ptr])) as unknown as import('../src/backend/cuda/model.js').WkvIo;
+  const st = alloc(m.ctx, H * 4096 * 4, 'state'), rec = alloc(m.ctx, wkvRecordBytes(wkvN, H), 'rec');
   const time = (f: () => void) => { const t: number[] = []; for (let i = 0; i < 6; i++) { m.sync(); const b = performance.now(); f(); m.sync(); if (i) t.push(performance.now() - b); } return median(t); };
   const out: string[] = [];
-  out.push(`seq (TPR ${m.wkvThreadsPerRow}) ${time(() => m.wkv(y.ptr, st.ptr, r, w, k, v, kk, a, wkvN, rec.ptr, false)).toFixed(2)} ms`);
+  out.push(`seq (TPR ${m.wkvThreadsPerRow}) ${time(() => m.tmixWkv(io, 1, st.ptr, wkvN, rec.ptr, false)).toFixed(2)} ms`);
   for (const R of [4, 8, 16]) {
     m.wkvScanRows = R;
-    out.push(`chunked R${R} ${time(() => m.wkv(y.ptr, st.ptr, r, w, k, v, kk, a, wkvN, rec.ptr, true)).toFixed(2)} ms`);
+    out.push(`chunked R${R} ${time(() => m.tmixWkv(io, 1, st.ptr, wkvN, rec.ptr, true)).toFixed(2)} ms`);
   }
   m.profile = new Map();
   m.wkvScanRows = 8;
-  m.wkv(y.ptr, st.ptr, r, w, k, v, kk, a, wkvN, rec.ptr, true);
+  m.tmixWkv(io, 1, st.ptr, wkvN, rec.ptr, true);
   out.push(`split (R8): ${[...m.profile].map(([x, t]) => `${x} ${t.toFixed(2)} ms`).join(', ')}`);
   m.profile = undefined;
   console.log(`wkv ${wkvN} tokens, C${C}, one layer, ${m.ctx.info.name}: ${out.join('; ')}`);
-  for (const d of [...dev, y, st, rec]) d.free();
+  for (const d of [...dev, st, rec]) d.free();
   m.dispose();
 }
 
@@ -110,12 +144,18 @@ for (const name of which) {
   }
   for (const n of lengths) {
     const toks = randomTokens(n, 65536, n);
-    resetPeak();
-    const s = m.newState();
-    m.sync();
-    const a = performance.now();
-    m.forward(toks, s, { logits: 'last' });
-    const prefill = performance.now() - a;
+    // --repeat R: the median of R prefills from an empty state (the state of the last one goes on to decoding)
+    const times: number[] = [];
+    let s = m.newState();
+    for (let rep = 0; rep < repeat; rep++) {
+      if (rep) { s.dispose(); s = m.newState(); }
+      resetPeak();
+      m.sync();
+      const a = performance.now();
+      m.forward(toks, s, { logits: 'last' });
+      times.push(performance.now() - a);
+    }
+    const prefill = median(times);
     let dec: number | null = null;
     if (decodeAt.has(n)) {
       const times: number[] = [];

@@ -207,8 +207,11 @@ test('CUDA: RWKV-X official semantics — prefill 48 then step', (t) => {
     // official decoding picks chunks by scores summed over heads: near ties flip with any rounding
     // change (3.5% with 4 threads per WKV row, 5.0% with 16 on the H100)
     ['official prefill 48 + step, arg-max disagreement', 1 - argmaxAgreement(got, want, V), 0.075],
-    // a 200-token call attends within 16-token chunks of the call: no choice, so exact up to bf16
-    ['official prefill 200 (chunked within the call)', maxAbsDiff(got2, cpu2), FIXTURE_TOL],
+    // a 200-token call attends within 16-token chunks of the call: no choice, so exact up to bf16 and
+    // the chunked WKV-7's rounding, which this tiny model amplifies (chunked vs sequential WKV alone moves
+    // its rows < 48 by 3.2e-2): 6.4e-2 with tmix_prep as its own kernel, 8.2e-2 with it fused into the
+    // chunk prep (same arithmetic, another fp32 order for the V terms), so the bound of F32_TOL here
+    ['official prefill 200 (chunked within the call)', maxAbsDiff(got2, cpu2), F32_TOL],
   ];
   for (const [w, d, tol] of checks) report(t, w, d, tol);
 });
@@ -253,53 +256,52 @@ function diffNaN(a: Float32Array, b: Float32Array): number {
   for (let i = 0; i < a.length; i++) { const e = Math.abs(a[i] - b[i]); if (!(e <= d)) d = Number.isNaN(e) ? Infinity : e; }
   return d;
 }
-test('CUDA: chunked WKV-7 equals the sequential kernel (random inputs of real scale, T = 1 … 65537)', async (t) => {
+test('CUDA: chunked WKV-7 (tmix_prep fused into its chunk prep) equals tmix_prep + the sequential kernel (random inputs of real scale, T = 1 … 65537, layer 0 and later layers)', async (t) => {
   if (skipReason) { t.skip(skipReason); return; }
-  const { alloc, copyDtoH, copyHtoD } = await import('../src/backend/cuda/memory.js');
-  const cfg = shapeConfig({ vocab: 256, dim: 128, nLayer: 1, nAttn: 0, chunk: 16, topk: 3 });
+  const { alloc, copyDtoH, copyHtoD, copyDtoD } = await import('../src/backend/cuda/memory.js');
+  const { wkvRecordBytes } = await import('../src/backend/cuda/model.js');
+  const cfg = shapeConfig({ vocab: 256, dim: 128, nLayer: 2, nAttn: 0, chunk: 16, topk: 3 });
   const m = cuda!.CudaModel.fromWeights(cfg, randomWeights(cfg, 3)); made.push(m);
-  const C = cfg.dim, H = cfg.heads, Tmax = 65537;
+  const C = cfg.dim, H = cfg.heads, Tmax = 65537, bytes = Tmax * C * 4;
   let seed = 12345;
   const rnd = () => { seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0; return seed / 2 ** 32; };
   const gauss = () => Math.sqrt(-2 * Math.log(rnd() + 1e-12)) * Math.cos(2 * Math.PI * rnd());
-  const sig = (x: number) => 1 / (1 + Math.exp(-x));
-  // as tmix_prep makes them: ω = exp(−e^−0.5 σ(d)), a = σ(·), κ̂ unit per head, k̃ = k(1 + (a − 1)k_a)
-  const r = new Float32Array(Tmax * C), w = new Float32Array(Tmax * C), k = new Float32Array(Tmax * C), v = new Float32Array(Tmax * C);
-  const kk = new Float32Array(Tmax * C), a = new Float32Array(Tmax * C);
-  for (let i = 0; i < Tmax * C; i++) {
-    r[i] = gauss(); w[i] = Math.exp(-0.6065306597126334 * sig(2 * gauss())); a[i] = sig(gauss());
-    k[i] = gauss() * (1 + (a[i] - 1) * 0.5); v[i] = gauss(); kk[i] = gauss();
-  }
-  for (let i = 0; i < Tmax * H; i++) {
-    let ss = 0;
-    for (let j = 0; j < 64; j++) ss += kk[i * 64 + j] ** 2;
-    for (let j = 0; j < 64; j++) kk[i * 64 + j] /= Math.sqrt(ss);
-  }
-  const up = (x: Float32Array) => { const b = alloc(m.ctx, x.byteLength, 'test'); copyHtoD(b.ptr, x); return b; };
-  const bufs = [r, w, k, v, kk, a].map(up);
-  const [dr, dw, dk, dv, dkk, da] = bufs.map((b) => b.ptr);
-  const rec = alloc(m.ctx, Math.ceil(Tmax / 16) * H * 6208 * 4, 'test rec');
+  // the raw projections as the GEMMs leave them: r, k, v and the LoRA outputs of decay, rate and value residual
+  const names = ['r', 'w', 'a', 'k', 'v', 'dv', 'vFirst'] as const;
+  const src = new Map(names.map((nm) => {
+    const x = Float32Array.from({ length: Tmax * C }, () => (nm === 'w' ? 2 : 1) * gauss());
+    const b = alloc(m.ctx, bytes, 'test'); copyHtoD(b.ptr, x); return [nm, b] as const;
+  }));
+  const work = new Map([...names, 'y', 'kk'].map((nm) => [nm, alloc(m.ctx, bytes, 'test')] as const));
+  const nanBuf = alloc(m.ctx, bytes, 'test'); copyHtoD(nanBuf.ptr, new Float32Array(Tmax * C).fill(NaN));
+  const state = alloc(m.ctx, H * 4096 * 4, 'test state'), rec = alloc(m.ctx, wkvRecordBytes(Tmax, H), 'test rec');
   const s0 = Float32Array.from({ length: H * 4096 }, () => gauss() * 0.3);
-  const nan = new Float32Array(Tmax * C).fill(NaN);
-  let worstY = 0, worstS = 0;
-  for (const T of [1, 15, 16, 17, 33, 64, 100, 1000, 4097, 16400, 65537]) {
-    const out: { y: Float32Array; s: Float32Array }[] = [];
-    for (const chunked of [false, true]) {
-      const dy = up(nan), ds = up(s0);
-      m.wkv(dy.ptr, ds.ptr, dr, dw, dk, dv, dkk, da, T, rec.ptr, chunked);
-      const y = new Float32Array(T * C), s = new Float32Array(H * 4096);
-      copyDtoH(y, dy.ptr); copyDtoH(s, ds.ptr);
-      dy.free(); ds.free();
-      out.push({ y, s });
+  const io = Object.fromEntries([...work].map(([nm, b]) => [nm, b.ptr])) as unknown as import('../src/backend/cuda/model.js').WkvIo;
+  let worstY = 0, worstS = 0, worstKV = 0;
+  for (const first of [true, false]) {
+    for (const T of first ? [1, 17, 1000, 16400] : [1, 15, 16, 17, 33, 64, 100, 1000, 4097, 16400, 65537]) {
+      const out: Record<string, Float32Array>[] = [];
+      for (const chunked of [false, true]) {
+        for (const nm of names) copyDtoD(m.ctx, work.get(nm)!.ptr, src.get(nm)!.ptr, T * C * 4);
+        copyDtoD(m.ctx, io.y, nanBuf.ptr, T * C * 4);
+        if (first) copyDtoD(m.ctx, io.vFirst, nanBuf.ptr, T * C * 4);
+        copyHtoD(state.ptr, s0);
+        m.tmixWkv(io, first ? 0 : 1, state.ptr, T, rec.ptr, chunked, first);
+        const got: Record<string, Float32Array> = { s: new Float32Array(H * 4096) };
+        for (const nm of ['y', 'k', 'v', 'vFirst'] as const) { got[nm] = new Float32Array(T * C); copyDtoH(got[nm], work.get(nm)!.ptr); }
+        copyDtoH(got.s, state.ptr);
+        out.push(got);
+      }
+      let ymax = 0;
+      for (const x of out[0].y) ymax = Math.max(ymax, Math.abs(x));
+      const dyv = diffNaN(out[1].y, out[0].y), dsv = diffNaN(out[1].s, out[0].s);
+      const dkv = Math.max(...(['k', 'v', 'vFirst'] as const).map((nm) => diffNaN(out[1][nm], out[0][nm])));
+      console.log(`cuda wkv chunked vs seq T=${T}${first ? ' (layer 0)' : ''}: max |Δy| ${dyv.toExponential(3)} (max |y| ${ymax.toFixed(2)}), max |Δstate| ${dsv.toExponential(3)}, max |Δk̃, v, vFirst| ${dkv.toExponential(3)}`);
+      worstY = Math.max(worstY, dyv / Math.max(1, ymax)); worstS = Math.max(worstS, dsv); worstKV = Math.max(worstKV, dkv);
     }
-    let ymax = 0;
-    for (const x of out[0].y) ymax = Math.max(ymax, Math.abs(x));
-    const dyv = diffNaN(out[1].y, out[0].y), dsv = diffNaN(out[1].s, out[0].s);
-    console.log(`cuda wkv chunked vs seq T=${T}: max |Δy| ${dyv.toExponential(3)} (max |y| ${ymax.toFixed(2)}), max |Δstate| ${dsv.toExponential(3)}`);
-    worstY = Math.max(worstY, dyv / Math.max(1, ymax)); worstS = Math.max(worstS, dsv);
   }
-  for (const b of bufs) b.free();
-  rec.free();
+  for (const b of [...src.values(), ...work.values(), nanBuf, state, rec]) b.free();
   report(t, 'chunked WKV-7 vs sequential, max |Δy| / max(1, max |y|)', worstY, 1e-4);
   report(t, 'chunked WKV-7 vs sequential, max |Δstate|', worstS, 1e-3);
+  report(t, 'fused chunk prep vs tmix_prep, max |Δ| of k̃, v and vFirst', worstKV, 1e-5);
 });

@@ -47,7 +47,9 @@ const MAXSEL = 8;
 const HEAD_ROWS = 512;
 const F32 = 4, BF = 2;
 /** Chunked WKV-7: tokens per chunk and floats per (chunk, head) record (kernels/rwkvx.cu WKV_CL, WKV_REC). */
-const WKV_CL = 16, WKV_REC = 6208;
+const WKV_CL = 16, WKV_REC = 4672;
+/** Bytes of the chunked WKV-7 records for a call of n tokens (the `rec` argument of CudaModel.tmixWkv). */
+export function wkvRecordBytes(n: number, heads: number): number { return Math.ceil(n / WKV_CL) * heads * WKV_REC * F32; }
 
 interface RwkvW {
   ln1w: number; ln1b: number; ln2w: number; ln2b: number;
@@ -62,6 +64,9 @@ interface AttnW {
   Wq: number; Wk: number; Wv: number; Wo: number;
   ffnXk: number; ffnK: number; ffnV: number;
 }
+
+/** Device buffers ([n, C] fp32) of CudaModel.tmixWkv. */
+export interface WkvIo { y: number; r: number; w: number; a: number; k: number; v: number; kk: number; dv: number; vFirst: number }
 
 export interface CudaRwkvLayerState { attX: DeviceBuffer; wkv: DeviceBuffer; ffnX: DeviceBuffer }
 export interface CudaAttnLayerState {
@@ -95,7 +100,7 @@ class Scratch {
     const C = cfg.dim, D = Math.max(cfg.lora.w, cfg.lora.a, cfg.lora.v, cfg.lora.g), F = Math.max(cfg.ffn, cfg.attnFfn);
     const rc = cap * C;
     return rc * F32 * 13 + 6 * rc * BF + cap * D * (F32 + BF) + 2 * rc * BF + cap * F * BF + cap * cfg.heads * MAXSEL * 4 + cap * 4
-      + Math.min(cap, HEAD_ROWS) * cfg.vocab * F32 + Math.ceil(cap / WKV_CL) * cfg.heads * WKV_REC * F32;
+      + Math.min(cap, HEAD_ROWS) * cfg.vocab * F32 + wkvRecordBytes(cap, cfg.heads);
   }
   constructor(ctx: CudaContext, readonly cap: number, cfg: ModelConfig) {
     const C = cfg.dim, D = Math.max(cfg.lora.w, cfg.lora.a, cfg.lora.v, cfg.lora.g), F = Math.max(cfg.ffn, cfg.attnFfn);
@@ -108,7 +113,7 @@ class Scratch {
     this.y = a(rc * F32, 'y'); this.yb = a(rc * BF, 'yb'); this.ab = a(rc * BF, 'attn'); this.hid = a(cap * F * BF, 'ffn');
     this.q = a(rc * F32, 'q'); this.sel = a(cap * cfg.heads * MAXSEL * 4, 'sel'); this.tok = a(cap * 4, 'tokens');
     this.logits = a(Math.min(cap, HEAD_ROWS) * cfg.vocab * F32, 'logits');
-    this.wkvRec = a(Math.ceil(cap / WKV_CL) * cfg.heads * WKV_REC * F32, 'wkv chunks');
+    this.wkvRec = a(wkvRecordBytes(cap, cfg.heads), 'wkv chunks');
   }
   free(): void { for (const b of this.bufs) b.free(); }
 }
@@ -262,7 +267,7 @@ export class CudaModel {
       fill(ones.ptr, { n: C, scale: 0, offset: 1 }, true); fill(zeros.ptr, { n: C, scale: 0, offset: 0 }, true);
       const e = alloc(this.ctx, emb.n * BF, 'embedding');
       this.weightBufs.push(e);
-      this.k('layer_norm', 'pppppi', [rows], [256], [0, e.ptr, tmp.ptr, ones.ptr, zeros.ptr, C]);
+      this.k('layer_norm', 'pppppii', [Math.ceil(rows / 8)], [256], [0, e.ptr, tmp.ptr, ones.ptr, zeros.ptr, rows, C]);
       this.ctx.sync();
       tmp.free(); ones.free(); zeros.free();
       this.emb = e.ptr;
@@ -517,17 +522,22 @@ export class CudaModel {
   }
 
   private layerNorm(outF: number, outB: number, x: number, w: number, b: number, n: number): void {
-    this.k('layer_norm', 'pppppi', [n], [256], [outF, outB, x, w, b, this.cfg.dim]);
+    this.k('layer_norm', 'pppppii', [Math.ceil(n / 8)], [256], [outF, outB, x, w, b, n, this.cfg.dim]);
+  }
+
+  /**
+   * LayerNorm of x and its M token-shift mixes into sc.mix (bf16), prev ← the last row's LN output.
+   * One token updates prev in place; longer calls stage the last row in sc.x (prev is read by token 0).
+   */
+  private lnMix(sc: Scratch, x: number, lnw: number, lnb: number, prev: number, mu: number, M: number, n: number): void {
+    const C = this.cfg.dim, last = n === 1 ? prev : sc.x;
+    this.k('ln_mix', 'pppppppiii', [Math.ceil(n / 8)], [256], [sc.mix, last, x, lnw, lnb, prev, mu, n, C, M]);
+    if (last !== prev) copyDtoD(this.ctx, prev, last, C * F32);
   }
 
   private rwkvBlock(sc: Scratch, li: number, st: CudaRwkvLayerState, n: number): void {
     const cfg = this.cfg, C = cfg.dim, H = cfg.heads, w = this.rw[li], blas = this.blas, L = cfg.lora;
-    if (n === 1) this.k('ln_mix_step', 'ppppppii', [1], [256], [sc.mix, sc.h, w.ln1w, w.ln1b, st.attX.ptr, w.mu6, C, 6]);
-    else {
-      this.layerNorm(sc.x, 0, sc.h, w.ln1w, w.ln1b, n);
-      this.k('mix_shift', 'ppppiii', [n], [256], [sc.mix, sc.x, st.attX.ptr, w.mu6, n, C, 6]);
-      copyDtoD(this.ctx, st.attX.ptr, sc.x + (n - 1) * C * F32, C * F32);
-    }
+    this.lnMix(sc, sc.h, w.ln1w, w.ln1b, st.attX.ptr, w.mu6, 6, n);
     const xm = (m: number) => sc.mix + m * n * C * BF; // r, w, k, v, a, g
     this.gemm('linear', () => blas.linear(sc.r, 'f32', xm(0), w.Wr, n, C, C));
     this.gemm('linear', () => blas.linear(sc.k, 'f32', xm(2), w.Wk, n, C, C));
@@ -548,25 +558,36 @@ export class CudaModel {
     this.act(sc.lob, sc.lo, n * L.g, 1);
     this.gemm('matmul', () => blas.matmul(sc.g, 'f32', sc.lob, w.g2, n, L.g, C));
     const warps = n * H;
-    this.k('tmix_prep', 'ppppppppppppiii', [Math.ceil(warps / 8)], [256],
-      [sc.w, sc.a, sc.kk, sc.k, sc.v, sc.vFirst, sc.dv, w.w0, w.a0, w.v0, w.kk, w.ka, n, H, li === 0 ? 1 : 0]);
-    this.wkv(sc.y, st.wkv.ptr, sc.r, sc.w, sc.k, sc.v, sc.kk, sc.a, n, sc.wkvRec);
+    this.tmixWkv(sc, li, st.wkv.ptr, n, sc.wkvRec);
     this.k('gn_bonus_gate', 'pppppppppii', [Math.ceil(warps / 8)], [256], [sc.yb, sc.y, sc.r, sc.k, sc.v, sc.g, w.lnxw, w.lnxb, w.rk, n, H]);
     this.gemm('linear', () => blas.linear(sc.h, 'f32', sc.yb, w.Wo, n, C, C, true));
     this.channelMix(sc, w.ln2w, w.ln2b, w.ffnXk, w.ffnK, w.ffnV, st.ffnX, cfg.ffn, n);
   }
 
-  /** WKV-7 over n tokens (y [n, C] fp32 out, state updated in place); `rec` scratch for the chunked path. */
-  wkv(y: number, state: number, r: number, w: number, k: number, v: number, kk: number, a: number, n: number, rec: number, chunked = this.wkvChunked && n >= this.wkvChunkMin): void {
-    const C = this.cfg.dim, H = this.cfg.heads;
+  /**
+   * The WKV-7 part of layer li's time mix over n tokens, from the projections as the GEMMs leave them
+   * (io.w, io.a: decay and rate LoRA outputs; io.dv: value-residual LoRA output, unused in layer 0, where
+   * io.vFirst is written instead): y [n, C] fp32 out, the state updated in place, io.k and io.v left as
+   * the recurrence used them (k̃ and the value-mixed v: the bonus term reads them). Chunked path (n ≥
+   * wkvChunkMin): `wkv7_chunk_prep` does tmix_prep's work while it builds the chunk records, then
+   * `wkv7_chunk_scan`; otherwise `tmix_prep` (io.w, io.a, io.kk overwritten) + the sequential kernel.
+   * `first` overrides whether this is layer 0 (tests).
+   */
+  tmixWkv(io: WkvIo, li: number, state: number, n: number, rec: number,
+    chunked = this.wkvChunked && n >= this.wkvChunkMin, first = li === 0): void {
+    const C = this.cfg.dim, H = this.cfg.heads, w = this.rw[li];
     if (chunked) {
       const R = this.wkvScanRows;
-      this.k('wkv7_chunk_prep', 'pppppppii', [Math.ceil(n / WKV_CL), H], [256], [rec, r, w, k, v, kk, a, n, C]);
-      this.k(`wkv7_chunk_scan${R}`, 'ppppii', [H, 64 / R], [16 * R], [y, state, rec, v, n, C]);
+      this.k('wkv7_chunk_prep', 'pppppppppppppiii', [Math.ceil(n / WKV_CL), H], [256],
+        [rec, io.r, io.w, io.a, io.k, io.v, io.vFirst, io.dv, w.w0, w.a0, w.v0, w.kk, w.ka, n, C, first ? 1 : 0]);
+      this.k(`wkv7_chunk_scan${R}`, 'ppppii', [H, 64 / R], [16 * R], [io.y, state, rec, io.v, n, C]);
       return;
     }
+    this.k('tmix_prep', 'ppppppppppppiii', [Math.ceil((n * H) / 8)], [256],
+      [io.w, io.a, io.kk, io.k, io.v, io.vFirst, io.dv, w.w0, w.a0, w.v0, w.kk, w.ka, n, H, first ? 1 : 0]);
     const tpr = this.wkvThreadsPerRow;
-    this.k(tpr === 4 ? 'wkv7_seq' : `wkv7_seq${tpr}`, 'ppppppppii', [H, 4], [16 * tpr], [y, state, r, w, k, v, kk, a, n, C]);
+    this.k(tpr === 4 ? 'wkv7_seq' : `wkv7_seq${tpr}`, 'ppppppppii', [H, 4], [16 * tpr],
+      [io.y, state, io.r, io.w, io.k, io.v, io.kk, io.a, n, C]);
   }
 
   private act(out: number, inp: number, count: number, mode: number): void {
@@ -576,12 +597,7 @@ export class CudaModel {
   /** LN2 + token shift + W_key + relu² + W_value (added into the residual). */
   private channelMix(sc: Scratch, lnw: number, lnb: number, mu: number, Wk: number, Wv: number, prev: DeviceBuffer, F: number, n: number): void {
     const C = this.cfg.dim;
-    if (n === 1) this.k('ln_mix_step', 'ppppppii', [1], [256], [sc.mix, sc.h, lnw, lnb, prev.ptr, mu, C, 1]);
-    else {
-      this.layerNorm(sc.x, 0, sc.h, lnw, lnb, n);
-      this.k('mix_shift', 'ppppiii', [n], [256], [sc.mix, sc.x, prev.ptr, mu, n, C, 1]);
-      copyDtoD(this.ctx, prev.ptr, sc.x + (n - 1) * C * F32, C * F32);
-    }
+    this.lnMix(sc, sc.h, lnw, lnb, prev.ptr, mu, 1, n);
     this.gemm('linear', () => this.blas.linear(sc.hid, 'bf16', sc.mix, Wk, n, C, F));
     const n2 = (n * F) / 2;
     this.k('relu_sq_bf16', 'pi', [Math.min(4096, Math.ceil(n2 / 256))], [256], [sc.hid, n2]);

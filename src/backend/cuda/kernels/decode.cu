@@ -113,7 +113,7 @@ extern "C" __global__ void __launch_bounds__(128, 8) mgemv(const GemvProb* probs
 // One row: LayerNorm of x (eps 1e-5), then with prev: the M token-shift mixes
 // out[m] = bf16(xn + (prev − xn)·mu[m]) and prev ← xn; without prev: out = bf16(xn).
 // emb (optional): x ← emb[dyn[0]] first (the step's embedding, ln0 folded in at load).
-// 256 threads (the statistics then equal those of layer_norm / ln_mix_step bit for bit).
+// 256 threads (the statistics then equal those of layer_norm / ln_mix bit for bit).
 extern "C" __global__ void __launch_bounds__(256) dec_ln_mix(bf16* out, float* x, const float* w, const float* b, float* prev,
     const float* mu, int C, int M, const bf16* emb, const int* dyn) {
   __shared__ float sh[32];

@@ -12,31 +12,65 @@ extern "C" __global__ void embed(float* h, const bf16* emb, const int* tok, int 
   for (int i = threadIdx.x; i < C; i += blockDim.x) h[(long long)t * C + i] = bf2f(e[i]);
 }
 
-// LayerNorm over rows of C (eps 1e-5); writes float32 and/or bf16 outputs (either may be null)
-extern "C" __global__ void layer_norm(float* outF, bf16* outB, const float* x, const float* w, const float* b, int C) {
-  __shared__ float sh[32];
-  long long o = (long long)blockIdx.x * C;
+// LayerNorm statistics (eps 1e-5) of one row of C, by one warp, summed in exactly the order of
+// block_sum over 256 threads (lane l stands for threads l, 32 + l, …, 224 + l): the same bits as the
+// block-per-row LayerNorms of decoding and training, without a block barrier.
+__device__ __forceinline__ float warp_sum256(const float* p) {
   float s = 0.f;
-  for (int i = threadIdx.x; i < C; i += blockDim.x) s += x[o + i];
-  float mean = block_sum(s, sh) / C;
-  float v = 0.f;
-  for (int i = threadIdx.x; i < C; i += blockDim.x) { float d = x[o + i] - mean; v += d * d; }
-  float inv = rsqrtf(block_sum(v, sh) / C + 1e-5f);
-  for (int i = threadIdx.x; i < C; i += blockDim.x) {
+#pragma unroll
+  for (int w = 0; w < 8; w++) s += warp_sum(p[w]);
+  return s;
+}
+__device__ __forceinline__ void ln_stats_warp(const float* x, int C, float& mean, float& inv) {
+  const int l = threadIdx.x & 31;
+  float p[8];
+#pragma unroll
+  for (int w = 0; w < 8; w++) p[w] = 0.f;
+  for (int i0 = l; i0 < C; i0 += 256)
+#pragma unroll
+    for (int w = 0; w < 8; w++) if (i0 + 32 * w < C) p[w] += x[i0 + 32 * w];
+  mean = warp_sum256(p) / C;
+#pragma unroll
+  for (int w = 0; w < 8; w++) p[w] = 0.f;
+  for (int i0 = l; i0 < C; i0 += 256)
+#pragma unroll
+    for (int w = 0; w < 8; w++) if (i0 + 32 * w < C) { float d = x[i0 + 32 * w] - mean; p[w] += d * d; }
+  inv = rsqrtf(warp_sum256(p) / C + 1e-5f);
+}
+
+// LayerNorm over rows of C, one warp per row (8 per block of 256); float32 and/or bf16 out (either may be null)
+extern "C" __global__ void __launch_bounds__(256) layer_norm(float* outF, bf16* outB, const float* x, const float* w, const float* b, int T, int C) {
+  const int t = blockIdx.x * 8 + (threadIdx.x >> 5), l = threadIdx.x & 31;
+  if (t >= T) return;
+  const long long o = (long long)t * C;
+  float mean, inv;
+  ln_stats_warp(x + o, C, mean, inv);
+  for (int i = l; i < C; i += 32) {
     float y = (x[o + i] - mean) * inv * w[i] + b[i];
     if (outF) outF[o + i] = y;
     if (outB) outB[o + i] = f2bf(y);
   }
 }
 
-// Token-shift mixes: out[m, t, :] = x[t] + (x[t-1] − x[t]) ⊙ mu[m], x[-1] = prev. M mixes.
-extern "C" __global__ void mix_shift(bf16* out, const float* x, const float* prev, const float* mu, int T, int C, int M) {
-  int t = blockIdx.x;
-  for (int i = threadIdx.x; i < C; i += blockDim.x) {
-    float xv = x[(long long)t * C + i];
-    float pv = t > 0 ? x[(long long)(t - 1) * C + i] : prev[i];
-    float d = pv - xv;
-    for (int m = 0; m < M; m++) out[((long long)m * T + t) * C + i] = f2bf(xv + d * mu[m * C + i]);
+// LayerNorm + the M token-shift mixes, one warp per token t (8 per block of 256):
+// out[m, t, :] = y_t + (y_{t−1} − y_t) ⊙ mu[m] with y = LN(x) and y_{−1} = prev (already normalised).
+// Row t − 1 is normalised again here rather than read back from a float32 LN output (one pass over
+// the activations instead of three). The warp of the last token writes its y to `last` (the next
+// call's prev); last == prev is allowed when T = 1 (each lane reads prev[i] before it writes last[i]).
+extern "C" __global__ void __launch_bounds__(256) ln_mix(bf16* out, float* last, const float* x, const float* w, const float* b,
+    const float* prev, const float* mu, int T, int C, int M) {
+  const int t = blockIdx.x * 8 + (threadIdx.x >> 5), l = threadIdx.x & 31;
+  if (t >= T) return;
+  const float* xr = x + (long long)t * C;
+  float mean, inv, pmean = 0.f, pinv = 0.f;
+  ln_stats_warp(xr, C, mean, inv);
+  if (t > 0) ln_stats_warp(xr - C, C, pmean, pinv);
+  for (int i = l; i < C; i += 32) {
+    float y = (xr[i] - mean) * inv * w[i] + b[i];
+    float p = t > 0 ? (xr[i - C] - pmean) * pinv * w[i] + b[i] : prev[i];
+    float d = p - y;
+    for (int m = 0; m < M; m++) out[((long long)m * T + t) * C + i] = f2bf(y + d * mu[m * C + i]);
+    if (t == T - 1) last[i] = y;
   }
 }
 
@@ -182,8 +216,8 @@ extern "C" __global__ void __launch_bounds__(256) wkv7_seq16(float* y, float* st
 //   u_t = S_0(α_t⊙Γ_{t−1}) + Σ_{s<t} [(α_t⊙Γ_{t−1})·(β_s/Γ_s)] u_s + [(α_t⊙Γ_{t−1})·(k̃_s/Γ_s)] v_s
 //   y_t = S_0(r_t⊙Γ_t)     + Σ_{s≤t} [(r_t⊙Γ_t)·(β_s/Γ_s)] u_s     + [(r_t⊙Γ_t)·(k̃_s/Γ_s)] v_s
 //   S_L = S_0 diag(Γ_L) + Σ_s u_s (β_s⊙Γ_L/Γ_s)ᵀ + v_s (k̃_s⊙Γ_L/Γ_s)ᵀ
-// The u's solve a unit lower-triangular L×L system: U = Wc·S_0ᵀ + U0 with Wc, U0 state-free, so
-// y = Q·S_0ᵀ + Y0 (Q = R̃ + Brb·Wc, Y0 = Brb·U0 + Brk·V). `wkv7_chunk_prep` computes, for every
+// The u's solve a unit lower-triangular L×L system: U = Wc·S_0ᵀ + M1·V with Wc, M1 state-free, so
+// y = Q·S_0ᵀ + M2·V (Q = R̃ + Brb·Wc, M2 = Brb·M1 + Brk). `wkv7_chunk_prep` computes, for every
 // (chunk, head) in parallel, a record of the state-free parts; `wkv7_chunk_scan` walks the chunks
 // of a head in order (the only sequential part: T/WKV_CL steps). Decays lie in (0.545, 1), so over
 // 16 tokens 1/Γ ≤ 1.7e4: the products (α⊙Γ_{t−1})·(β_s/Γ_s) stay exact to fp32 rounding, and
@@ -191,27 +225,57 @@ extern "C" __global__ void __launch_bounds__(256) wkv7_seq16(float* y, float* st
 // (w = 1, everything else 0): the state passes through them unchanged.
 // Record per (chunk, head), floats: [0,2048) WQt[64][32] (column p < 16: Wc[p][j], p ≥ 16: Q[p−16][j]);
 // [2048,4096) BK[32][64] (rows < 16: β_s⊙Γ_L/Γ_s, rows ≥ 16: k̃_s⊙Γ_L/Γ_s); [4096,4160) Γ_L;
-// [4160,5184) U0[16][64]; [5184,6208) Y0[16][64].
+// [4160,4672) MT[16][32] (row s, column p < 16: M1[p][s], p ≥ 16: M2[p−16][s]). The V-dependent
+// parts (U0 = M1·V, Y0 = M2·V) are formed by the scan from V, which it reads anyway: the record is
+// 18.25 bytes per token and channel instead of 24.25.
 #define WKV_CL 16
-#define WKV_REC 6208
-#define WKV_SHARED 4160
+#define WKV_REC 4672
 
-extern "C" __global__ void __launch_bounds__(256) wkv7_chunk_prep(float* rec, const float* r, const float* w, const float* k,
-    const float* v, const float* kk, const float* a, int T, int C) {
+// Also does tmix_prep's work for its 16 tokens (one warp per token, as tmix_prep): from the raw
+// projections (wd: decay LoRA output, da: rate LoRA output, k, v, dv: value-residual LoRA output) it
+// forms ω, a, κ̂, k̃ and the value-mixed v, writes k̃ and v back (the bonus term and the scan read
+// them) and vFirst in layer 0 (`first`), and keeps ω, a, κ̂ in shared memory only.
+extern "C" __global__ void __launch_bounds__(256) wkv7_chunk_prep(float* rec, const float* r, const float* wd, const float* da,
+    float* k, float* v, float* vFirst, const float* dv, const float* w0, const float* a0, const float* v0, const float* kkw,
+    const float* ka, int T, int C, int first) {
   // rows padded to 65 floats: the (t, s) dot products read 16 different rows per warp conflict-free
   __shared__ float sA[WKV_CL][65], sB[WKV_CL][65], sK[WKV_CL][65], sR[WKV_CL][65], sW[WKV_CL][65];
-  __shared__ __align__(16) float sV[WKV_CL][64], sX[WKV_CL][128];
   __shared__ float sAab[WKV_CL][WKV_CL], sAak[WKV_CL][WKV_CL], sBrb[WKV_CL][WKV_CL], sBrk[WKV_CL][WKV_CL];
-  const int c = blockIdx.x, h = blockIdx.y, H = gridDim.y, tid = threadIdx.x, t0 = c * WKV_CL;
+  const int c = blockIdx.x, h = blockIdx.y, H = gridDim.y, tid = threadIdx.x, t0 = c * WKV_CL, lane = tid & 31;
   float* out = rec + ((long long)c * H + h) * WKV_REC;
-  for (int e = tid; e < WKV_CL * 64; e += 256) {
-    int t = e >> 6, j = e & 63;
-    float ww = 1.f, kq = 0.f, aa = 0.f, kt = 0.f, rr = 0.f, vv = 0.f;
-    if (t0 + t < T) {
-      long long idx = (long long)(t0 + t) * C + h * 64 + j;
-      ww = w[idx]; kq = kk[idx]; aa = a[idx]; kt = k[idx]; rr = r[idx]; vv = v[idx];
+#pragma unroll
+  for (int rr = 0; rr < 2; rr++) {
+    const int t = (tid >> 5) + 8 * rr, tok = t0 + t;
+    if (tok < T) {  // the same arithmetic as tmix_prep
+      float kv[2], q[2], ss = 0.f;
+#pragma unroll
+      for (int e = 0; e < 2; e++) {
+        int ch = h * 64 + lane + 32 * e;
+        kv[e] = k[(long long)tok * C + ch];
+        q[e] = kv[e] * kkw[ch];
+        ss += q[e] * q[e];
+      }
+      ss = warp_sum(ss);
+      float inv = 1.f / fmaxf(sqrtf(ss), 1e-12f);
+#pragma unroll
+      for (int e = 0; e < 2; e++) {
+        const int j = lane + 32 * e, ch = h * 64 + j;
+        const long long idx = (long long)tok * C + ch;
+        float a = sigmoidf_(da[idx] + a0[ch]), kn = q[e] * inv, kt = kv[e] * (1.f + (a - 1.f) * ka[ch]);
+        float vv = v[idx];
+        if (first) vFirst[idx] = vv;
+        else { float sg = sigmoidf_(dv[idx] + v0[ch]); vv += (vFirst[idx] - vv) * sg; v[idx] = vv; }
+        k[idx] = kt;
+        sW[t][j] = expf(-0.6065306597126334f * sigmoidf_(wd[idx] + w0[ch]));
+        sA[t][j] = -kn; sB[t][j] = kn * a; sK[t][j] = kt; sR[t][j] = r[idx];
+      }
+    } else {
+#pragma unroll
+      for (int e = 0; e < 2; e++) {
+        const int j = lane + 32 * e;
+        sW[t][j] = 1.f; sA[t][j] = 0.f; sB[t][j] = 0.f; sK[t][j] = 0.f; sR[t][j] = 0.f;
+      }
     }
-    sW[t][j] = ww; sA[t][j] = -kq; sB[t][j] = kq * aa; sK[t][j] = kt; sR[t][j] = rr; sV[t][j] = vv;
   }
   __syncthreads();
   if (tid < 64) {
@@ -247,57 +311,31 @@ extern "C" __global__ void __launch_bounds__(256) wkv7_chunk_prep(float* rec, co
     sBrb[t][s] = s <= t ? brb : 0.f; sBrk[t][s] = s <= t ? brk : 0.f;
   }
   __syncthreads();
-  if (tid < 128) {
-    // column `tid` of X = [Wc | U0] = (I − Aab)⁻¹ [Ã | Aak·V], forward substitution in registers
-    float x[WKV_CL];
+  if (tid < 64 + WKV_CL) {
+    // column `tid` of X = [Wc | M1] = (I − Aab)⁻¹ [Ã | Aak] by forward substitution in registers, then
+    // the same column of [Q | M2] = [R̃ | Brk] + Brb·X
+    const bool wc = tid < 64;
+    const int col = wc ? tid : tid - 64;
+    float x[WKV_CL], q[WKV_CL];
 #pragma unroll
     for (int t = 0; t < WKV_CL; t++) {
-      float b;
-      if (tid < 64) b = sA[t][tid];
-      else {
-        b = 0.f;
-#pragma unroll
-        for (int s = 0; s < t; s++) b += sAak[t][s] * sV[s][tid - 64];
-      }
+      float b = wc ? sA[t][col] : sAak[t][col];
 #pragma unroll
       for (int s = 0; s < t; s++) b += sAab[t][s] * x[s];
       x[t] = b;
     }
 #pragma unroll
-    for (int t = 0; t < WKV_CL; t++) sX[t][tid] = x[t];
-    if (tid < 64) {
-      float4* o = (float4*)(out + tid * 32);
-#pragma unroll
-      for (int q = 0; q < 4; q++) o[q] = make_float4(x[4 * q], x[4 * q + 1], x[4 * q + 2], x[4 * q + 3]);
-    } else {
-#pragma unroll
-      for (int t = 0; t < WKV_CL; t++) out[4160 + t * 64 + tid - 64] = x[t];
-    }
-  }
-  __syncthreads();
-  if (tid < 64) {
-    // Q[t][j] = r̃_t[j] + Σ_{s≤t} Brb[t][s] Wc[s][j]  → WQt[j][16 + t]
-    const int j = tid;
-    float q[WKV_CL];
-#pragma unroll
     for (int t = 0; t < WKV_CL; t++) {
-      float b = sR[t][j];
+      float b = wc ? sR[t][col] : sBrk[t][col];
 #pragma unroll
-      for (int s = 0; s <= t; s++) b += sBrb[t][s] * sX[s][j];
+      for (int s = 0; s <= t; s++) b += sBrb[t][s] * x[s];
       q[t] = b;
     }
-    float4* o = (float4*)(out + j * 32 + 16);
+    float4* o = (float4*)(out + (wc ? 0 : 4160) + col * 32);
 #pragma unroll
-    for (int e = 0; e < 4; e++) o[e] = make_float4(q[4 * e], q[4 * e + 1], q[4 * e + 2], q[4 * e + 3]);
-  } else if (tid < 128) {
-    // Y0[t][i] = Σ_{s≤t} Brb[t][s] U0[s][i] + Brk[t][s] v_s[i]
-    const int i = tid - 64;
-#pragma unroll
-    for (int t = 0; t < WKV_CL; t++) {
-      float b = 0.f;
-#pragma unroll
-      for (int s = 0; s <= t; s++) b += sBrb[t][s] * sX[s][64 + i] + sBrk[t][s] * sV[s][i];
-      out[5184 + t * 64 + i] = b;
+    for (int e = 0; e < 4; e++) {
+      o[e] = make_float4(x[4 * e], x[4 * e + 1], x[4 * e + 2], x[4 * e + 3]);
+      o[4 + e] = make_float4(q[4 * e], q[4 * e + 1], q[4 * e + 2], q[4 * e + 3]);
     }
   }
 }
@@ -310,8 +348,8 @@ extern "C" __global__ void __launch_bounds__(256) wkv7_chunk_prep(float* rec, co
 template <int R>
 __device__ __forceinline__ void wkv7_chunk_scan_body(float* y, float* state, const float* rec, const float* v, int T, int C) {
   constexpr int NT = 16 * R, RQ = R / 4;
-  __shared__ __align__(16) float sRec[2][WKV_SHARED];
-  __shared__ __align__(16) float sU0[2][WKV_CL * R], sY0[2][WKV_CL * R], sV[2][WKV_CL * R];
+  __shared__ __align__(16) float sRec[2][WKV_REC];
+  __shared__ __align__(16) float sV[2][WKV_CL * R];
   __shared__ __align__(16) float sS[R][64];
   __shared__ float sUY[2 * WKV_CL][R];
   const int h = blockIdx.x, H = gridDim.x, g0 = blockIdx.y * R, tid = threadIdx.x;
@@ -322,11 +360,9 @@ __device__ __forceinline__ void wkv7_chunk_scan_body(float* y, float* state, con
   *(float4*)&sS[ri][cj] = s;
   auto issue = [&](int c, int b) {
     const float* rc = rec + ((long long)c * H + h) * WKV_REC;
-    for (int e = tid; e < WKV_SHARED / 4; e += NT) cp16(&sRec[b][e * 4], rc + e * 4, 16);
+    for (int e = tid; e < WKV_REC / 4; e += NT) cp16(&sRec[b][e * 4], rc + e * 4, 16);
     for (int e = tid; e < WKV_CL * RQ; e += NT) {
       int t = e / RQ, q = (e % RQ) * 4;
-      cp16(&sU0[b][t * R + q], rc + 4160 + t * 64 + g0 + q, 16);
-      cp16(&sY0[b][t * R + q], rc + 5184 + t * 64 + g0 + q, 16);
       int tok = c * WKV_CL + t;
       bool in = tok < T;
       cp16(&sV[b][t * R + q], v + (long long)(in ? tok : 0) * C + h * 64 + g0 + q, in ? 16 : 0);
@@ -351,10 +387,15 @@ __device__ __forceinline__ void wkv7_chunk_scan_body(float* y, float* state, con
         a0 += m0 * s0.x + m1 * s0.y; a1 += m2 * s0.z + m3 * s0.w;
         a2 += m0 * s1.x + m1 * s1.y; a3 += m2 * s1.z + m3 * s1.w;
       }
-      float u0 = a0 + a1, u1 = a2 + a3;
-      if (lane < WKV_CL) { u0 += sU0[b][lane * R + i0]; u1 += sU0[b][lane * R + i0 + 1]; }
-      else { u0 += sY0[b][(lane - WKV_CL) * R + i0]; u1 += sY0[b][(lane - WKV_CL) * R + i0 + 1]; }
-      sUY[lane][i0] = u0; sUY[lane][i0 + 1] = u1;
+      // + (M1·V)[lane] (u) or (M2·V)[lane − 16] (y), for the 2 rows
+      const float* MT = M + 4160;
+      float e0 = 0.f, e1 = 0.f;
+#pragma unroll
+      for (int s = 0; s < WKV_CL; s++) {
+        float m = MT[s * 32 + lane];
+        e0 += m * sV[b][s * R + i0]; e1 += m * sV[b][s * R + i0 + 1];
+      }
+      sUY[lane][i0] = (a0 + a1) + e0; sUY[lane][i0 + 1] = (a2 + a3) + e1;
     }
     __syncthreads();
     for (int e = tid; e < WKV_CL * R; e += NT) {
@@ -803,21 +844,4 @@ extern "C" __global__ void dec_scores(float* scores, const float* q, const float
 #pragma unroll 16
   for (int d = 0; d < 64; d++) sc = fmaf(qq[d], m[d], sc);
   scores[h * cap + j] = sc;
-}
-
-// One token (T = 1): LayerNorm of h, the M token-shift mixes against prev, and prev ← the LN output.
-extern "C" __global__ void ln_mix_step(bf16* out, const float* x, const float* w, const float* b, float* prev, const float* mu, int C, int M) {
-  __shared__ float sh[32];
-  float s = 0.f;
-  for (int i = threadIdx.x; i < C; i += blockDim.x) s += x[i];
-  float mean = block_sum(s, sh) / C;
-  float v = 0.f;
-  for (int i = threadIdx.x; i < C; i += blockDim.x) { float d = x[i] - mean; v += d * d; }
-  float inv = rsqrtf(block_sum(v, sh) / C + 1e-5f);
-  for (int i = threadIdx.x; i < C; i += blockDim.x) {
-    float xv = (x[i] - mean) * inv * w[i] + b[i];
-    float d = prev[i] - xv;
-    for (int m = 0; m < M; m++) out[(long long)m * C + i] = f2bf(xv + d * mu[m * C + i]);
-    prev[i] = xv;
-  }
 }
