@@ -24,14 +24,16 @@ const jsonOut = arg('json', '');
 const which = arg('models', 'rwkvx,rwkv7').split(',').filter((x) => x === 'rwkvx' || x === 'rwkv7');
 
 // --gemm N: the prefill GEMMs of one RWKV-7 layer of the 0.22B shape at N tokens (one segment), each
-// alone through our cuBLAS calls: ms, TFLOP/s and the GB/s its operands imply (median of 20).
+// alone through our cuBLAS calls: ms (mean of 20 back-to-back calls between two events), TFLOP/s and
+// the GB/s its operands imply.
 const gemmN = Number(arg('gemm', '0'));
 if (gemmN > 0) {
   const { alloc, zero } = await import('../src/backend/cuda/memory.js');
   const { Cublas } = await import('../src/backend/cuda/cublas.js');
+  const { CudaTimer } = await import('../src/backend/cuda/driver.js');
   const cfg = shapeConfig({ vocab: 256, dim: 768, nLayer: 1, nAttn: 0 });
   const m = CudaModel.fromWeights(cfg, randomWeights(cfg, 2));
-  const blas = new Cublas(m.ctx), T = gemmN, C = 768, F = 3072, L = cfg.lora;
+  const blas = new Cublas(m.ctx), timer = new CudaTimer(m.ctx), T = gemmN, C = 768, F = 3072, L = cfg.lora;
   const x = alloc(m.ctx, T * F * 2, 'x'), W = alloc(m.ctx, F * F * 2, 'W'), y = alloc(m.ctx, T * F * 4, 'y');
   for (const b of [x, W, y]) zero(m.ctx, b.ptr, b.bytes);
   // [what, linear (W [N, K]) or matmul (A [K, N]), K, N, output, accumulate]
@@ -46,13 +48,14 @@ if (gemmN > 0) {
   console.log(`\nGEMMs at ${T} tokens on ${m.ctx.info.name}\n| GEMM | K | N | out | ms | TFLOP/s | GB/s |\n|---|---:|---:|---|---:|---:|---:|`);
   for (const [what, kind, K, N, out, acc] of shapes) {
     const run = () => kind === 'linear' ? blas.linear(y.ptr, out, x.ptr, W.ptr, T, K, N, acc) : blas.matmul(y.ptr, out, x.ptr, W.ptr, T, K, N);
-    const t: number[] = [];
-    for (let i = 0; i < 21; i++) { m.sync(); const b = performance.now(); run(); m.sync(); if (i) t.push(performance.now() - b); }
-    const ms = median(t), flop = 2 * T * K * N, bytes = T * K * 2 + K * N * 2 + T * N * (out === 'f32' ? 4 : 2) * (acc ? 2 : 1);
+    run();
+    timer.start();
+    for (let i = 0; i < 20; i++) run();
+    const ms = timer.stop() / 20, flop = 2 * T * K * N, bytes = T * K * 2 + K * N * 2 + T * N * (out === 'f32' ? 4 : 2) * (acc ? 2 : 1);
     console.log(`| ${what} | ${K} | ${N} | ${out}${acc ? ' +=' : ''} | ${ms.toFixed(3)} | ${(flop / ms / 1e9).toFixed(0)} | ${(bytes / ms / 1e6).toFixed(0)} |`);
   }
   for (const b of [x, W, y]) b.free();
-  blas.dispose();
+  blas.dispose(); timer.dispose();
   m.dispose();
 }
 

@@ -12,7 +12,7 @@ import { inferConfig, weightReaders, type ModelWeights } from '../../model/weigh
 import { Fingerprint } from '../../model/state-io.js';
 import { checkAttentionParams, type ForwardOptions, type LoadOptions } from '../../model/model.js';
 import { createState, type ModelState } from '../../model/state.js';
-import { CudaContext, CudaGraph } from './driver.js';
+import { CudaContext, CudaGraph, CudaTimer } from './driver.js';
 import { Cublas } from './cublas.js';
 import { alloc, copyDtoD, copyDtoH, copyHtoD, DeviceBuffer, fromBf16, toBf16, upload, zero } from './memory.js';
 import { launch, loadModule, type CudaModule } from './module-cache.js';
@@ -368,6 +368,7 @@ export class CudaModel {
     for (const s of this.states) s.dispose();
     this.states.clear();
     this.graph.dispose(); this.graphState = undefined;
+    this.profTimer?.dispose(); this.profTimer = undefined;
     this.decoder?.dispose(); this.decoder = undefined; this.graphDecoder = undefined;
     for (const b of this.tmpBufs.values()) b.free();
     this.tmpBufs.clear();
@@ -508,14 +509,20 @@ export class CudaModel {
     else launch(this.ctx, this.mod, name, sig, grid, block, smem, args);
   }
 
-  /** With `profile` set, every launch is synchronised and timed (wall clock, ms by kernel name). */
+  /**
+   * With `profile` set, every launch runs alone (the context synchronised before it) between two events
+   * of its stream: ms by kernel name, device time plus the launch's own host latency (a few µs; the
+   * host-side synchronisation is not counted).
+   */
   profile: Map<string, number> | undefined;
+  private profTimer: CudaTimer | undefined;
   private timed(name: string, f: () => void): void {
+    const tm = (this.profTimer ??= new CudaTimer(this.ctx));
     this.ctx.sync();
-    const a = performance.now();
+    tm.start();
     f();
-    this.ctx.sync();
-    this.profile!.set(name, (this.profile!.get(name) ?? 0) + performance.now() - a);
+    const ms = tm.stop();
+    this.profile!.set(name, (this.profile!.get(name) ?? 0) + ms);
   }
   private gemm(name: string, f: () => void): void {
     if (this.profile) this.timed(`gemm ${name}`, f); else f();

@@ -235,9 +235,11 @@ extern "C" __global__ void __launch_bounds__(256) wkv7_seq16(float* y, float* st
 // projections (wd: decay LoRA output, da: rate LoRA output, k, v, dv: value-residual LoRA output) it
 // forms ω, a, κ̂, k̃ and the value-mixed v, writes k̃ and v back (the bonus term and the scan read
 // them) and vFirst in layer 0 (`first`), and keeps ω, a, κ̂ in shared memory only.
-extern "C" __global__ void __launch_bounds__(256) wkv7_chunk_prep(float* rec, const float* r, const float* wd, const float* da,
-    float* k, float* v, float* vFirst, const float* dv, const float* w0, const float* a0, const float* v0, const float* kkw,
-    const float* ka, int T, int C, int first) {
+// 4 blocks per SM (64 registers): the block's phases are latency-bound, so occupancy is what counts.
+extern "C" __global__ void __launch_bounds__(256, 4) wkv7_chunk_prep(float* __restrict__ rec, const float* __restrict__ r,
+    const float* __restrict__ wd, const float* __restrict__ da, float* __restrict__ k, float* __restrict__ v,
+    float* __restrict__ vFirst, const float* __restrict__ dv, const float* w0, const float* a0, const float* v0,
+    const float* kkw, const float* ka, int T, int C, int first) {
   // rows padded to 65 floats: the (t, s) dot products read 16 different rows per warp conflict-free
   __shared__ float sA[WKV_CL][65], sB[WKV_CL][65], sK[WKV_CL][65], sR[WKV_CL][65], sW[WKV_CL][65];
   __shared__ float sAab[WKV_CL][WKV_CL], sAak[WKV_CL][WKV_CL], sBrb[WKV_CL][WKV_CL], sBrk[WKV_CL][WKV_CL];
