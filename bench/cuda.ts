@@ -2,7 +2,7 @@
  * CUDA backend benchmark: prefill latency and decode ms/token of RWKV-X 0.22B (L12 C768 + 4
  * attention blocks, chunk 2048, top-k 3) and RWKV-7 0.19B (L12 C768), random weights, V 65536.
  *   npm run bench:cuda -- [--lengths 4096,16384,65536,131072] [--decode 4096,65536] [--steps 32] [--json FILE]
- *     [--models rwkvx,rwkv7|none] [--repeat R] [--wkv N] [--attn N,N…] [--gemm N] [--peer]
+ *     [--models rwkvx,rwkv7|none] [--repeat R] [--segment N] [--wkv N] [--attn N,N…] [--gemm N] [--peer]
  * Prefill: one forward() of N tokens from an empty state, logits of the last token back on the host
  * (wall clock, so it includes every launch and the copy). Decode: forward() of one token after a
  * prefill of N, logits back; median of --steps. --repeat R: prefill time is the median of R runs. Peak memory: bytes this process allocated on the GPU
@@ -20,6 +20,8 @@ const lengths = arg('lengths', '4096,16384,65536,131072').split(',').map(Number)
 const decodeAt = new Set(arg('decode', '4096,65536').split(',').map(Number));
 const steps = Number(arg('steps', '32'));
 const repeat = Math.max(1, Number(arg('repeat', '1')));
+// --segment N: tokens per internal segment of a long prefill (the wavefront's unit of work)
+const segment = Number(arg('segment', '16384'));
 const jsonOut = arg('json', '');
 const which = arg('models', 'rwkvx,rwkv7').split(',').filter((x) => x === 'rwkvx' || x === 'rwkv7');
 
@@ -126,7 +128,7 @@ for (const name of which) {
   const cfg = shapeConfig({ vocab: 65536, dim: 768, nLayer: 12, nAttn: name === 'rwkvx' ? 4 : 0, chunk: 2048, topk: 3 });
   const t0 = Date.now();
   const m = CudaModel.fromWeights(cfg, randomWeights(cfg, 1));
-  m.segment = 16384;
+  m.segment = segment;
   console.log(`${name}: built in ${Date.now() - t0} ms on ${m.ctx.info.name}`);
   // warm-up: compile/load kernels, cuBLAS heuristics, scratch at full size
   { const s = m.newState(); m.forward(randomTokens(16384, 65536, 9), s, { logits: 'last' }); m.forward([1], s, { logits: 'last' }); s.dispose(); }
