@@ -12,5 +12,6 @@ for side in new base new2 base2; do
   timeout 240 node --import tsx "$b" --lengths "$lengths" --decode 0 --repeat 3 > "$out/prefill-$side.log" 2>&1
   echo "$side rc=$?"; grep -E '^\{' "$out/prefill-$side.log" | sed "s/^/$side /"
 done
+[ "$prof" = 0 ] && exit 0  # profile tokens 0: no profile
 RWKVX_PROFILE=$prof timeout 120 node --import tsx bench/cuda.ts --lengths 4096 --decode 0 --models rwkvx > "$out/profile.log" 2>&1
 echo "profile rc=$?"; grep -E '^profile' "$out/profile.log"

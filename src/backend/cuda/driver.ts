@@ -76,7 +76,8 @@ const CU_SIGS = {
   cuModuleLoadData: 'int cuModuleLoadData(_Out_ void **mod, const void *image)',
   cuModuleGetFunction: 'int cuModuleGetFunction(_Out_ void **fn, void *mod, const char *name)',
   cuFuncSetAttribute: 'int cuFuncSetAttribute(void *fn, int attrib, int value)',
-  cuLaunchKernel: 'int cuLaunchKernel(void *f, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx, unsigned int by, unsigned int bz, unsigned int smem, void *stream, void **params, void **extra)',
+  // params: the address of a native table of argument pointers (module-cache.ts keeps one, reused)
+  cuLaunchKernel: 'int cuLaunchKernel(void *f, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx, unsigned int by, unsigned int bz, unsigned int smem, void *stream, uint64_t params, void **extra)',
   cuStreamCreate: 'int cuStreamCreate(_Out_ void **stream, unsigned int flags)',
   cuStreamSynchronize: 'int cuStreamSynchronize(void *stream)',
   cuEventCreate: 'int cuEventCreate(_Out_ void **ev, unsigned int flags)',
