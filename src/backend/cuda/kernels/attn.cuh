@@ -61,6 +61,21 @@ __device__ __forceinline__ void mma_ab(float (&c)[8][4], const u32 (&af)[4][4], 
     }
   }
 }
+// the warp's A fragments for S = Q·Kᵀ from fp32 query rows of one head (64 values each, rounded to bf16):
+// qa for row g = lane / 4, qb for row g + 8; a null row gives zeros
+__device__ __forceinline__ void load_q_frag(u32 (&qf)[4][4], const float* qa, const float* qb, int c4) {
+  const float2 z = make_float2(0.f, 0.f);
+#pragma unroll
+  for (int ks = 0; ks < 4; ks++) {
+    const int d = ks * 16 + 2 * c4;
+    float2 a0 = qa ? *(const float2*)(qa + d) : z, a2 = qa ? *(const float2*)(qa + d + 8) : z;
+    float2 b0 = qb ? *(const float2*)(qb + d) : z, b2 = qb ? *(const float2*)(qb + d + 8) : z;
+    qf[ks][0] = pack_bf16(a0.x, a0.y);
+    qf[ks][1] = pack_bf16(b0.x, b0.y);
+    qf[ks][2] = pack_bf16(a2.x, a2.y);
+    qf[ks][3] = pack_bf16(b2.x, b2.y);
+  }
+}
 // an accumulator (16×64, fp32) as the A operand of the next product (bf16)
 __device__ __forceinline__ void to_afrag(u32 (&af)[4][4], const float (&c)[8][4]) {
 #pragma unroll

@@ -42,6 +42,16 @@ __device__ float block_sum(float v, float* sh) {
   return s;
 }
 
+// LayerNorm statistics (eps 1e-5) of one row of C by the whole block, in block_sum's order
+__device__ __forceinline__ void ln_stats_block(const float* x, int C, float* sh, float& mean, float& inv) {
+  float s = 0.f;
+  for (int i = threadIdx.x; i < C; i += blockDim.x) s += x[i];
+  mean = block_sum(s, sh) / C;
+  float q = 0.f;
+  for (int i = threadIdx.x; i < C; i += blockDim.x) { float d = x[i] - mean; q += d * d; }
+  inv = rsqrtf(block_sum(q, sh) / C + 1e-5f);
+}
+
 __device__ __forceinline__ u32 smem_u32(const void* p) {
   u32 a;
   asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
@@ -54,3 +64,38 @@ __device__ __forceinline__ void cp16(void* dst, const void* src, int bytes) {
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 __device__ __forceinline__ void cp_wait1() { asm volatile("cp.async.wait_group 1;" ::: "memory"); }
 __device__ __forceinline__ void cp_wait0() { asm volatile("cp.async.wait_group 0;" ::: "memory"); }
+
+// The RWKV-7 time mix's element-wise step for one token and head, by one warp; lane holds channels
+// h·64 + lane and h·64 + lane + 32 (e = 0, 1). k, wd, da, v, vFirst, dv point at the token's rows (k, the
+// decay / rate / value-residual LoRA outputs, v, layer 0's v); the parameters are indexed by channel.
+// ω = exp(−e^{−½}·σ(w0 + wd)), a = σ(a0 + da), κ̂ = normalise(k ⊙ k_k) over the head,
+// k̃ = k ⊙ (1 + (a − 1) ⊙ k_a), v + (vFirst − v) ⊙ σ(v0 + dv) (layer 0: v as is; vFirst not read).
+// tmix_prep, the fused chunk prep and the decode step all use it, so their numbers agree.
+struct TmixLane { float w[2], a[2], kn[2], kt[2], v[2]; };
+__device__ __forceinline__ TmixLane tmix_lane(const float* k, const float* wd, const float* da, const float* v,
+    const float* vFirst, const float* dv, const float* w0, const float* a0, const float* v0, const float* kkw,
+    const float* ka, int h, int lane, bool first) {
+  TmixLane o;
+  float kv[2], q[2], ss = 0.f;
+#pragma unroll
+  for (int e = 0; e < 2; e++) {
+    const int c = h * 64 + lane + 32 * e;
+    kv[e] = k[c];
+    q[e] = kv[e] * kkw[c];
+    ss += q[e] * q[e];
+  }
+  ss = warp_sum(ss);
+  const float inv = 1.f / fmaxf(sqrtf(ss), 1e-12f);
+#pragma unroll
+  for (int e = 0; e < 2; e++) {
+    const int c = h * 64 + lane + 32 * e;
+    o.a[e] = sigmoidf_(da[c] + a0[c]);
+    o.kn[e] = q[e] * inv;
+    o.kt[e] = kv[e] * (1.f + (o.a[e] - 1.f) * ka[c]);
+    o.w[e] = expf(-0.6065306597126334f * sigmoidf_(wd[c] + w0[c]));
+    float vv = v[c];
+    if (!first) { float sg = sigmoidf_(dv[c] + v0[c]); vv += (vFirst[c] - vv) * sg; }
+    o.v[e] = vv;
+  }
+  return o;
+}

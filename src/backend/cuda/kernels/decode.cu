@@ -155,30 +155,12 @@ extern "C" __global__ void __launch_bounds__(1024) dec_wkv(bf16* out, float* sta
   const float *r = io, *k = io + C, *v = io + 2 * C, *dw = io + 3 * C, *da = io + 4 * C, *dv = io + 5 * C, *g = io + 6 * C;
   if (tid < 32) {
     const int lane = tid;
-    float kv[2], qq[2], ss = 0.f;
+    const TmixLane o = tmix_lane(k, dw, da, v, vFirst, dv, w0, a0, v0, kkw, ka, h, lane, first);
 #pragma unroll
     for (int e = 0; e < 2; e++) {
-      int c = h * 64 + lane + 32 * e;
-      kv[e] = k[c];
-      qq[e] = kv[e] * kkw[c];
-      ss += qq[e] * qq[e];
-    }
-    ss = warp_sum(ss);
-    float inv = 1.f / fmaxf(sqrtf(ss), 1e-12f);
-#pragma unroll
-    for (int e = 0; e < 2; e++) {
-      int j = lane + 32 * e, c = h * 64 + j;
-      float a = sigmoidf_(da[c] + a0[c]);
-      float kn = qq[e] * inv;
-      sr[j] = r[c];
-      sw[j] = expf(-0.6065306597126334f * sigmoidf_(dw[c] + w0[c]));
-      sk[j] = kv[e] * (1.f + (a - 1.f) * ka[c]);
-      skk[j] = kn;
-      ska[j] = kn * a;
-      float vv = v[c];
-      if (first) vFirst[c] = vv;
-      else { float sg = sigmoidf_(dv[c] + v0[c]); vv += (vFirst[c] - vv) * sg; }
-      sv[j] = vv;
+      const int j = lane + 32 * e, c = h * 64 + j;
+      sr[j] = r[c]; sw[j] = o.w[e]; sk[j] = o.kt[e]; skk[j] = o.kn[e]; ska[j] = o.kn[e] * o.a[e]; sv[j] = o.v[e];
+      if (first) vFirst[c] = o.v[e];
     }
   }
   __syncthreads();
@@ -223,6 +205,7 @@ extern "C" __global__ void __launch_bounds__(1024) dec_wkv(bf16* out, float* sta
 // K/V rows already in the caches).
 #define MAXSEL 8
 #include "decode-attn.cuh"
+#include "topk.cuh"
 
 // Blocks 0 … H−1: the scores q_h·mean_j for the complete past chunks j < P/B (the fmaf order of
 // dec_scores / chunk_scores, so choices equal prefill's) into scores[h, j], then the top-nSel
@@ -259,39 +242,10 @@ extern "C" __global__ void __launch_bounds__(256) dec_select(int* sel, float* sc
   if (tid >= 32) return;
   const int lane = tid;
   float bs[MAXSEL]; int bi[MAXSEL];
-#pragma unroll
-  for (int s = 0; s < MAXSEL; s++) { bs[s] = -INFINITY; bi[s] = -1; }
-  for (int j = lane; j < nAvail; j += 32) {
-    int carryI = j; float carryS = sc[j];
-#pragma unroll
-    for (int s = 0; s < MAXSEL; s++) {
-      if (s < nSel && (bi[s] < 0 || carryS > bs[s])) {
-        float ts = bs[s]; int ti = bi[s];
-        bs[s] = carryS; bi[s] = carryI;
-        carryS = ts; carryI = ti;
-        if (carryI < 0) break;
-      }
-    }
-  }
+  topk_init(bs, bi);
+  for (int j = lane; j < nAvail; j += 32) topk_insert(bs, bi, sc[j], j, nSel);
   int outIdx[MAXSEL];
-#pragma unroll
-  for (int s = 0; s < MAXSEL; s++) {
-    float bv = bs[0]; int bix = bi[0];
-    const int ix = bi[0];
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-      int oi = __shfl_xor_sync(0xffffffffu, bix, o);
-      bool take = oi >= 0 && (bix < 0 || ov > bv || (ov == bv && oi < bix));
-      if (take) { bv = ov; bix = oi; }
-    }
-    outIdx[s] = (s < nSel) ? bix : -1;
-    if (bix >= 0 && bix == ix) {
-#pragma unroll
-      for (int u = 0; u < MAXSEL - 1; u++) { bs[u] = bs[u + 1]; bi[u] = bi[u + 1]; }
-      bs[MAXSEL - 1] = -INFINITY; bi[MAXSEL - 1] = -1;
-    }
-  }
+  topk_merge(bs, bi, nSel, outIdx);
   if (lane == 0)
     for (int s = 0; s < MAXSEL; s++) sel[h * MAXSEL + s] = outIdx[s];
 }

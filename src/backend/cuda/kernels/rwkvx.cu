@@ -103,29 +103,14 @@ extern "C" __global__ void tmix_prep(float* w, float* da, float* kk, float* k, f
     const float* w0, const float* a0, const float* v0, const float* kkw, const float* ka, int T, int H, int first) {
   int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
   if (warp >= T * H) return;
-  int t = warp / H, h = warp % H, C = H * 64;
-  float kv[2], q[2], ss = 0.f;
+  const int t = warp / H, h = warp % H;
+  const long long row = (long long)t * H * 64;
+  const TmixLane o = tmix_lane(k + row, w + row, da + row, v + row, vFirst + row, dv + row, w0, a0, v0, kkw, ka, h, lane, first);
 #pragma unroll
   for (int e = 0; e < 2; e++) {
-    int c = h * 64 + lane + 32 * e;
-    long long idx = (long long)t * C + c;
-    kv[e] = k[idx];
-    q[e] = kv[e] * kkw[c];
-    ss += q[e] * q[e];
-  }
-  ss = warp_sum(ss);
-  float inv = 1.f / fmaxf(sqrtf(ss), 1e-12f);
-#pragma unroll
-  for (int e = 0; e < 2; e++) {
-    int c = h * 64 + lane + 32 * e;
-    long long idx = (long long)t * C + c;
-    float a = sigmoidf_(da[idx] + a0[c]);
-    da[idx] = a;
-    kk[idx] = q[e] * inv;
-    k[idx] = kv[e] * (1.f + (a - 1.f) * ka[c]);
-    w[idx] = expf(-0.6065306597126334f * sigmoidf_(w[idx] + w0[c]));
-    if (first) vFirst[idx] = v[idx];
-    else { float s = sigmoidf_(dv[idx] + v0[c]); v[idx] += (vFirst[idx] - v[idx]) * s; }
+    const long long idx = row + h * 64 + lane + 32 * e;
+    da[idx] = o.a[e]; kk[idx] = o.kn[e]; k[idx] = o.kt[e]; w[idx] = o.w[e];
+    if (first) vFirst[idx] = o.v[e]; else v[idx] = o.v[e];
   }
 }
 
@@ -248,28 +233,16 @@ extern "C" __global__ void __launch_bounds__(256, 4) wkv7_chunk_prep(float* __re
 #pragma unroll
   for (int rr = 0; rr < 2; rr++) {
     const int t = (tid >> 5) + 8 * rr, tok = t0 + t;
-    if (tok < T) {  // the same arithmetic as tmix_prep
-      float kv[2], q[2], ss = 0.f;
+    if (tok < T) {  // tmix_prep's step (tmix_lane), its results kept in shared memory
+      const long long row = (long long)tok * C;
+      const TmixLane o = tmix_lane(k + row, wd + row, da + row, v + row, vFirst + row, dv + row, w0, a0, v0, kkw, ka, h, lane, first);
 #pragma unroll
       for (int e = 0; e < 2; e++) {
-        int ch = h * 64 + lane + 32 * e;
-        kv[e] = k[(long long)tok * C + ch];
-        q[e] = kv[e] * kkw[ch];
-        ss += q[e] * q[e];
-      }
-      ss = warp_sum(ss);
-      float inv = 1.f / fmaxf(sqrtf(ss), 1e-12f);
-#pragma unroll
-      for (int e = 0; e < 2; e++) {
-        const int j = lane + 32 * e, ch = h * 64 + j;
-        const long long idx = (long long)tok * C + ch;
-        float a = sigmoidf_(da[idx] + a0[ch]), kn = q[e] * inv, kt = kv[e] * (1.f + (a - 1.f) * ka[ch]);
-        float vv = v[idx];
-        if (first) vFirst[idx] = vv;
-        else { float sg = sigmoidf_(dv[idx] + v0[ch]); vv += (vFirst[idx] - vv) * sg; v[idx] = vv; }
-        k[idx] = kt;
-        sW[t][j] = expf(-0.6065306597126334f * sigmoidf_(wd[idx] + w0[ch]));
-        sA[t][j] = -kn; sB[t][j] = kn * a; sK[t][j] = kt; sR[t][j] = r[idx];
+        const int j = lane + 32 * e;
+        const long long idx = row + h * 64 + j;
+        if (first) vFirst[idx] = o.v[e]; else v[idx] = o.v[e];
+        k[idx] = o.kt[e];
+        sW[t][j] = o.w[e]; sA[t][j] = -o.kn[e]; sB[t][j] = o.kn[e] * o.a[e]; sK[t][j] = o.kt[e]; sR[t][j] = r[idx];
       }
     } else {
 #pragma unroll
@@ -461,6 +434,7 @@ extern "C" __global__ void chunk_means(float* means, const bf16* K, int C, int B
 
 #define MAXSEL 8
 #include "decode-attn.cuh"
+#include "topk.cuh"
 // Top-nSel chunk selection by score q·mean(K_chunk) (float32), best first, ties to the lower index.
 // One warp per (t, head). nFixed < 0: query t may choose among its complete past chunks (P+t)/B
 // (moba); else among nFixed chunks with the score summed over all heads (official decoding), the
@@ -479,8 +453,7 @@ extern "C" __global__ void select_chunks(int* sel, const float* q, const float* 
   int off = together ? 0 : h * 64, len = together ? C : 64;
   const float* qq = q + (long long)t * C + off;
   float bs[MAXSEL]; int bi[MAXSEL];
-#pragma unroll
-  for (int s = 0; s < MAXSEL; s++) { bs[s] = -INFINITY; bi[s] = -1; }
+  topk_init(bs, bi);
   for (int j = lane; j < nAvail; j += 32) {
     float sc = 0.f;
     if (scores) sc = scores[((long long)t * H + h) * nScore + j];
@@ -489,37 +462,10 @@ extern "C" __global__ void select_chunks(int* sel, const float* q, const float* 
       for (int d = 0; d < 64; d++) sc = fmaf(qq[d], m[d], sc);
       for (int d = 64; d < len; d++) sc = fmaf(qq[d], m[d], sc);
     }
-    // insert (strictly better moves ahead; equal scores keep the lower index first)
-    int carryI = j; float carryS = sc;
-#pragma unroll
-    for (int s = 0; s < MAXSEL; s++) {
-      if (s < nSel && (bi[s] < 0 || carryS > bs[s])) {
-        float ts = bs[s]; int ti = bi[s];
-        bs[s] = carryS; bi[s] = carryI;
-        carryS = ts; carryI = ti;
-        if (carryI < 0) break;
-      }
-    }
+    topk_insert(bs, bi, sc, j, nSel);
   }
   int outIdx[MAXSEL];
-#pragma unroll
-  for (int s = 0; s < MAXSEL; s++) {
-    float v = bs[0]; int ix = bi[0];
-    float bv = v; int bix = ix;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-      int oi = __shfl_xor_sync(0xffffffffu, bix, o);
-      bool take = oi >= 0 && (bix < 0 || ov > bv || (ov == bv && oi < bix));
-      if (take) { bv = ov; bix = oi; }
-    }
-    outIdx[s] = (s < nSel) ? bix : -1;
-    if (bix >= 0 && bix == ix) {  // the winner pops its head
-#pragma unroll
-      for (int u = 0; u < MAXSEL - 1; u++) { bs[u] = bs[u + 1]; bi[u] = bi[u + 1]; }
-      bs[MAXSEL - 1] = -INFINITY; bi[MAXSEL - 1] = -1;
-    }
-  }
+  topk_merge(bs, bi, nSel, outIdx);
   if (lane == 0) {
     if (together) {
       for (int hh = 0; hh < H; hh++)
@@ -573,19 +519,7 @@ extern "C" __global__ void __launch_bounds__(128) attention(bf16* out, const flo
   const int pa = P + ta, pb = P + tb;
   const int wsa = window_start(mode, ta, P, B, wsConst), wsb = window_start(mode, tb, P, B, wsConst);
   u32 qf[4][4];
-#pragma unroll
-  for (int ks = 0; ks < 4; ks++) {
-    int d = h * 64 + ks * 16 + 2 * c4;
-    float2 z = make_float2(0.f, 0.f);
-    const float2* qa = (const float2*)(q + (long long)ta * C + d);
-    const float2* qb = (const float2*)(q + (long long)tb * C + d);
-    float2 a0 = ta < T ? qa[0] : z, a2 = ta < T ? qa[4] : z;
-    float2 b0 = tb < T ? qb[0] : z, b2 = tb < T ? qb[4] : z;
-    qf[ks][0] = pack_bf16(a0.x, a0.y);
-    qf[ks][1] = pack_bf16(b0.x, b0.y);
-    qf[ks][2] = pack_bf16(a2.x, a2.y);
-    qf[ks][3] = pack_bf16(b2.x, b2.y);
-  }
+  load_q_frag(qf, ta < T ? q + (long long)ta * C + h * 64 : nullptr, tb < T ? q + (long long)tb * C + h * 64 : nullptr, c4);
   float o[8][4];
 #pragma unroll
   for (int n = 0; n < 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
@@ -724,19 +658,7 @@ extern "C" __global__ void __launch_bounds__(128) moba_attn(float* partO, float*
   const int ea = ra < count ? list[off[pair] + ra] : -1, eb = rb < count ? list[off[pair] + rb] : -1;
   const int ta = ea >= 0 ? ea / MAXSEL : 0, tb = eb >= 0 ? eb / MAXSEL : 0;
   u32 qf[4][4];
-#pragma unroll
-  for (int ks = 0; ks < 4; ks++) {
-    int d = h * 64 + ks * 16 + 2 * c4;
-    float2 z = make_float2(0.f, 0.f);
-    const float2* qa = (const float2*)(q + (long long)ta * C + d);
-    const float2* qb = (const float2*)(q + (long long)tb * C + d);
-    float2 a0 = ea >= 0 ? qa[0] : z, a2 = ea >= 0 ? qa[4] : z;
-    float2 b0 = eb >= 0 ? qb[0] : z, b2 = eb >= 0 ? qb[4] : z;
-    qf[ks][0] = pack_bf16(a0.x, a0.y);
-    qf[ks][1] = pack_bf16(b0.x, b0.y);
-    qf[ks][2] = pack_bf16(a2.x, a2.y);
-    qf[ks][3] = pack_bf16(b2.x, b2.y);
-  }
+  load_q_frag(qf, ea >= 0 ? q + (long long)ta * C + h * 64 : nullptr, eb >= 0 ? q + (long long)tb * C + h * 64 : nullptr, c4);
   float o[8][4];
 #pragma unroll
   for (int n = 0; n < 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;

@@ -103,12 +103,8 @@ extern "C" __global__ void tr_scatter_add(float* demb, const float* de, const in
 extern "C" __global__ void tr_ln(float* outF, gin* outB, const float* x, const float* w, const float* b, int C) {
   __shared__ float sh[32];
   i64 o = (i64)blockIdx.x * C;
-  float s = 0.f;
-  for (int i = threadIdx.x; i < C; i += blockDim.x) s += x[o + i];
-  float mean = block_sum(s, sh) / C;
-  float q = 0.f;
-  for (int i = threadIdx.x; i < C; i += blockDim.x) { float d = x[o + i] - mean; q += d * d; }
-  float inv = rsqrtf(block_sum(q, sh) / C + 1e-5f);
+  float mean, inv;
+  ln_stats_block(x + o, C, sh, mean, inv);
   for (int i = threadIdx.x; i < C; i += blockDim.x) {
     float y = (x[o + i] - mean) * inv * w[i] + b[i];
     if (outF) outF[o + i] = y;
@@ -121,12 +117,8 @@ extern "C" __global__ void tr_ln(float* outF, gin* outB, const float* x, const f
 extern "C" __global__ void tr_ln_bwd(float* dx, float* pw, const float* dout, const float* x, const float* w, int C, int add) {
   __shared__ float sh[32];
   i64 o = (i64)blockIdx.x * C;
-  float s = 0.f;
-  for (int i = threadIdx.x; i < C; i += blockDim.x) s += x[o + i];
-  float mean = block_sum(s, sh) / C;
-  float q = 0.f;
-  for (int i = threadIdx.x; i < C; i += blockDim.x) { float d = x[o + i] - mean; q += d * d; }
-  float inv = rsqrtf(block_sum(q, sh) / C + 1e-5f);
+  float mean, inv;
+  ln_stats_block(x + o, C, sh, mean, inv);
   float m1 = 0.f, m2 = 0.f;
   for (int i = threadIdx.x; i < C; i += blockDim.x) {
     float xh = (x[o + i] - mean) * inv, gw = dout[o + i] * w[i];
