@@ -69,6 +69,26 @@ function report(t: { diagnostic(s: string): void }, what: string, d: number, tol
   if (tol !== null) assert.ok(d <= tol, `${what}: max |diff| ${d} > ${tol}`);
 }
 
+test('CUDA: kernel arguments are packed into 8-byte slots and checked against the signature (runs without a GPU)', async () => {
+  const { packKernelArgs } = await import('../src/backend/cuda/module-cache.js');
+  const view = new DataView(new ArrayBuffer(32 * 8));
+  const addr = 0x7f12_3456_789a;  // a 47-bit device address: both 32-bit halves matter
+  packKernelArgs(view, 'k', 'pifp', [addr, -7, 1.5, 0]);
+  assert.equal(view.getBigUint64(0, true), BigInt(addr));
+  assert.equal(view.getInt32(8, true), -7);
+  assert.equal(view.getFloat32(16, true), 1.5);
+  assert.equal(view.getBigUint64(24, true), 0n);
+  for (const [sig, args, re] of [
+    ['pi', [1], /1 arguments for signature 'pi'/],
+    ['p', [-1], /argument 0 is not a device address/],
+    ['p', [0.5], /argument 0 is not a device address/],
+    ['i', [2 ** 31], /argument 0 must be a 32-bit integer/],
+    ['i', [1.5], /argument 0 must be a 32-bit integer/],
+    ['x', [1], /bad signature letter 'x'/],
+    ['p'.repeat(33), new Array(33).fill(0), /more than 32 arguments/],
+  ] as [string, number[], RegExp][]) assert.throws(() => packKernelArgs(view, 'k', sig, args), re);
+});
+
 test('CUDA: a GPU older than compute capability 8.0 is refused in one line (runs without a GPU)', () => {
   assert.throws(() => checkComputeCapability({ name: 'Tesla T4', major: 7, minor: 5 }),
     (e: unknown) => e instanceof UserError && /Tesla T4 \(compute capability 7\.5\) is too old/.test(e.message) && !e.message.includes('\n'));

@@ -127,22 +127,8 @@ export function launch(
 ): void {
   const want = mod.sigs.get(name);
   if (want !== undefined && want !== sig) throw new Error(`kernel ${name}: launched with argument kinds '${sig}', the source declares '${want}'`);
-  if (sig.length !== args.length) throw new Error(`kernel ${name}: ${args.length} arguments for signature '${sig}'`);
-  if (args.length > MAX_ARGS) throw new Error(`kernel ${name}: more than ${MAX_ARGS} arguments`);
   const slots = argSlots();
-  const dv = slots.view;
-  for (let i = 0; i < args.length; i++) {
-    const v = args[i];
-    const k = sig[i], o = i * 8;
-    if (k === 'p') {
-      if (!(v >= 0 && v <= Number.MAX_SAFE_INTEGER)) throw new Error(`kernel ${name}: argument ${i} is not a device address (got ${v})`);
-      dv.setUint32(o, v >>> 0, true); dv.setUint32(o + 4, Math.floor(v / 4294967296), true);
-    } else if (k === 'i') {
-      if (!Number.isInteger(v)) throw new Error(`kernel ${name}: argument ${i} must be an integer (got ${v})`);
-      dv.setInt32(o, v, true);
-    } else if (k === 'f') dv.setFloat32(o, v, true);
-    else throw new Error(`kernel ${name}: bad signature letter '${k}'`);
-  }
+  packKernelArgs(slots.view, name, sig, args);
   const [gx, gy = 1, gz = 1] = grid, [bx, by = 1, bz = 1] = block;
   if (gx <= 0 || gy <= 0 || gz <= 0) return;
   const r = cu().cuLaunchKernel(mod.fn(name), gx, gy, gz, bx, by, bz, smem, ctx.stream, slots.table, null);
@@ -157,6 +143,27 @@ export function launch(
  * steps, thousands of launches each, spend on the host.
  */
 const MAX_ARGS = 32;
+
+/**
+ * Writes a launch's arguments into 8-byte slots of `view` (pointers as 64-bit little-endian, 'i' int32,
+ * 'f' float32), checking them against the kernel's signature.
+ */
+export function packKernelArgs(view: DataView, name: string, sig: string, args: number[]): void {
+  if (sig.length !== args.length) throw new Error(`kernel ${name}: ${args.length} arguments for signature '${sig}'`);
+  if (args.length > MAX_ARGS) throw new Error(`kernel ${name}: more than ${MAX_ARGS} arguments`);
+  for (let i = 0; i < args.length; i++) {
+    const v = args[i];
+    const k = sig[i], o = i * 8;
+    if (k === 'p') {
+      if (!(Number.isInteger(v) && v >= 0 && v <= Number.MAX_SAFE_INTEGER)) throw new Error(`kernel ${name}: argument ${i} is not a device address (got ${v})`);
+      view.setUint32(o, v >>> 0, true); view.setUint32(o + 4, Math.floor(v / 4294967296), true);
+    } else if (k === 'i') {
+      if (!Number.isInteger(v) || v < -2147483648 || v > 2147483647) throw new Error(`kernel ${name}: argument ${i} must be a 32-bit integer (got ${v})`);
+      view.setInt32(o, v, true);
+    } else if (k === 'f') view.setFloat32(o, v, true);
+    else throw new Error(`kernel ${name}: bad signature letter '${k}'`);
+  }
+}
 let slotBlock: { mem: unknown; view: DataView; table: number } | undefined;
 function argSlots(): { view: DataView; table: number } {
   if (slotBlock) return slotBlock;
