@@ -10,6 +10,7 @@ import {
 } from '../src/backend/cpu/matmul.js';
 import { availableShares, testWorkerError, testWorkerExit, waitForWorkers } from '../src/backend/cpu/pool.js';
 import { freeHeapF32, heapF32, heapStats, inHeap, isShared, sharedF32 } from '../src/backend/cpu/shared.js';
+import { wkv7 } from '../src/backend/cpu/wkv7.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 
@@ -108,6 +109,42 @@ function sweep(label: string, allocs: [string, Alloc][]): void {
     });
   }
 }
+
+describe('wkv7 over worker threads', () => {
+  after(() => { setThreads(1); });
+  it('splits the heads over 2 threads with the same bits as 1 thread (state shared, in the heap or plain)', () => {
+    const H = 5, N = 64, T = 40, C = H * N; // T·H·N² = 819,200: above the split threshold
+    const input = () => rand(sharedF32(T * C));
+    const r = input(), kt = input(), v = input(), a = input(), w = input(), kk = input();
+    for (let i = 0; i < T * C; i++) { a[i] = 0.5 + 0.5 * a[i]; w[i] = Math.exp(-0.6065306597126334 / (1 + Math.exp(-2 * w[i]))); }
+    for (let i = 0; i < T * H; i++) {
+      let ss = 0;
+      for (let j = 0; j < N; j++) ss += kk[i * N + j] ** 2;
+      for (let j = 0; j < N; j++) kk[i * N + j] /= Math.sqrt(ss);
+    }
+    const S0 = rand(new Float32Array(H * N * N));
+    for (let i = 0; i < S0.length; i++) S0[i] *= 0.3;
+    const run = (state: Float32Array) => {
+      const y = sharedF32(T * C);
+      state.set(S0);
+      wkv7(y, state, r, w, kt, v, kk, a, T, H, N);
+      return { y: new Uint32Array(y.slice().buffer), s: new Uint32Array(state.slice().buffer) };
+    };
+    setThreads(1);
+    const want = run(new Float32Array(H * N * N));
+    setThreads(2);
+    availableShares();
+    assert.ok(waitForWorkers(2), 'worker did not start');
+    assert.equal(availableShares(), 2);
+    const heap = heapF32(H * N * N);
+    for (const [what, state] of [['plain', new Float32Array(H * N * N)], ['shared', sharedF32(H * N * N)], ['heap', heap]] as const) {
+      const got = run(state);
+      assert.deepEqual(got.y, want.y, `y, ${what} state`);
+      assert.deepEqual(got.s, want.s, `state, ${what} state`);
+    }
+    freeHeapF32(heap);
+  });
+});
 
 describe('matmul kernels', () => {
   after(() => {

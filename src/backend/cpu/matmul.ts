@@ -23,6 +23,7 @@
  */
 import v8 from 'node:v8';
 import { adoptHeapMemory, heapAlloc, heapFree, heapMemory, heapView, inHeap, isShared } from './shared.js';
+import { OP_WKV7, wkv7Share } from './wkv7.js';
 import {
   availableShares,
   bufferId,
@@ -673,6 +674,7 @@ function matmulShare(args: Int32Array, share: number, nShares: number, o: Float3
 
 /** Runs one share of a job (the worker entry point calls this). */
 export function runShare(op: number, args: Int32Array, share: number, nShares: number, view: ViewOf): void {
+  if (op === OP_WKV7) { wkv7Share(args, share, nShares, view); return; }
   const o = view(args[A_OID]), x = view(args[A_XID]), w = view(args[A_WID]);
   if (op === OP_LINEAR) linearShare(args, share, nShares, o, x, w);
   else if (op === OP_MATMUL) matmulShare(args, share, nShares, o, x, w);

@@ -5,19 +5,52 @@
  * tokens; each row's dot products accumulate in float64.
  *
  * All inputs are [T, C] (C = H·N). kk is the normalised κ̂, kt the written key k̃, w the decay ω.
+ *
+ * Heads are independent, so with worker threads (pool.ts) and enough work the heads are split
+ * between the threads, each running the whole sequence for its heads: the same arithmetic per head,
+ * so the same bits as one thread.
  */
+import { availableShares, bufferId, getThreads, jobArgs, runJob } from './pool.js';
+import { inHeap, isShared } from './shared.js';
+
 export function wkv7(
   y: Float32Array, S: Float32Array,
   r: Float32Array, w: Float32Array, kt: Float32Array, v: Float32Array, kk: Float32Array, a: Float32Array,
   T: number, H: number, N: number,
 ): void {
   if (N % 4 !== 0) throw new Error(`wkv7 needs a head size divisible by 4 (got ${N})`);
+  if (T * H * N * N >= WKV_PAR_MIN && H >= 2 && getThreads() > 1 && [y, r, w, kt, v, kk, a].every(isShared)) {
+    const shares = Math.min(availableShares(), H);
+    if (shares > 1) {
+      // a state the workers cannot see (a plain Float32Array) is staged in shared memory
+      const SS = H * N * N, staged = !isShared(S);
+      if (staged && (!stateStage || stateStage.length < SS)) stateStage = new Float32Array(new SharedArrayBuffer(SS * 4));
+      const Sw = staged ? stateStage!.subarray(0, SS) : S;
+      if (staged) Sw.set(S.subarray(0, SS));
+      wkv7Parallel([y, Sw, r, w, kt, v, kk, a], T, H, N, shares);
+      if (staged) S.set(Sw);
+      return;
+    }
+  }
+  wkv7Heads(y, S, r, w, kt, v, kk, a, T, H, N, 0, H);
+}
+let stateStage: Float32Array | undefined;
+
+/** Multiply-adds (T·H·N²) from which wkv7 splits its heads over threads (a wake-up costs ~20–50 µs). */
+const WKV_PAR_MIN = 1 << 18;
+
+/** wkv7 for heads [h0, h1). */
+function wkv7Heads(
+  y: Float32Array, S: Float32Array,
+  r: Float32Array, w: Float32Array, kt: Float32Array, v: Float32Array, kk: Float32Array, a: Float32Array,
+  T: number, H: number, N: number, h0: number, h1: number,
+): void {
   const C = H * N;
   // this head's token vectors, copied once per (token, head) so the N×N loops read local arrays
   const kkl = new Float64Array(N), ka = new Float64Array(N), wl = new Float64Array(N), kl = new Float64Array(N), rl = new Float64Array(N);
   for (let t = 0; t < T; t++) {
     const to = t * C;
-    for (let h = 0; h < H; h++) {
+    for (let h = h0; h < h1; h++) {
       const ho = to + h * N;
       const so = h * N * N;
       for (let j = 0; j < N; j++) {
@@ -46,6 +79,47 @@ export function wkv7(
       }
     }
   }
+}
+
+// ---- the pool job: share s runs heads [⌊H·s/n⌋, ⌊H·(s+1)/n⌋) ---------------------------------
+/** Opcode of the wkv7 job (matmul.ts's runShare dispatches it here). */
+export const OP_WKV7 = 3;
+const W_T = 0, W_H = 1, W_N = 2, W_ARR = 3; // then (buffer id, start index) for y, S, r, w, kt, v, kk, a
+
+function headRange(H: number, share: number, shares: number): [number, number] {
+  return [Math.floor((H * share) / shares), Math.floor((H * (share + 1)) / shares)];
+}
+
+let mainArrays: Float32Array[] = [];
+function wkv7Parallel(arrays: Float32Array[], T: number, H: number, N: number, shares: number): void {
+  const args = jobArgs();
+  args[W_T] = T; args[W_H] = H; args[W_N] = N;
+  arrays.forEach((x, i) => {
+    args[W_ARR + 2 * i] = inHeap(x) ? 0 : bufferId(x.buffer as SharedArrayBuffer);
+    args[W_ARR + 2 * i + 1] = x.byteOffset >>> 2;
+  });
+  mainArrays = arrays;
+  try {
+    runJob(OP_WKV7, shares, () => {
+      const [h0, h1] = headRange(H, 0, shares);
+      const [yy, SS, rr, ww, kk2, vv, kkk, aa] = mainArrays;
+      wkv7Heads(yy, SS, rr, ww, kk2, vv, kkk, aa, T, H, N, h0, h1);
+    });
+  } finally {
+    mainArrays = [];
+  }
+}
+
+/** A worker's share of the wkv7 job; `view(id)` is the whole buffer the pool knows by id. */
+export function wkv7Share(args: Int32Array, share: number, shares: number, view: (id: number) => Float32Array): void {
+  const T = args[W_T], H = args[W_H], N = args[W_N], C = H * N;
+  const at = (i: number, len: number) => {
+    const start = args[W_ARR + 2 * i + 1];
+    return view(args[W_ARR + 2 * i]).subarray(start, start + len);
+  };
+  const [h0, h1] = headRange(H, share, shares);
+  wkv7Heads(at(0, T * C), at(1, H * N * N), at(2, T * C), at(3, T * C), at(4, T * C), at(5, T * C), at(6, T * C), at(7, T * C),
+    T, H, N, h0, h1);
 }
 
 // ---------------------------------------------------------------------------------------------
