@@ -238,10 +238,7 @@ function startPool(nWorkers: number): PoolState {
  * time-sliced against the thread it waits for and calls slow down from microseconds to milliseconds.
  * Env RWKVX_SPIN overrides.
  */
-function spinIterations(): number {
-  const n = Number(process.env.RWKVX_SPIN);
-  return Number.isFinite(n) && n >= 0 && process.env.RWKVX_SPIN !== '' ? Math.floor(n) : 1000;
-}
+function spinIterations(): number { return envCount('RWKVX_SPIN', 1000); }
 /**
  * Polls a worker makes after a job before it sleeps (~0.4 ms): the gaps between the products of a
  * decoding step (norms, WKV, element-wise work on the main thread) are shorter than that, so the
@@ -249,9 +246,11 @@ function spinIterations(): number {
  * tokens/s on the 2-core VM). It spins only on its own core, and only that long after each job. Env
  * RWKVX_WORKER_SPIN overrides.
  */
-function workerSpinIterations(): number {
-  const n = Number(process.env.RWKVX_WORKER_SPIN);
-  return Number.isFinite(n) && n >= 0 && process.env.RWKVX_WORKER_SPIN !== '' ? Math.floor(n) : 50000;
+function workerSpinIterations(): number { return envCount('RWKVX_WORKER_SPIN', 50000); }
+/** A non-negative integer from the environment, else `dflt`. */
+function envCount(name: string, dflt: number): number {
+  const s = process.env[name], n = Number(s);
+  return s !== undefined && s !== '' && Number.isFinite(n) && n >= 0 ? Math.floor(n) : dflt;
 }
 
 /** Terminates the workers (they are re-created on the next parallel call). */
