@@ -107,7 +107,10 @@ if (attnAt.length) {
   const m = CudaModel.fromWeights(cfg, randomWeights(cfg, 1));
   m.segment = 16384;
   { const s = m.newState(); m.forward(randomTokens(16384, 65536, 9), s, { logits: 'last' }); s.dispose(); }
-  for (const n of attnAt) {
+  // --wg 0,64,128: the kernels to time (0 = mma.sync, 64/128 = the sm_90a wgmma kernels with that many keys per tile)
+  const variants = arg('wg', String(m.attnWg)).split(',').filter(Boolean).map(Number);
+  for (const n of attnAt) for (const wg of variants) {
+    m.attnWg = wg;
     const B = cfg.chunk, sel = cfg.topk - 1;
     let keys = 0;
     for (let t = 0; t < n; t++) keys += (t % B) + 1 + Math.min(sel, Math.floor(t / B)) * B;
@@ -115,11 +118,12 @@ if (attnAt.length) {
     const s = m.newState();
     m.profile = new Map();
     m.forward(randomTokens(n, 65536, 4), s, { logits: 'last' });
-    const own = m.profile.get('attention') ?? 0, moba = m.profile.get('moba_attn') ?? 0;
+    const sum = (f: (k: string) => boolean) => [...m.profile!].filter(([k]) => f(k)).reduce((a, [, v]) => a + v, 0);
+    const own = sum((k) => k === 'attention' || k.startsWith('own_attn_wg')), moba = sum((k) => k.startsWith('moba_attn'));
     const other = ['chunk_scores', 'select_chunks', 'moba_count', 'moba_scan', 'moba_scatter', 'moba_merge', 'chunk_means'].reduce((a, k) => a + (m.profile!.get(k) ?? 0), 0);
     m.profile = undefined;
     s.dispose();
-    console.log(`attention core at ${n} tokens: ${(flops / 1e12).toFixed(2)} TFLOP in ${(own + moba).toFixed(1)} ms (own chunk ${own.toFixed(1)}, selected ${moba.toFixed(1)}) = ${(flops / ((own + moba) / 1e3) / 1e12).toFixed(0)} TFLOP/s; selection and merging ${other.toFixed(1)} ms more (${(flops / ((own + moba + other) / 1e3) / 1e12).toFixed(0)} TFLOP/s all in)`);
+    console.log(`attention core (${wg ? `wgmma, ${wg} keys per tile` : 'mma.sync'}) at ${n} tokens: ${(flops / 1e12).toFixed(2)} TFLOP in ${(own + moba).toFixed(1)} ms (own chunk ${own.toFixed(1)}, selected ${moba.toFixed(1)}) = ${(flops / ((own + moba) / 1e3) / 1e12).toFixed(0)} TFLOP/s; selection and merging ${other.toFixed(1)} ms more (${(flops / ((own + moba + other) / 1e3) / 1e12).toFixed(0)} TFLOP/s all in)`);
   }
   m.dispose();
 }

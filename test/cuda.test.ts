@@ -270,6 +270,33 @@ test('CUDA: moba with chunk 512 (split decode, gathered prefill) and the graph a
   report(t, 'chunk 512 eager steps vs graph steps', rowsDiff(eager, graphed, V, n0, N), TOL);
 });
 
+test('CUDA: the sm_90a (wgmma) moba attention kernels agree with the mma.sync ones (tiles of 128 and 64 keys, unaligned call starts)', (t) => {
+  if (skipReason) { t.skip(skipReason); return; }
+  const cfg = shapeConfig({ vocab: 500, dim: 128, nLayer: 2, nAttn: 2, chunk: 512, topk: 3 });
+  const w = roundWeights(randomWeights(cfg, 23));
+  const m = cuda!.CudaModel.fromWeights(cfg, w); made.push(m);
+  if (m.ctx.arch !== 'sm_90') { t.skip(`needs an sm_90 GPU (this one is ${m.ctx.arch})`); return; }
+  const V = cfg.vocab, N = 2600;
+  const ids = Array.from({ length: N }, (_, i) => (i * 6007 + 5) % V);
+  // calls of 300, 1000 and 1300 tokens: windows that start inside a chunk and inside a 64-key tile
+  const run = (nk: number) => {
+    m.attnWg = nk;
+    const st = m.newState(), out = new Float32Array(N * V);
+    let p = 0;
+    for (const n of [300, 1000, 1300]) { out.set(m.forward(ids.slice(p, p + n), st), p * V); p += n; }
+    st.dispose();
+    return out;
+  };
+  const ref = run(0);
+  for (const nk of [128, 64]) {
+    const got = run(nk);
+    assert.ok(got.every(Number.isFinite), `wgmma ${nk}: non-finite logits`);
+    report(t, `wgmma tiles of ${nk} keys vs mma.sync, rows < 1536 (no chunk choice)`, rowsDiff(got, ref, V, 0, 1536), 5e-3);
+    report(t, `wgmma tiles of ${nk} keys vs mma.sync, arg-max disagreement (all rows)`, 1 - argmaxAgreement(got, ref, V), 0.03);
+  }
+  m.attnWg = 128;
+});
+
 /** Max |a − b|, Infinity where either holds a NaN (unwritten outputs are poisoned with NaN). */
 function diffNaN(a: Float32Array, b: Float32Array): number {
   let d = 0;

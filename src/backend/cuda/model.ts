@@ -15,7 +15,7 @@ import { createState, type ModelState } from '../../model/state.js';
 import { CudaContext, CudaGraph, CudaTimer } from './driver.js';
 import { Cublas } from './cublas.js';
 import { alloc, copyDtoD, copyDtoH, copyHtoD, DeviceBuffer, fromBf16, toBf16, upload, zero } from './memory.js';
-import { launch, loadModule, type CudaModule } from './module-cache.js';
+import { launch, loadModule, setMaxDynamicSmem, type CudaModule } from './module-cache.js';
 import { DecodeStep, decodeGemvUnsupported } from './decode.js';
 import { KvPager, type KvPagerOptions, type PagedBuffer } from './kv-pages.js';
 import { createStream, destroyStream, StreamEvent, syncContext } from './streams.js';
@@ -146,6 +146,12 @@ export class CudaModel {
   wkvChunkMin = 64;
   /** State rows per block of `wkv7_chunk_scan` (4, 8 or 16; RWKVX_WKV_ROWS). */
   wkvScanRows = [4, 8, 16].includes(Number(process.env.RWKVX_WKV_ROWS)) ? Number(process.env.RWKVX_WKV_ROWS) : 8;
+  /**
+   * moba prefill attention on Hopper's warpgroup MMA (kernels/attn-sm90.cu, compiled for sm_90a): keys per
+   * tile, 128 or 64; 0 = the mma.sync kernels of rwkvx.cu (always on other GPUs). RWKVX_ATTN_WG.
+   */
+  attnWg = ['0', '64', '128'].includes(process.env.RWKVX_ATTN_WG ?? '') ? Number(process.env.RWKVX_ATTN_WG) : 128;
+  private wgMod: CudaModule | undefined;
   /** One-token moba steps replay a CUDA graph (RWKVX_CUDA_GRAPH=0 turns it off). */
   useGraph = process.env.RWKVX_CUDA_GRAPH !== '0';
   private graph: CudaGraph;
@@ -177,6 +183,7 @@ export class CudaModel {
     if (cfg.topk - 1 > MAXSEL || (attention === 'official' && cfg.topk > MAXSEL)) fail(`the CUDA backend supports top-k up to ${MAXSEL} (got ${cfg.topk})`);
     this.ctx = CudaContext.get(device);
     this.mod = loadModule(this.ctx, 'rwkvx.cu');
+    if (this.ctx.arch !== 'sm_90') this.attnWg = 0;
     this.blas = new Cublas(this.ctx);
     this.graph = new CudaGraph(this.ctx);
     this.fingerprint = this.upload(weights, seed);
@@ -716,7 +723,9 @@ export class CudaModel {
   private mobaAttention(sc: Scratch, st: CudaAttnLayerState, P: number, n: number, nSel: number, nC: number, scale: number, smem: number): void {
     const H = this.cfg.heads, B = this.cfg.chunk, nSlot = nSel + 1;
     const partO = this.tmp('partO', n * H * nSlot * 64 * F32), partL = this.tmp('partL', n * H * nSlot * F32);
-    this.k('attention', 'ppppppp' + 'iiiiiiii' + 'f', [Math.ceil(n / 64), H], [128],
+    const wg = this.wgKernels();
+    if (wg) this.kw(wg.mod, wg.own, 'pppppiiiiif', [Math.ceil(n / 64), H], [128], [partO, partL, sc.q, st.k!.ptr, st.v!.ptr, n, H, P, B, nSlot, scale], wg.smem);
+    else this.k('attention', 'ppppppp' + 'iiiiiiii' + 'f', [Math.ceil(n / 64), H], [128],
       [sc.ab, sc.q, st.k!.ptr, st.v!.ptr, 0, partO, partL, n, H, P, B, 0, 0, 0, nSlot, scale], smem);
     const nPairs = H * nC, entries = n * H * nSel;
     const ib = this.tmp('lists', (4 * nPairs + 2 + entries) * 4);
@@ -727,9 +736,27 @@ export class CudaModel {
     this.k('moba_scan', 'pppi', [1], [1024], [off, tileOff, cnt, nPairs]);
     this.k('moba_scatter', 'ppppiiii', [g], [256], [list, fill, off, sc.sel, n, H, nSel, nC]);
     const tiles = Math.floor(entries / 64) + nPairs + 1;
-    this.k('moba_attn', 'pppppppp' + 'iiii' + 'f', [tiles], [128],
-      [partO, partL, sc.q, st.k!.ptr, st.v!.ptr, list, off, tileOff, H, nC, B, nSlot, scale]);
+    const selArgs = [partO, partL, sc.q, st.k!.ptr, st.v!.ptr, list, off, tileOff, H, nC, B, nSlot, scale];
+    if (wg) this.kw(wg.mod, wg.sel, 'pppppppp' + 'iiii' + 'f', [tiles], [128], selArgs, wg.smem);
+    else this.k('moba_attn', 'pppppppp' + 'iiii' + 'f', [tiles], [128], selArgs);
     this.k('moba_merge', 'ppppiii', [Math.ceil((n * H) / 8)], [256], [sc.ab, partO, partL, sc.sel, n, H, nSel]);
+  }
+
+  /** The sm_90a attention kernels for the current `attnWg` (compiled on first use), or undefined. */
+  private wgKernels(): { mod: CudaModule; own: string; sel: string; smem: number } | undefined {
+    const nk = this.attnWg;
+    if (nk !== 64 && nk !== 128) return undefined;
+    const own = `own_attn_wg${nk}`, sel = `moba_attn_wg${nk}`, smem = 2 * 2 * nk * 128 + 1024;
+    if (!this.wgMod) {
+      this.wgMod = loadModule(this.ctx, 'attn-sm90.cu', [], 'sm_90a');
+      for (const k of [64, 128]) for (const f of [`own_attn_wg${k}`, `moba_attn_wg${k}`]) setMaxDynamicSmem(this.wgMod, f, 2 * 2 * k * 128 + 1024);
+    }
+    return { mod: this.wgMod, own, sel, smem };
+  }
+  /** A launch of another module's kernel, profiled like `k`. */
+  private kw(mod: CudaModule, name: string, sig: string, grid: [number, number?, number?], block: [number], args: number[], smem: number): void {
+    if (this.profile) this.timed(name, () => launch(this.ctx, mod, name, sig, grid, block, smem, args));
+    else launch(this.ctx, mod, name, sig, grid, block, smem, args);
   }
 
   /**

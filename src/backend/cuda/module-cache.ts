@@ -56,8 +56,8 @@ export class CudaModule {
 const loaded = new Map<string, CudaModule>();
 
 /** Loads kernels/<file> for the context's device, compiling it (once, then from the disk cache). */
-export function loadModule(ctx: CudaContext, file: string, options: string[] = []): CudaModule {
-  return loadSource(ctx, kernelSource(file), file, options);
+export function loadModule(ctx: CudaContext, file: string, options: string[] = [], arch = ctx.arch): CudaModule {
+  return loadSource(ctx, kernelSource(file), file, options, arch);
 }
 
 /**
@@ -70,10 +70,11 @@ export function kernelSource(file: string, seen = new Set<string>()): string {
   return text.replace(/^#include "([^"]+)"[^\n]*$/gm, (_, inc: string) => seen.has(inc) ? '' : kernelSource(inc, seen));
 }
 
-export function loadSource(ctx: CudaContext, source: string, name: string, options: string[] = []): CudaModule {
+/** `arch` may name an architecture-specific target of the device (sm_90a: wgmma) instead of ctx.arch. */
+export function loadSource(ctx: CudaContext, source: string, name: string, options: string[] = [], arch = ctx.arch): CudaModule {
   const opts = ['--std=c++17', '-default-device', ...options];
   const key = createHash('sha256')
-    .update(source).update('\0').update(opts.join(' ')).update('\0').update(ctx.arch)
+    .update(source).update('\0').update(opts.join(' ')).update('\0').update(arch)
     .update('\0').update(String(ctx.info.driverVersion)).update('\0').update(nvrtcVersionSafe())
     .digest('hex').slice(0, 32);
   const hit = loaded.get(key);
@@ -86,7 +87,7 @@ export function loadSource(ctx: CudaContext, source: string, name: string, optio
   let mod: Handle | undefined;
   if (image) mod = tryLoad(image);
   if (mod === undefined) {
-    image = compileCubin(source, name, ctx.arch, opts);
+    image = compileCubin(source, name, arch, opts);
     mod = tryLoad(image);
     if (mod === undefined) {
       const out: Handle[] = [null];
