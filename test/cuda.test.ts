@@ -297,6 +297,46 @@ test('CUDA: the sm_90a (wgmma) moba attention kernels agree with the mma.sync on
   m.attnWg = 128;
 });
 
+test('CUDA: the one-pass chunk choice (select_chunks_tiled) gives the logits of chunk_scores + select_chunks bit for bit (top-k 3 and 6, unaligned calls)', (t) => {
+  if (skipReason) { t.skip(skipReason); return; }
+  for (const topk of [3, 6]) {
+    const cfg = shapeConfig({ vocab: 300, dim: 128, nLayer: 2, nAttn: 2, chunk: 64, topk });
+    const m = cuda!.CudaModel.fromWeights(cfg, randomWeights(cfg, 31 + topk)); made.push(m);
+    const V = cfg.vocab, N = 5000;
+    const ids = Array.from({ length: N }, (_, i) => (i * 4099 + 17) % V);
+    const run = (tiled: boolean) => {
+      m.selectTiled = tiled;
+      const st = m.newState(), out = new Float32Array(N * V);
+      let p = 0;
+      for (const n of [100, 1900, 3000]) { out.set(m.forward(ids.slice(p, p + n), st), p * V); p += n; }
+      st.dispose();
+      return out;
+    };
+    const ref = run(false), got = run(true);
+    m.selectTiled = true;
+    report(t, `top-k ${topk}: tiled choice vs scores + select_chunks`, maxAbsDiff(got, ref), 0);
+  }
+});
+
+test('CUDA: ln_mix8 (rows staged in shared memory) gives the logits of ln_mix bit for bit (calls of 1, 7, 64 and 301 tokens)', (t) => {
+  if (skipReason) { t.skip(skipReason); return; }
+  const cfg = shapeConfig({ vocab: 300, dim: 192, nLayer: 3, nAttn: 0 });
+  const m = cuda!.CudaModel.fromWeights(cfg, randomWeights(cfg, 41)); made.push(m);
+  const V = cfg.vocab, calls = [1, 7, 64, 301], N = calls.reduce((a, b) => a + b);
+  const ids = Array.from({ length: N }, (_, i) => (i * 211 + 3) % V);
+  const run = (staged: boolean) => {
+    m.lnMixStaged = staged;
+    const st = m.newState(), out = new Float32Array(N * V);
+    let p = 0;
+    for (const n of calls) { out.set(m.forward(ids.slice(p, p + n), st), p * V); p += n; }
+    st.dispose();
+    return out;
+  };
+  const ref = run(false), got = run(true);
+  m.lnMixStaged = true;
+  report(t, 'ln_mix8 vs ln_mix', maxAbsDiff(got, ref), 0);
+});
+
 /** Max |a − b|, Infinity where either holds a NaN (unwritten outputs are poisoned with NaN). */
 function diffNaN(a: Float32Array, b: Float32Array): number {
   let d = 0;

@@ -152,6 +152,11 @@ export class CudaModel {
    */
   attnWg = ['0', '64', '128'].includes(process.env.RWKVX_ATTN_WG ?? '') ? Number(process.env.RWKVX_ATTN_WG) : 128;
   private wgMod: CudaModule | undefined;
+  /** Calls of several tokens use ln_mix8 (rows staged in shared memory; RWKVX_LNMIX=warp: ln_mix). */
+  lnMixStaged = process.env.RWKVX_LNMIX !== 'warp';
+  private lnMixSmemSet = false;
+  /** moba prefill chooses chunks with select_chunks_tiled (RWKVX_SELECT=scores: chunk_scores + select_chunks). */
+  selectTiled = process.env.RWKVX_SELECT !== 'scores';
   /** One-token moba steps replay a CUDA graph (RWKVX_CUDA_GRAPH=0 turns it off). */
   useGraph = process.env.RWKVX_CUDA_GRAPH !== '0';
   private graph: CudaGraph;
@@ -511,7 +516,14 @@ export class CudaModel {
     return this.scratch;
   }
 
+  /**
+   * Development only: launches to leave out (RWKVX_DEV_SKIP=name,name,… with kernel names or `gemm linear`
+   * / `gemm matmul`). The results are then wrong; the wall time says what each op costs inside the
+   * overlapped prefill, which the per-launch profile cannot.
+   */
+  private devSkip = new Set((process.env.RWKVX_DEV_SKIP ?? '').split(',').map((x) => x.trim()).filter(Boolean));
   private k(name: string, sig: string, grid: [number, number?, number?], block: [number, number?, number?], args: number[], smem = 0): void {
+    if (this.devSkip.size && this.devSkip.has(name)) return;
     if (this.profile) this.timed(name, () => launch(this.ctx, this.mod, name, sig, grid, block, smem, args));
     else launch(this.ctx, this.mod, name, sig, grid, block, smem, args);
   }
@@ -532,6 +544,7 @@ export class CudaModel {
     this.profile!.set(name, (this.profile!.get(name) ?? 0) + ms);
   }
   private gemm(name: string, f: () => void): void {
+    if (this.devSkip.size && this.devSkip.has(`gemm ${name}`)) return;
     if (this.profile) this.timed(`gemm ${name}`, f); else f();
   }
 
@@ -545,7 +558,11 @@ export class CudaModel {
    */
   private lnMix(sc: Scratch, x: number, lnw: number, lnb: number, prev: number, mu: number, M: number, n: number): void {
     const C = this.cfg.dim, last = n === 1 ? prev : sc.x;
-    this.k('ln_mix', 'pppppppiii', [Math.ceil(n / 8)], [256], [sc.mix, last, x, lnw, lnb, prev, mu, n, C, M]);
+    if (this.lnMixStaged && C % 8 === 0 && n > 1) {
+      const smem = 9 * C * F32;
+      if (smem > 48 * 1024 && !this.lnMixSmemSet) { setMaxDynamicSmem(this.mod, 'ln_mix8', smem); this.lnMixSmemSet = true; }
+      this.k('ln_mix8', 'pppppppiii', [Math.ceil(n / 8)], [256], [sc.mix, last, x, lnw, lnb, prev, mu, n, C, M], smem);
+    } else this.k('ln_mix', 'pppppppiii', [Math.ceil(n / 8)], [256], [sc.mix, last, x, lnw, lnb, prev, mu, n, C, M]);
     if (last !== prev) copyDtoD(this.ctx, prev, last, C * F32);
   }
 
@@ -680,12 +697,15 @@ export class CudaModel {
     }
     const nC = st.nMeans;
     let scores = 0;
-    if (nSel > 0 && nFixed < 0 && n >= 64) {
+    if (nSel > 0 && nFixed < 0 && n >= 64 && this.selectTiled) {
+      // scores and top-k in one pass (the same choices as select_chunks)
+      this.k('select_chunks_tiled', 'pppiiiii', [Math.ceil(n / 64), H], [256], [sc.sel, sc.q, st.means!.ptr, n, H, P, B, nSel]);
+    } else if (nSel > 0 && nFixed < 0 && n >= 64) {
       // q·mean for every (query, head, complete chunk) at once; the same sums select_chunks would make
       scores = this.tmp('scores', n * H * nC * F32);
       this.k('chunk_scores', 'pppiii', [Math.ceil(n / 64), H, Math.ceil(nC / 64)], [256], [scores, sc.q, st.means!.ptr, n, H, nC]);
     }
-    if (nSel > 0) {
+    if (nSel > 0 && !(nFixed < 0 && n >= 64 && this.selectTiled)) {
       const rows = nFixed >= 0 ? n : n * H;
       this.k('select_chunks', 'ppppp' + 'iiiiiii', [Math.ceil(rows / 8)], [256], [sc.sel, sc.q, st.means!.ptr, scores, 0, n, H, P, B, nSel, nFixed, nC]);
     }

@@ -52,6 +52,23 @@ __device__ __forceinline__ void ln_stats_block(const float* x, int C, float* sh,
   inv = rsqrtf(block_sum(q, sh) / C + 1e-5f);
 }
 
+// the mean of B rows (stride C) of one bf16 column, summed in row order (prefill, decode and the GEMV
+// decode step use this one order: the chunk means, and so the chunk choices, agree bit for bit); the
+// unrolled loop keeps 32 loads in flight without reordering the additions
+__device__ __forceinline__ float chunk_mean_col(const bf16* p, int C, int B) {
+  float s = 0.f;
+  int r = 0;
+  for (; r + 32 <= B; r += 32) {
+    float v[32];
+#pragma unroll
+    for (int u = 0; u < 32; u++) v[u] = bf2f(p[(long long)(r + u) * C]);
+#pragma unroll
+    for (int u = 0; u < 32; u++) s += v[u];
+  }
+  for (; r < B; r++) s += bf2f(p[(long long)r * C]);
+  return s / B;
+}
+
 __device__ __forceinline__ u32 smem_u32(const void* p) {
   u32 a;
   asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));

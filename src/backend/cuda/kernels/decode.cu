@@ -221,10 +221,7 @@ extern "C" __global__ void __launch_bounds__(256) dec_select(int* sel, float* sc
     int col = (blockIdx.x - H) * blockDim.x + tid;
     if (len % B || col >= C) return;
     int c = len / B - 1;
-    const bf16* p = K + (long long)c * B * C + col;
-    float s = 0.f;
-    for (int r = 0; r < B; r++) s += bf2f(p[(long long)r * C]);
-    means[(long long)c * C + col] = s / B;
+    means[(long long)c * C + col] = chunk_mean_col(K + (long long)c * B * C + col, C, B);
     return;
   }
   if (nSel == 0) return;

@@ -74,6 +74,49 @@ extern "C" __global__ void __launch_bounds__(256) ln_mix(bf16* out, float* last,
   }
 }
 
+// ln_mix with the block's rows staged once: 8 tokens per block of 256 threads, rows t0 − 1 … t0 + 7 of x
+// read into shared memory with 16-byte loads (9·C floats of dynamic shared memory), each warp's row
+// statistics in ln_stats_warp's order (so the same bits as ln_mix), then every thread writes 8 channels
+// of one token's M mixes as one 16-byte store each. C must be a multiple of 8.
+extern "C" __global__ void __launch_bounds__(256) ln_mix8(bf16* out, float* last, const float* x, const float* w, const float* b,
+    const float* prev, const float* mu, int T, int C, int M) {
+  extern __shared__ __align__(16) float rows[];  // [9][C]: row 0 = token t0 − 1
+  __shared__ float stat[9][2];
+  const int t0 = blockIdx.x * 8, tid = threadIdx.x, warp = tid >> 5;
+  const int nTok = min(8, T - t0), first = t0 > 0 ? 0 : 1;
+  for (int e = tid; e < (nTok + 1 - first) * (C / 4); e += 256) {
+    const int r = first + e / (C / 4), c = (e % (C / 4)) * 4;
+    *(float4*)&rows[r * C + c] = *(const float4*)&x[(long long)(t0 - 1 + r) * C + c];
+  }
+  __syncthreads();
+  if (warp < nTok) ln_stats_warp(rows + (warp + 1) * C, C, stat[warp + 1][0], stat[warp + 1][1]);
+  if (warp == nTok % 8 && !first) ln_stats_warp(rows, C, stat[0][0], stat[0][1]);  // a warp with the least to do
+  __syncthreads();
+  const int C8 = C / 8;
+  for (int e = tid; e < nTok * C8; e += 256) {
+    const int r = e / C8, i = (e % C8) * 8, t = t0 + r;
+    const float mean = stat[r + 1][0], inv = stat[r + 1][1];
+    float y[8], d[8];
+#pragma unroll
+    for (int u = 0; u < 8; u++) {
+      const float wi = w[i + u], bi = b[i + u];
+      y[u] = (rows[(r + 1) * C + i + u] - mean) * inv * wi + bi;
+      const float p = t > 0 ? (rows[r * C + i + u] - stat[r][0]) * stat[r][1] * wi + bi : prev[i + u];
+      d[u] = p - y[u];
+    }
+    for (int m = 0; m < M; m++) {
+      uint4 o;
+      u32* ov = (u32*)&o;
+#pragma unroll
+      for (int u = 0; u < 4; u++) ov[u] = ((u32)f2bf(y[2 * u + 1] + d[2 * u + 1] * mu[m * C + i + 2 * u + 1]) << 16) | f2bf(y[2 * u] + d[2 * u] * mu[m * C + i + 2 * u]);
+      *(uint4*)&out[((long long)m * T + t) * C + i] = o;
+    }
+    if (t == T - 1)
+#pragma unroll
+      for (int u = 0; u < 8; u++) last[i + u] = y[u];
+  }
+}
+
 // out = act(in) as bf16; mode 0 tanh, 1 sigmoid, 2 relu²
 extern "C" __global__ void act_bf16(bf16* out, const float* in, int n, int mode) {
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
@@ -426,10 +469,7 @@ extern "C" __global__ void chunk_means(float* means, const bf16* K, int C, int B
   int c = first + blockIdx.x;
   int col = blockIdx.y * blockDim.x + threadIdx.x;
   if (col >= C) return;
-  const bf16* p = K + (long long)c * B * C + col;
-  float s = 0.f;
-  for (int r = 0; r < B; r++) s += bf2f(p[(long long)r * C]);
-  means[(long long)c * C + col] = s / B;
+  means[(long long)c * C + col] = chunk_mean_col(K + (long long)c * B * C + col, C, B);
 }
 
 #define MAXSEL 8
@@ -473,6 +513,69 @@ extern "C" __global__ void select_chunks(int* sel, const float* q, const float* 
     } else {
       for (int s = 0; s < MAXSEL; s++) sel[((long long)t * H + h) * MAXSEL + s] = outIdx[s];
     }
+  }
+}
+
+// moba prefill's chunk choice in one pass: per (64-query tile, head) the scores q·mean for every complete
+// past chunk of each query, tiles of 64 chunks in shared memory (both operands stored d-major, so a thread
+// reads 4 queries and 4 chunks per 16-byte load), each thread a 4 × 4 block of fmaf chains in d order (the
+// bits of select_chunks and dec_scores), its best nSel per query kept as it goes; the 16 threads that
+// share a query then merge (topk_merge over 16 lanes): the same choices as select_chunks, no scores in
+// memory. 256 threads: thread = (query group qg: 4 queries, chunk group cg: 4 chunks of each tile).
+#define CSEL_S 68
+extern "C" __global__ void __launch_bounds__(256) select_chunks_tiled(int* sel, const float* q, const float* means,
+    int T, int H, int P, int B, int nSel) {
+  __shared__ __align__(16) float qs[64 * CSEL_S];
+  __shared__ __align__(16) float ms[64 * CSEL_S];
+  const int C = H * 64, t0 = blockIdx.x * 64, h = blockIdx.y, tid = threadIdx.x;
+  const int qg = tid >> 4, cg = tid & 15;
+  for (int e = tid; e < 64 * 64; e += 256) {
+    const int r = e >> 6, d = e & 63;
+    qs[d * CSEL_S + r] = t0 + r < T ? q[(long long)(t0 + r) * C + h * 64 + d] : 0.f;
+  }
+  const int nMax = (P + min(t0 + 63, T - 1)) / B;
+  int avail[4];
+#pragma unroll
+  for (int i = 0; i < 4; i++) { const int t = t0 + 4 * qg + i; avail[i] = t < T ? (P + t) / B : 0; }
+  float bs[4][MAXSEL]; int bi[4][MAXSEL];
+#pragma unroll
+  for (int i = 0; i < 4; i++) topk_init(bs[i], bi[i]);
+  for (int j0 = 0; j0 < nMax; j0 += 64) {
+    __syncthreads();
+    for (int e = tid; e < 64 * 64; e += 256) {
+      const int r = e >> 6, d = e & 63;
+      ms[d * CSEL_S + r] = j0 + r < nMax ? means[(long long)(j0 + r) * C + h * 64 + d] : 0.f;
+    }
+    __syncthreads();
+    float acc[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+      for (int j = 0; j < 4; j++) acc[i][j] = 0.f;
+#pragma unroll 8
+    for (int d = 0; d < 64; d++) {
+      const float4 a = *(const float4*)&qs[d * CSEL_S + 4 * qg], b = *(const float4*)&ms[d * CSEL_S + 4 * cg];
+      const float av[4] = {a.x, a.y, a.z, a.w}, bv[4] = {b.x, b.y, b.z, b.w};
+#pragma unroll
+      for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+    }
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+      for (int j = 0; j < 4; j++) {
+        const int jj = j0 + 4 * cg + j;
+        if (jj < avail[i]) topk_insert(bs[i], bi[i], acc[i][j], jj, nSel);
+      }
+  }
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    int outIdx[MAXSEL];
+    topk_merge<16>(bs[i], bi[i], nSel, outIdx);
+    const int t = t0 + 4 * qg + i;
+    if (cg == 0 && t < T)
+      for (int s = 0; s < MAXSEL; s++) sel[((long long)t * H + h) * MAXSEL + s] = outIdx[s];
   }
 }
 
@@ -737,10 +840,7 @@ extern "C" __global__ void chunk_means_dyn(float* means, const bf16* K, int C, i
   int c = len / B - 1;
   int col = blockIdx.x * blockDim.x + threadIdx.x;
   if (col >= C) return;
-  const bf16* p = K + (long long)c * B * C + col;
-  float s = 0.f;
-  for (int r = 0; r < B; r++) s += bf2f(p[(long long)r * C]);
-  means[(long long)c * C + col] = s / B;
+  means[(long long)c * C + col] = chunk_mean_col(K + (long long)c * B * C + col, C, B);
 }
 
 // Split-K decode attention for the cuBLAS step (decode-attn.cuh): the partials, then attn_decode_combine.

@@ -22,14 +22,16 @@ __device__ __forceinline__ void topk_insert(float (&bs)[MAXSEL], int (&bi)[MAXSE
   }
 }
 
-// every lane gets the warp's best nSel indices in out (best first; −1 past nSel or where none is left)
+// every lane gets the best nSel indices of its group of W lanes (the warp, or aligned groups of 16, 8, …)
+// in out (best first; −1 past nSel or where none is left)
+template <int W = 32>
 __device__ __forceinline__ void topk_merge(float (&bs)[MAXSEL], int (&bi)[MAXSEL], int nSel, int (&out)[MAXSEL]) {
 #pragma unroll
   for (int s = 0; s < MAXSEL; s++) {
     float bv = bs[0]; int bix = bi[0];
     const int ix = bi[0];
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
+    for (int o = W / 2; o > 0; o >>= 1) {
       float ov = __shfl_xor_sync(0xffffffffu, bv, o);
       int oi = __shfl_xor_sync(0xffffffffu, bix, o);
       bool take = oi >= 0 && (bix < 0 || ov > bv || (ov == bv && oi < bix));
