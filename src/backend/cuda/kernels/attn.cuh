@@ -3,9 +3,13 @@
 // Inlined by module-cache.ts like common.cuh (include common.cuh first).
 
 __device__ __forceinline__ void mma16816(float* d, const u32* a, u32 b0, u32 b1) {
+#ifdef RWKVX_EMU
+  emu_mma16816(d, a, b0, b1);
+#else
   asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
                : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
 }
 
 __device__ __forceinline__ int window_start(int mode, int t, int P, int B, int wsConst) {
@@ -18,6 +22,14 @@ __device__ __forceinline__ int window_start(int mode, int t, int P, int B, int w
 #define KS 72  // padded row length (bf16) of the shared K and V tiles (144 bytes: ldmatrix rows hit distinct banks)
 
 // four 8×8 bf16 matrices from shared memory; lane l gives the address of row l & 7 of matrix l >> 3
+#ifdef RWKVX_EMU
+__device__ __forceinline__ void ldsm_x4(u32& r0, u32& r1, u32& r2, u32& r3, const bf16* p) {
+  u32 r[4]; emu_ldsm_x4(r, p, false); r0 = r[0]; r1 = r[1]; r2 = r[2]; r3 = r[3];
+}
+__device__ __forceinline__ void ldsm_x4_t(u32& r0, u32& r1, u32& r2, u32& r3, const bf16* p) {
+  u32 r[4]; emu_ldsm_x4(r, p, true); r0 = r[0]; r1 = r[1]; r2 = r[2]; r3 = r[3];
+}
+#else
 __device__ __forceinline__ void ldsm_x4(u32& r0, u32& r1, u32& r2, u32& r3, const bf16* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
                : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(smem_u32(p)));
@@ -26,6 +38,7 @@ __device__ __forceinline__ void ldsm_x4_t(u32& r0, u32& r1, u32& r2, u32& r3, co
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
                : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(smem_u32(p)));
 }
+#endif
 
 // Warp-level 16×64 products on tensor cores, the 64×64 operand a bf16 tile in shared memory (row length KS).
 // A operands are m16n8k16 A fragments af[k-slice of 16][4]; accumulators are c[8 column groups of 8][4]

@@ -18,9 +18,13 @@ __device__ __forceinline__ bf16 f2bf(float f) {
 }
 // two floats → packed bf16x2, `lo` in the low half
 __device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
+#ifdef RWKVX_EMU
+  return (u32)f2bf(lo) | ((u32)f2bf(hi) << 16);
+#else
   u32 r;
   asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
   return r;
+#endif
 }
 __device__ __forceinline__ float sigmoidf_(float x) { return 1.f / (1.f + expf(-x)); }
 
@@ -69,6 +73,13 @@ __device__ __forceinline__ float chunk_mean_col(const bf16* p, int C, int B) {
   return s / B;
 }
 
+// (RWKVX_EMU: the CPU execution model of test/cuda-emu stands in for the PTX instructions)
+#ifdef RWKVX_EMU
+__device__ __forceinline__ void cp16(void* dst, const void* src, int bytes) { emu_cp16(dst, src, bytes); }
+__device__ __forceinline__ void cp_commit() { emu_cp_commit(); }
+__device__ __forceinline__ void cp_wait1() { emu_cp_wait(1); }
+__device__ __forceinline__ void cp_wait0() { emu_cp_wait(0); }
+#else
 __device__ __forceinline__ u32 smem_u32(const void* p) {
   u32 a;
   asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
@@ -81,6 +92,7 @@ __device__ __forceinline__ void cp16(void* dst, const void* src, int bytes) {
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 __device__ __forceinline__ void cp_wait1() { asm volatile("cp.async.wait_group 1;" ::: "memory"); }
 __device__ __forceinline__ void cp_wait0() { asm volatile("cp.async.wait_group 0;" ::: "memory"); }
+#endif
 
 // The RWKV-7 time mix's element-wise step for one token and head, by one warp; lane holds channels
 // h·64 + lane and h·64 + lane + 32 (e = 0, 1). k, wd, da, v, vFirst, dv point at the token's rows (k, the

@@ -22,10 +22,14 @@ __device__ __forceinline__ void pdl_trigger() {
 
 // weights are read once per token: keep them out of L1
 __device__ __forceinline__ uint4 ld_stream(const uint4* p) {
+#ifdef RWKVX_EMU
+  return *p;
+#else
   uint4 r;
   asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
                : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
   return r;
+#endif
 }
 __device__ __forceinline__ float lo16(u32 u) { return __uint_as_float(u << 16); }
 __device__ __forceinline__ float hi16(u32 u) { return __uint_as_float(u & 0xffff0000u); }
