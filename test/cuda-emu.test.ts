@@ -88,3 +88,202 @@ test('emulated kernels: chunked WKV-7 (wkv7_chunk_prep + wkv7_chunk_scan8) and t
     }
   }
 });
+
+const bf16Round = (x: number) => { const f = new Float32Array([x]), u = new Uint32Array(f.buffer); u[0] = (u[0] + 0x7fff + ((u[0] >> 16) & 1)) & 0xffff0000; return f[0]; };
+const fromBf = (b: Uint16Array) => { const u = new Uint32Array(b.length); for (let i = 0; i < b.length; i++) u[i] = b[i] << 16; return new Float32Array(u.buffer); };
+const toBf = (x: Float32Array) => { const u = new Uint32Array(x.buffer.slice(x.byteOffset, x.byteOffset + x.byteLength)), o = new Uint16Array(x.length); for (let i = 0; i < x.length; i++) o[i] = (u[i] + 0x7fff + ((u[i] >> 16) & 1)) >>> 16; return o; };
+
+test('emulated kernels: ln_mix8 (rows staged in shared memory) equals ln_mix bit for bit, and both the CPU LayerNorm + token-shift mixes', { skip: skip || false }, (t) => {
+  const mod = emuModule('rwkvx.cu');
+  const C = 128, M = 6, r = rng(9);
+  const w = gaussArray(C, r, 0.3).map((x) => 1 + x), b = gaussArray(C, r, 0.1), prev = gaussArray(C, r), mu = Float32Array.from({ length: M * C }, () => r.u());
+  for (const T of [1, 7, 64, 301]) {
+    const x = gaussArray(T * C, r, 2).map((v, i) => v + (i % 7) - 3);
+    const outs: Uint16Array[] = [], lasts: Float32Array[] = [];
+    for (const k of ['ln_mix', 'ln_mix8']) {
+      const out = new Uint16Array(M * T * C), last = new Float32Array(C).fill(NaN);
+      mod.launch(k, { grid: [Math.ceil(T / 8)], block: [256], smem: k === 'ln_mix8' ? 9 * C * 4 : 0 }, out, last, x, w, b, prev, mu, T, C, M);
+      outs.push(out); lasts.push(last);
+    }
+    assert.deepEqual(outs[1], outs[0], `T=${T}: ln_mix8 and ln_mix differ`);
+    assert.deepEqual(lasts[1], lasts[0], `T=${T}: the last LN rows differ`);
+    // CPU: LayerNorm in float64, then y + (y_prev − y)·μ rounded to bf16
+    const y = new Float64Array(T * C);
+    for (let tt = 0; tt < T; tt++) {
+      let s = 0, q = 0;
+      for (let i = 0; i < C; i++) s += x[tt * C + i];
+      const mean = s / C;
+      for (let i = 0; i < C; i++) q += (x[tt * C + i] - mean) ** 2;
+      const inv = 1 / Math.sqrt(q / C + 1e-5);
+      for (let i = 0; i < C; i++) y[tt * C + i] = (x[tt * C + i] - mean) * inv * w[i] + b[i];
+    }
+    let worst = 0;
+    const got = fromBf(outs[0]);
+    for (let m = 0; m < M; m++) for (let tt = 0; tt < T; tt++) for (let i = 0; i < C; i++) {
+      const yy = y[tt * C + i], p = tt > 0 ? y[(tt - 1) * C + i] : prev[i];
+      const want = yy + (p - yy) * mu[m * C + i];
+      worst = Math.max(worst, Math.abs(got[(m * T + tt) * C + i] - want) / Math.max(1, Math.abs(want)));
+    }
+    report(t, `T=${T}: mixes vs CPU (relative, bf16 outputs)`, worst, 2 ** -8);
+    report(t, `T=${T}: last LN row vs CPU`, maxDiff(lasts[0], y.subarray((T - 1) * C)), 1e-5);
+  }
+});
+
+test('emulated kernels: moba prefill — chunk means, the one-pass chunk choice (= chunk_scores + select_chunks bit for bit, = the CPU top-k) and the tensor-core attention (own chunk + selected chunks, merged) vs the CPU', { skip: skip || false }, (t) => {
+  const mod = emuModule('rwkvx.cu');
+  const H = 2, C = 64 * H, B = 64, topk = 3, nSel = topk - 1, MAXSEL = 8, r = rng(31);
+  for (const [P, n] of [[0, 300], [128, 200]]) {
+    const len = P + n, nC = Math.floor(len / B);
+    const q = gaussArray(n * C, r);
+    // keys with a per-chunk offset, so chunk scores are spread out (no near ties)
+    const K = toBf(Float32Array.from({ length: len * C }, (_, i) => r.g() + 0.6 * Math.sin(Math.floor(i / C / B) * 1.7 + (i % C) * 0.37)));
+    const V = toBf(gaussArray(len * C, r));
+    const means = new Float32Array(Math.max(1, nC) * C).fill(NaN);
+    mod.launch('chunk_means', { grid: [nC, Math.ceil(C / 256)], block: [256] }, means, K, C, B, 0);
+    const Kf = fromBf(K), Vf = fromBf(V);
+    let dm = 0;
+    for (let c = 0; c < nC; c++) for (let i = 0; i < C; i++) {
+      let s = 0;
+      for (let j = 0; j < B; j++) s += Kf[(c * B + j) * C + i];
+      dm = Math.max(dm, Math.abs(means[c * C + i] - s / B));
+    }
+    report(t, `P=${P} n=${n}: chunk means vs CPU`, dm, 1e-6);
+    // chunk choice, both ways
+    const selT = new Int32Array(n * H * MAXSEL).fill(-7), selS = new Int32Array(n * H * MAXSEL).fill(-7);
+    mod.launch('select_chunks_tiled', { grid: [Math.ceil(n / 64), H], block: [256] }, selT, q, means, n, H, P, B, nSel);
+    const scores = new Float32Array(n * H * nC);
+    mod.launch('chunk_scores', { grid: [Math.ceil(n / 64), H, Math.ceil(nC / 64)], block: [256] }, scores, q, means, n, H, nC);
+    mod.launch('select_chunks', { grid: [Math.ceil((n * H) / 8)], block: [256] }, selS, q, means, scores, null, n, H, P, B, nSel, -1, nC);
+    for (let i = 0; i < n * H; i++) for (let s = 0; s < nSel; s++) assert.equal(selT[i * MAXSEL + s], selS[i * MAXSEL + s], `query·head ${i} slot ${s}: tiled and scored choices differ`);
+    let mism = 0;
+    for (let tt = 0; tt < n; tt++) for (let h = 0; h < H; h++) {
+      const past = Math.floor((P + tt) / B), sc = new Float64Array(past);
+      for (let c = 0; c < past; c++) { let s = 0; for (let j = 0; j < 64; j++) s += q[tt * C + h * 64 + j] * means[c * C + h * 64 + j]; sc[c] = s; }
+      const want = [...(cpuTopk(sc, past, nSel))];
+      for (let s = 0; s < nSel; s++) if (selT[(tt * H + h) * MAXSEL + s] !== (s < want.length ? want[s] : -1)) mism++;
+    }
+    report(t, `P=${P} n=${n}: chunk choices differing from the CPU top-k (of ${n * H * nSel})`, mism, 0);
+    // attention: own chunk (causal) into slot 0, selected chunks by query lists into slots 1…, merged
+    const nSlot = nSel + 1, scale = 0.125 * Math.LOG2E;
+    const partO = new Float32Array(n * H * nSlot * 64).fill(NaN), partL = new Float32Array(n * H * nSlot).fill(NaN);
+    const chunkLast = Math.floor((len - 1) / B), smem = (Math.floor(chunkLast / 32) + 1) * 4;
+    mod.launch('attention', { grid: [Math.ceil(n / 64), H], block: [128], smem }, new Uint16Array(1), q, K, V, new Int32Array(1), partO, partL, n, H, P, B, 0, 0, 0, nSlot, scale);
+    const nPairs = H * nC, entries = n * H * nSel;
+    const cnt = new Int32Array(nPairs), fill = new Int32Array(nPairs), off = new Int32Array(nPairs + 1), tileOff = new Int32Array(nPairs + 1), list = new Int32Array(Math.max(1, entries));
+    const g = Math.ceil(entries / 256);
+    mod.launch('moba_count', { grid: [g], block: [256] }, cnt, selT, n, H, nSel, nC);
+    mod.launch('moba_scan', { grid: [1], block: [1024] }, off, tileOff, cnt, nPairs);
+    mod.launch('moba_scatter', { grid: [g], block: [256] }, list, fill, off, selT, n, H, nSel, nC);
+    mod.launch('moba_attn', { grid: [Math.floor(entries / 64) + nPairs + 1], block: [128] }, partO, partL, q, K, V, list, off, tileOff, H, nC, B, nSlot, scale);
+    const out = new Uint16Array(n * C);
+    mod.launch('moba_merge', { grid: [Math.ceil((n * H) / 8)], block: [256] }, out, partO, partL, selT, n, H, nSel);
+    const got = fromBf(out);
+    let worst = 0;
+    for (let tt = 0; tt < n; tt++) for (let h = 0; h < H; h++) {
+      const pos = P + tt, keys: number[] = [];
+      for (let j = Math.floor(pos / B) * B; j <= pos; j++) keys.push(j);
+      for (let s = 0; s < nSel; s++) { const c = selT[(tt * H + h) * MAXSEL + s]; if (c >= 0) for (let j = c * B; j < (c + 1) * B; j++) keys.push(j); }
+      const lg = keys.map((j) => { let s = 0; for (let d = 0; d < 64; d++) s += q[tt * C + h * 64 + d] * Kf[j * C + h * 64 + d]; return s * 0.125; });
+      const mx = Math.max(...lg), p = lg.map((x) => Math.exp(x - mx)), z = p.reduce((a, b) => a + b, 0);
+      for (let d = 0; d < 64; d++) {
+        let o = 0;
+        keys.forEach((j, i) => { o += p[i] * Vf[j * C + h * 64 + d]; });
+        worst = Math.max(worst, Math.abs(got[tt * C + h * 64 + d] - o / z));
+      }
+    }
+    report(t, `P=${P} n=${n}: moba attention output vs CPU (bf16 P·V and output)`, worst, 2e-2);
+  }
+});
+
+/** The CPU's chunk choice (src/model/attention-block.ts topIndices: best first, ties to the lower index). */
+function cpuTopk(scores: Float64Array, count: number, k: number): number[] {
+  const chosen: number[] = [], taken = new Uint8Array(count);
+  for (let s = 0; s < Math.min(k, count); s++) {
+    let best = -1;
+    for (let j = 0; j < count; j++) if (!taken[j] && (best < 0 || scores[j] > scores[best])) best = j;
+    taken[best] = 1; chosen.push(best);
+  }
+  return chosen;
+}
+
+test('emulated kernels: training attention on tensor cores (mt_select, mt_fwd, mt_dq, mt_dkv) vs the fp32 reference kernels (tr_moba_*): same chunk choices, y/dq/dk/dv within bf16 error', { skip: skip || false }, async (t) => {
+  const { mobaQueryLists } = await import('../src/backend/cuda/train/moba.js');
+  const mod = emuModule('moba-train.cu');
+  const Bn = 2, T = 200, H = 2, C = 64 * H, B = 64, nSel = 2, R = Bn * T, n = R * C, r = rng(404);
+  const nc = Math.floor(T / B), nQt = Math.ceil(T / 64), nW = Math.max(1, Math.ceil(nc / 32)), SCALE = 0.125;
+  // inputs rounded to bf16 once, so both paths see the same numbers
+  const bfr = (x: Float32Array) => fromBf(toBf(x));
+  const q = bfr(gaussArray(n, r)), k = bfr(Float32Array.from({ length: n }, (_, i) => r.g() + 0.5 * Math.sin(Math.floor((i / C) % T / B) * 2.1 + (i % C)))), v = bfr(gaussArray(n, r)), dy = bfr(gaussArray(n, r));
+  const means = new Float32Array(Bn * nc * C);
+  mod.launch('tr_chunk_means', { grid: [nc, Math.ceil(C / 256), Bn], block: [256] }, means, k, T, C, B);
+  // reference
+  const yR = new Float32Array(n), lseR = new Float32Array(R * H), selR = new Int32Array(R * H * nSel);
+  mod.launch('tr_moba_fwd', { grid: [nQt, H, Bn], block: [64] }, yR, lseR, selR, q, k, v, means, T, H, B, nSel, SCALE);
+  const DR = new Float32Array(R * H);
+  mod.launch('tr_moba_dvec', { grid: [Math.ceil((R * H) / 8)], block: [256] }, DR, dy, yR, R, H);
+  const dqR = new Float32Array(n), dkR = new Float32Array(n), dvR = new Float32Array(n);
+  mod.launch('tr_moba_dq', { grid: [nQt, H, Bn], block: [64] }, dqR, dy, q, k, v, lseR, DR, selR, T, H, B, nSel, SCALE);
+  const { list, offs } = mobaQueryLists(selR, { Bn, T, H, B, nSel });
+  mod.launch('tr_moba_dkv', { grid: [nQt, H, Bn], block: [64] }, dvR, dy, q, k, v, lseR, DR, list.length ? list : new Int32Array(1), offs, T, H, B, nc, SCALE, 0);
+  mod.launch('tr_moba_dkv', { grid: [nQt, H, Bn], block: [64] }, dkR, dy, q, k, v, lseR, DR, list.length ? list : new Int32Array(1), offs, T, H, B, nc, SCALE, 1);
+  // tensor cores
+  const sel = new Int32Array(R * H * nSel), mask = new Uint32Array(Bn * H * nQt * nW);
+  mod.launch('mt_select', { grid: [nQt, H, Bn], block: [64], smem: nW * 4 }, sel, mask, q, means, T, H, B, nSel, nW);
+  assert.deepEqual(sel, selR, 'mt_select and tr_moba_fwd choose differently');
+  const qB = toBf(q), kB = toBf(k), vB = toBf(v), dyB = toBf(dy), sl = SCALE * Math.LOG2E;
+  const y = new Float32Array(n), lse2 = new Float32Array(R * H);
+  mod.launch('mt_fwd', { grid: [nQt, H, Bn], block: [128] }, y, lse2, qB, kB, vB, sel, mask, T, H, B, nSel, nW, sl);
+  const D = new Float32Array(R * H);
+  mod.launch('tr_moba_dvec', { grid: [Math.ceil((R * H) / 8)], block: [256] }, D, dy, y, R, H);
+  const dq = new Float32Array(n), dk = new Float32Array(n), dv = new Float32Array(n);
+  mod.launch('mt_dq', { grid: [nQt, H, Bn], block: [128] }, dq, qB, kB, vB, dyB, lse2, D, sel, mask, T, H, B, nSel, nW, sl, SCALE);
+  mod.launch('mt_dkv', { grid: [nQt, H, Bn], block: [128] }, dk, dv, qB, kB, vB, dyB, lse2, D, sel, mask, T, H, B, nSel, nW, sl, SCALE);
+  for (const [nm, a, b] of [['y', y, yR], ['dq', dq, dqR], ['dk', dk, dkR], ['dv', dv, dvR]] as const) {
+    report(t, `${nm}: tensor cores vs reference, max |Δ| / max |ref|`, maxDiff(a, b) / maxAbs(b), 1e-2);
+  }
+});
+
+test('emulated kernels: training WKV-7 — chunked (wkt_prep/scan/chain/grad) and sequential (tr_wkv_fwd/bwd) forward and gradients vs the CPU wkv7 / wkv7Backward', { skip: skip || false }, async (t) => {
+  const { wkv7Checkpointed, wkv7Backward } = await import('../src/backend/cpu/wkv7.js');
+  const chunkedMod = emuModule('wkv7-train.cu'), seqMod = emuModule('train.cu');
+  const H = 2, C = 64 * H, N = 64, r = rng(1234);
+  for (const [Bn, T] of [[1, 37], [2, 50]]) {
+    const R = Bn * T, n = R * C, nch = Math.ceil(T / 16);
+    // r, ω in (0.55, 1), k̃, v, κ̂ (unit per head), a in (0, 1) and the loss gradient dy
+    const rr = gaussArray(n, r), om = Float32Array.from({ length: n }, () => Math.exp(-Math.exp(-0.5) / (1 + Math.exp(-2 * r.g()))));
+    const kt = gaussArray(n, r), v = gaussArray(n, r), a = Float32Array.from({ length: n }, () => r.u()), dy = gaussArray(n, r);
+    const kh = gaussArray(n, r);
+    for (let i = 0; i < R * H; i++) { let s = 0; for (let j = 0; j < N; j++) s += kh[i * N + j] ** 2; for (let j = 0; j < N; j++) kh[i * N + j] /= Math.sqrt(s); }
+    // CPU, sequence by sequence from S = 0
+    const yRef = new Float32Array(n), g = Array.from({ length: 6 }, () => new Float64Array(n));
+    for (let b = 0; b < Bn; b++) {
+      const sl = (x: Float32Array) => x.subarray(b * T * C, (b + 1) * T * C), sg = (x: Float64Array) => x.subarray(b * T * C, (b + 1) * T * C);
+      const ck = new Float32Array(nch * H * N * N), S = new Float32Array(H * N * N);
+      wkv7Checkpointed(sl(yRef), S, sl(rr), sl(om), sl(kt), sl(v), sl(kh), sl(a), T, H, N, 16, ck);
+      wkv7Backward(sg(g[0]), sg(g[1]), sg(g[2]), sg(g[3]), sg(g[4]), sg(g[5]), sl(dy), sl(rr), sl(om), sl(kt), sl(v), sl(kh), sl(a), T, H, N, 16, ck);
+    }
+    const names = ['dr', 'dω', 'dk̃', 'dv', 'dκ̂', 'da'];
+    const check = (tag: string, y: Float32Array, d: Float32Array[]) => {
+      report(t, `Bn=${Bn} T=${T} ${tag}: y vs CPU (relative)`, maxDiff(y, yRef) / maxAbs(yRef), 1e-5);
+      // the kernels add −dα (into dκ̂) and dβ; the CPU's dκ̂ = −dα + dβ⊙a and da = dβ⊙κ̂
+      const full = [d[0], d[1], d[2], d[3], d[4].map((x, i) => x + d[5][i] * a[i]), d[5].map((x, i) => x * kh[i])];
+      full.forEach((x, q) => report(t, `Bn=${Bn} T=${T} ${tag}: ${names[q]} vs CPU (relative)`, maxDiff(x, g[q]) / Math.max(1e-30, maxAbs(g[q])), 1e-4));
+    };
+    {
+      const y = new Float32Array(n).fill(NaN), ckpt = new Float32Array(Bn * nch * H * 4096), rec = new Float32Array(Bn * nch * H * 6208);
+      chunkedMod.launch('wkt_prep', { grid: [nch, H, Bn], block: [256] }, rec, rr, om, kt, v, kh, a, T, C);
+      chunkedMod.launch('wkt_scan', { grid: [H, 8, Bn], block: [128] }, y, ckpt, null, rec, v, T, C);
+      const d = Array.from({ length: 6 }, () => new Float32Array(n)), gend = new Float32Array(ckpt.length);
+      chunkedMod.launch('wkt_chain', { grid: [H, 8, Bn], block: [128] }, gend, null, rec, dy, T, C);
+      chunkedMod.launch('wkt_grad', { grid: [nch, H, Bn], block: [256], smem: 99840 }, d[0], d[1], d[2], d[3], d[4], d[5], dy, rr, om, kt, v, kh, a, ckpt, gend, T, C);
+      check('chunked', y, d);
+    }
+    {
+      const y = new Float32Array(n).fill(NaN), ckpt = new Float32Array(Bn * nch * H * 4096);
+      seqMod.launch('tr_wkv_fwd', { grid: [H, 8, Bn], block: [256] }, y, ckpt, rr, om, kt, v, kh, a, T, C);
+      const d = Array.from({ length: 6 }, () => new Float32Array(n));
+      seqMod.launch('tr_wkv_bwd', { grid: [H, 8, Bn], block: [256] }, d[0], d[1], d[2], d[3], d[4], d[5], dy, rr, om, kt, v, kh, a, ckpt, T, C);
+      check('sequential', y, d);
+    }
+  }
+});

@@ -37,7 +37,8 @@ function params(list: string): Param[] {
   });
 }
 
-export type Arg = ArrayBufferView | number;
+/** A pointer parameter takes a typed array (the kernel works on its memory) or null; the others numbers. */
+export type Arg = ArrayBufferView | number | null;
 export interface Dim { grid: [number, number?, number?]; block: [number, number?, number?]; smem?: number }
 
 export class EmuModule {

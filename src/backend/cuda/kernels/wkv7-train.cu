@@ -55,7 +55,7 @@ struct DevExec {
     HD T& operator[](int) { return v; }
   };
   template <class F> HD static void each(F&& f) {
-#ifdef __CUDA_ARCH__
+#if defined(__CUDA_ARCH__) || defined(RWKVX_EMU)
     f((int)threadIdx.x);
     __syncthreads();
 #endif
@@ -63,12 +63,16 @@ struct DevExec {
   // a 16-byte asynchronous copy global → shared, both addresses 16-byte aligned (the host executor copies at
   // once), and waiting for this thread's copies (the next barrier then publishes them to the block)
   HD static void cp16(float* dst, const float* src) {
-#ifdef __CUDA_ARCH__
+#ifdef RWKVX_EMU
+    emu_cp16(dst, src, 16);
+#elif defined(__CUDA_ARCH__)
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(smem_u32(dst)), "l"(src) : "memory");
 #endif
   }
   HD static void cp_wait() {
-#ifdef __CUDA_ARCH__
+#ifdef RWKVX_EMU
+    emu_cp_wait_all();
+#elif defined(__CUDA_ARCH__)
     asm volatile("cp.async.wait_all;" ::: "memory");
 #endif
   }

@@ -113,34 +113,44 @@ export class MobaTrain {
    * on the host from the forward's selection; offs holds H·nc + 1 indices into `list` per sequence.
    */
   private queryLists(sel: number, s: MobaShape): { list: number; offs: number } {
-    const { Bn, T, H, B, nSel } = s, nc = Math.floor(T / B), per = H * nc + 1, R = Bn * T;
-    const offs = new Int32Array(Bn * per);
-    let list = new Int32Array(0);
-    if (nSel > 0 && nc > 0) {
-      const selH = new Int32Array(R * H * nSel);
-      this.deps.timed('moba lists', () => copyDtoH(selH, sel));
-      const cnt = new Int32Array(Bn * H * nc);
-      for (let i = 0; i < selH.length; i++) {
-        const c = selH[i];
-        if (c < 0) continue;
-        const row = Math.floor(i / nSel), hh = row % H, b = Math.floor(row / (T * H));
-        cnt[(b * H + hh) * nc + c]++;
-      }
-      const fill = new Int32Array(Bn * H * nc);
-      let run = 0;
-      for (let b = 0; b < Bn; b++) {
-        for (let x = 0; x < H * nc; x++) { offs[b * per + x] = run; fill[b * H * nc + x] = run; run += cnt[b * H * nc + x]; }
-        offs[b * per + H * nc] = run;
-      }
-      list = new Int32Array(run);
-      for (let b = 0; b < Bn; b++) for (let t = 0; t < T; t++) for (let hh = 0; hh < H; hh++) for (let u = 0; u < nSel; u++) {
-        const c = selH[((b * T + t) * H + hh) * nSel + u];
-        if (c >= 0) list[fill[(b * H + hh) * nc + c]++] = t;
-      }
-    }
+    const selH = new Int32Array(s.Bn * s.T * s.H * s.nSel);
+    if (s.nSel > 0 && Math.floor(s.T / s.B) > 0) this.deps.timed('moba lists', () => copyDtoH(selH, sel));
+    const { list, offs } = mobaQueryLists(selH, s);
     const listD = this.deps.scratch('moba.list', Math.max(1, list.length) * 4), offD = this.deps.scratch('moba.off', offs.length * 4);
     this.ctx.sync();  // the previous step's kernels may still read the buffers being overwritten
     copyHtoD(listD, list); copyHtoD(offD, offs);
     return { list: listD, offs: offD };
   }
+}
+
+/**
+ * The queries that selected each (sequence, head, complete chunk), from a selection [R, H, nSel] (−1 = none):
+ * `list` holds query positions t grouped by (sequence, head, chunk) in query order; `offs` has H·nc + 1
+ * indices into it per sequence.
+ */
+export function mobaQueryLists(selH: Int32Array, s: MobaShape): { list: Int32Array; offs: Int32Array } {
+  const { Bn, T, H, B, nSel } = s, nc = Math.floor(T / B), per = H * nc + 1;
+  const offs = new Int32Array(Bn * per);
+  let list = new Int32Array(0);
+  if (nSel > 0 && nc > 0) {
+    const cnt = new Int32Array(Bn * H * nc);
+    for (let i = 0; i < selH.length; i++) {
+      const c = selH[i];
+      if (c < 0) continue;
+      const row = Math.floor(i / nSel), hh = row % H, b = Math.floor(row / (T * H));
+      cnt[(b * H + hh) * nc + c]++;
+    }
+    const fill = new Int32Array(Bn * H * nc);
+    let run = 0;
+    for (let b = 0; b < Bn; b++) {
+      for (let x = 0; x < H * nc; x++) { offs[b * per + x] = run; fill[b * H * nc + x] = run; run += cnt[b * H * nc + x]; }
+      offs[b * per + H * nc] = run;
+    }
+    list = new Int32Array(run);
+    for (let b = 0; b < Bn; b++) for (let t = 0; t < T; t++) for (let hh = 0; hh < H; hh++) for (let u = 0; u < nSel; u++) {
+      const c = selH[((b * T + t) * H + hh) * nSel + u];
+      if (c >= 0) list[fill[(b * H + hh) * nc + c]++] = t;
+    }
+  }
+  return { list, offs };
 }
