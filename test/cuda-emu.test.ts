@@ -287,3 +287,43 @@ test('emulated kernels: training WKV-7 — chunked (wkt_prep/scan/chain/grad) an
     }
   }
 });
+
+test('emulated kernels: one decoding step of moba attention — dec_scores + select_chunks (the CPU top-k), split-K attn_decode + attn_decode_combine vs the CPU', { skip: skip || false }, (t) => {
+  const mod = emuModule('rwkvx.cu');
+  const H = 2, C = 64 * H, B = 512, nSel = 2, MAXSEL = 8, r = rng(99);
+  for (const P of [700, 1800, 2047]) {
+    const len = P + 1, nC = Math.floor(P / B), cap = 64;
+    const K = toBf(Float32Array.from({ length: len * C }, (_, i) => r.g() + 0.7 * Math.cos(Math.floor(i / C / B) * 2.3 + (i % C) * 0.41)));
+    const V = toBf(gaussArray(len * C, r)), q = gaussArray(C, r), Kf = fromBf(K), Vf = fromBf(V);
+    const means = new Float32Array(cap * C);
+    if (nC > 0) mod.launch('chunk_means', { grid: [nC, 1], block: [256] }, means, K, C, B, 0);
+    const dyn = new Int32Array([5, P]), scores = new Float32Array(H * cap).fill(NaN), sel = new Int32Array(H * MAXSEL).fill(-7);
+    mod.launch('dec_scores', { grid: [Math.ceil((H * cap) / 128)], block: [128] }, scores, q, means, dyn, H, B, cap);
+    mod.launch('select_chunks', { grid: [Math.ceil(H / 8)], block: [256] }, sel, q, means, scores, dyn, 1, H, 0, B, nSel, -1, cap);
+    for (let h = 0; h < H; h++) {
+      const sc = new Float64Array(nC);
+      for (let c = 0; c < nC; c++) { let s = 0; for (let j = 0; j < 64; j++) s += q[h * 64 + j] * means[c * C + h * 64 + j]; sc[c] = s; }
+      const want = cpuTopk(sc, nC, nSel);
+      for (let s = 0; s < nSel; s++) assert.equal(sel[h * MAXSEL + s], s < want.length ? want[s] : -1, `P=${P} head ${h} slot ${s}: chunk choice differs from the CPU`);
+    }
+    const nSplit = Math.ceil(B / 256), nBlk = nSplit * (nSel + 1);
+    const part = new Float32Array(H * nBlk * 66).fill(NaN), out = new Uint16Array(C);
+    mod.launch('attn_decode', { grid: [nBlk, H], block: [128] }, part, q, K, V, sel, dyn, H, B, nSplit, 0.125 * Math.LOG2E);
+    mod.launch('attn_decode_combine', { grid: [H], block: [64] }, out, part, H, nBlk);
+    const got = fromBf(out);
+    let worst = 0;
+    for (let h = 0; h < H; h++) {
+      const keys: number[] = [];
+      for (let j = Math.floor(P / B) * B; j <= P; j++) keys.push(j);
+      for (let s = 0; s < nSel; s++) { const c = sel[h * MAXSEL + s]; if (c >= 0) for (let j = c * B; j < (c + 1) * B; j++) keys.push(j); }
+      const lg = keys.map((j) => { let s = 0; for (let d = 0; d < 64; d++) s += q[h * 64 + d] * Kf[j * C + h * 64 + d]; return s * 0.125; });
+      const mx = Math.max(...lg), p = lg.map((x) => Math.exp(x - mx)), z = p.reduce((a, b) => a + b, 0);
+      for (let d = 0; d < 64; d++) {
+        let o = 0;
+        keys.forEach((j, i) => { o += p[i] * Vf[j * C + h * 64 + d]; });
+        worst = Math.max(worst, Math.abs(got[h * 64 + d] - o / z) / Math.max(1, Math.abs(o / z)));
+      }
+    }
+    report(t, `P=${P}: decode attention vs CPU (bf16 output)`, worst, 2 ** -7);
+  }
+});
