@@ -89,7 +89,6 @@ test('emulated kernels: chunked WKV-7 (wkv7_chunk_prep + wkv7_chunk_scan8) and t
   }
 });
 
-const bf16Round = (x: number) => { const f = new Float32Array([x]), u = new Uint32Array(f.buffer); u[0] = (u[0] + 0x7fff + ((u[0] >> 16) & 1)) & 0xffff0000; return f[0]; };
 const fromBf = (b: Uint16Array) => { const u = new Uint32Array(b.length); for (let i = 0; i < b.length; i++) u[i] = b[i] << 16; return new Float32Array(u.buffer); };
 const toBf = (x: Float32Array) => { const u = new Uint32Array(x.buffer.slice(x.byteOffset, x.byteOffset + x.byteLength)), o = new Uint16Array(x.length); for (let i = 0; i < x.length; i++) o[i] = (u[i] + 0x7fff + ((u[i] >> 16) & 1)) >>> 16; return o; };
 
@@ -183,13 +182,8 @@ test('emulated kernels: moba prefill — chunk means, the one-pass chunk choice 
       const pos = P + tt, keys: number[] = [];
       for (let j = Math.floor(pos / B) * B; j <= pos; j++) keys.push(j);
       for (let s = 0; s < nSel; s++) { const c = selT[(tt * H + h) * MAXSEL + s]; if (c >= 0) for (let j = c * B; j < (c + 1) * B; j++) keys.push(j); }
-      const lg = keys.map((j) => { let s = 0; for (let d = 0; d < 64; d++) s += q[tt * C + h * 64 + d] * Kf[j * C + h * 64 + d]; return s * 0.125; });
-      const mx = Math.max(...lg), p = lg.map((x) => Math.exp(x - mx)), z = p.reduce((a, b) => a + b, 0);
-      for (let d = 0; d < 64; d++) {
-        let o = 0;
-        keys.forEach((j, i) => { o += p[i] * Vf[j * C + h * 64 + d]; });
-        worst = Math.max(worst, Math.abs(got[tt * C + h * 64 + d] - o / z));
-      }
+      const o = cpuAttend(q, tt * C + h * 64, Kf, Vf, keys, C, h);
+      for (let d = 0; d < 64; d++) worst = Math.max(worst, Math.abs(got[tt * C + h * 64 + d] - o[d]));
     }
     report(t, `P=${P} n=${n}: moba attention output vs CPU (bf16 P·V and output)`, worst, 2e-2);
   }
@@ -316,14 +310,17 @@ test('emulated kernels: one decoding step of moba attention — dec_scores + sel
       const keys: number[] = [];
       for (let j = Math.floor(P / B) * B; j <= P; j++) keys.push(j);
       for (let s = 0; s < nSel; s++) { const c = sel[h * MAXSEL + s]; if (c >= 0) for (let j = c * B; j < (c + 1) * B; j++) keys.push(j); }
-      const lg = keys.map((j) => { let s = 0; for (let d = 0; d < 64; d++) s += q[h * 64 + d] * Kf[j * C + h * 64 + d]; return s * 0.125; });
-      const mx = Math.max(...lg), p = lg.map((x) => Math.exp(x - mx)), z = p.reduce((a, b) => a + b, 0);
-      for (let d = 0; d < 64; d++) {
-        let o = 0;
-        keys.forEach((j, i) => { o += p[i] * Vf[j * C + h * 64 + d]; });
-        worst = Math.max(worst, Math.abs(got[h * 64 + d] - o / z) / Math.max(1, Math.abs(o / z)));
-      }
+      const o = cpuAttend(q, h * 64, Kf, Vf, keys, C, h);
+      for (let d = 0; d < 64; d++) worst = Math.max(worst, Math.abs(got[h * 64 + d] - o[d]) / Math.max(1, Math.abs(o[d])));
     }
     report(t, `P=${P}: decode attention vs CPU (bf16 output)`, worst, 2 ** -7);
   }
 });
+
+/** softmax(q·kᵀ/8)·v over the given key rows of head h, in float64 (q at qOff; K, V rows of C). */
+function cpuAttend(q: Float32Array, qOff: number, K: Float32Array, V: Float32Array, keys: number[], C: number, h: number): Float64Array {
+  const lg = keys.map((j) => { let s = 0; for (let d = 0; d < 64; d++) s += q[qOff + d] * K[j * C + h * 64 + d]; return s * 0.125; });
+  const mx = Math.max(...lg), p = lg.map((x) => Math.exp(x - mx)), z = p.reduce((a, b) => a + b, 0), o = new Float64Array(64);
+  keys.forEach((j, i) => { for (let d = 0; d < 64; d++) o[d] += (p[i] / z) * V[j * C + h * 64 + d]; });
+  return o;
+}
