@@ -128,8 +128,8 @@ test('emulated kernels: ln_mix8 (rows staged in shared memory) equals ln_mix bit
   }
 });
 
-test('emulated kernels: moba prefill — chunk means, the one-pass chunk choice (= chunk_scores + select_chunks bit for bit, = the CPU top-k) and the tensor-core attention (own chunk + selected chunks, merged) vs the CPU', { skip: skip || false }, (t) => {
-  const mod = emuModule('rwkvx.cu');
+test('emulated kernels: moba prefill — chunk means, the one-pass chunk choice (= chunk_scores + select_chunks bit for bit, = the CPU top-k) and the tensor-core attention (own chunk + selected chunks, merged; mma.sync and the sm_90a wgmma kernels) vs the CPU', { skip: skip || false }, (t) => {
+  const mod = emuModule('rwkvx.cu'), wg = emuModule('attn-sm90.cu');
   const H = 2, C = 64 * H, B = 64, topk = 3, nSel = topk - 1, MAXSEL = 8, r = rng(31);
   for (const [P, n] of [[0, 300], [128, 200]]) {
     const len = P + n, nC = Math.floor(len / B);
@@ -176,7 +176,17 @@ test('emulated kernels: moba prefill — chunk means, the one-pass chunk choice 
     mod.launch('moba_attn', { grid: [Math.floor(entries / 64) + nPairs + 1], block: [128] }, partO, partL, q, K, V, list, off, tileOff, H, nC, B, nSlot, scale);
     const out = new Uint16Array(n * C);
     mod.launch('moba_merge', { grid: [Math.ceil((n * H) / 8)], block: [256] }, out, partO, partL, selT, n, H, nSel);
-    const got = fromBf(out);
+    // the sm_90a kernels (warpgroup MMA, 128- or 64-key tiles) on the same lists
+    const outs = new Map<string, Float32Array>([['mma.sync', fromBf(out)]]);
+    for (const nk of [128, 64]) {
+      const pO = new Float32Array(partO.length).fill(NaN), pL = new Float32Array(partL.length).fill(NaN), wsm = 2 * 2 * nk * 128 + 1024;
+      wg.launch(`own_attn_wg${nk}`, { grid: [Math.ceil(n / 64), H], block: [128], smem: wsm }, pO, pL, q, K, V, n, H, P, B, nSlot, scale);
+      wg.launch(`moba_attn_wg${nk}`, { grid: [Math.floor(entries / 64) + nPairs + 1], block: [128], smem: wsm }, pO, pL, q, K, V, list, off, tileOff, H, nC, B, nSlot, scale);
+      const o2 = new Uint16Array(n * C);
+      mod.launch('moba_merge', { grid: [Math.ceil((n * H) / 8)], block: [256] }, o2, pO, pL, selT, n, H, nSel);
+      outs.set(`wgmma ${nk}-key tiles`, fromBf(o2));
+    }
+    for (const [kind, got] of outs) {
     let worst = 0;
     for (let tt = 0; tt < n; tt++) for (let h = 0; h < H; h++) {
       const pos = P + tt, keys: number[] = [];
@@ -185,7 +195,8 @@ test('emulated kernels: moba prefill — chunk means, the one-pass chunk choice 
       const o = cpuAttend(q, tt * C + h * 64, Kf, Vf, keys, C, h);
       for (let d = 0; d < 64; d++) worst = Math.max(worst, Math.abs(got[tt * C + h * 64 + d] - o[d]));
     }
-    report(t, `P=${P} n=${n}: moba attention output vs CPU (bf16 P·V and output)`, worst, 2e-2);
+    report(t, `P=${P} n=${n}: moba attention (${kind}) vs CPU (bf16 P·V and output)`, worst, 2e-2);
+    }
   }
 });
 

@@ -296,4 +296,38 @@ inline void emu_ldsm_x4(unsigned* r, const unsigned short* p, bool trans) {
 // dynamic shared memory (`extern __shared__ T name[]` becomes a pointer into this; every kernel's
 // dynamic array aliases it, as on the GPU): the H100's 227 KB opt-in limit
 #define EMU_DYN_SMEM 232448
-inline void* emu_dyn_smem() { alignas(128) static unsigned char b[EMU_DYN_SMEM]; return b; }
+inline void* emu_dyn_smem() { alignas(1024) static unsigned char b[EMU_DYN_SMEM]; return b; }
+// shared-window addresses (what cvta.to.shared gives) are offsets into the dynamic buffer here
+inline unsigned emu_smem_u32(const void* p) {
+  const long long o = (const char*)p - (const char*)emu_dyn_smem();
+  if (o < 0 || o >= EMU_DYN_SMEM) emu::fail("a 32-bit shared address of memory outside the dynamic shared buffer");
+  return (unsigned)o;
+}
+inline void* emu_smem_ptr(unsigned a) { return (char*)emu_dyn_smem() + a; }
+
+// wgmma.mma_async m64nNk16 f32.bf16.bf16, A in registers (per warp the m16n8k16 A layout of its 16 rows),
+// B through a 128-byte-swizzle descriptor (K-major, or N-major with tb), D rows 16·warp + g (+8),
+// columns 8·j + 2·t (+1) in d[4j … 4j + 3]. Computed at issue (the program may read d only after the wait).
+template <int N>
+inline void emu_wgmma(float* d, const unsigned* a, unsigned long long desc, int acc, int tb) {
+  struct In { unsigned a[4]; } in{{a[0], a[1], a[2], a[3]}};
+  emu::deposit(in);
+  if ((desc >> 62) != 1) emu::fail("wgmma descriptor without the 128-byte swizzle");
+  const unsigned start = (unsigned)(desc & 0x3FFF) << 4, sbo = (unsigned)((desc >> 32) & 0x3FFF) << 4;
+  auto bf = [](unsigned short w) { return __uint_as_float((unsigned)w << 16); };
+  auto A = [&](int m, int k) { In p = emu::peer<In>((m & 7) * 4 + (k & 7) / 2); unsigned w = p.a[(m >> 3) + 2 * (k >> 3)]; return bf((k & 1) ? w >> 16 : w & 0xffff); };
+  auto B = [&](int k, int n) {
+    if (tb && n >= 64) emu::fail("N-major wgmma operand wider than one 128-byte row");
+    unsigned ad = tb ? start + (k / 8) * sbo + (k % 8) * 128 + 2 * n : start + (n / 8) * sbo + (n % 8) * 128 + 2 * k;
+    ad ^= ((ad >> 7) & 7) << 4;
+    return bf(*(const unsigned short*)emu_smem_ptr(ad));
+  };
+  const int g = emu::lane() >> 2, t = emu::lane() & 3;
+  for (int i = 0; i < N / 2; i++) {
+    const int m = g + 8 * ((i >> 1) & 1), n = 8 * (i >> 2) + 2 * t + (i & 1);
+    float s = 0.f;
+    for (int k = 0; k < 16; k++) s = std::fmaf(A(m, k), B(k, n), s);
+    d[i] = acc ? d[i] + s : s;
+  }
+  emu::done_collective();
+}

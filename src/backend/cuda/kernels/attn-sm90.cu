@@ -23,8 +23,13 @@ __device__ __forceinline__ void wg_load_kv(u32 sK, u32 sV, const bf16* K, const 
     const bool ok = row0 + r < end;
     const long long off = (long long)(ok ? row0 + r : 0) * C + h * 64 + c * 8;
     const u32 so = r * 128 + ((c ^ (r & 7)) << 4);
+#ifdef RWKVX_EMU
+    emu_cp16(emu_smem_ptr(sK + so), K + off, ok ? 16 : 0);
+    emu_cp16(emu_smem_ptr(sV + so), V + off, ok ? 16 : 0);
+#else
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(sK + so), "l"(K + off), "r"(ok ? 16 : 0) : "memory");
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(sV + so), "l"(V + off), "r"(ok ? 16 : 0) : "memory");
+#endif
   }
   cp_commit();
 }

@@ -75,6 +75,7 @@ __device__ __forceinline__ float chunk_mean_col(const bf16* p, int C, int B) {
 
 // (RWKVX_EMU: the CPU execution model of test/cuda-emu stands in for the PTX instructions)
 #ifdef RWKVX_EMU
+__device__ __forceinline__ u32 smem_u32(const void* p) { return emu_smem_u32(p); }
 __device__ __forceinline__ void cp16(void* dst, const void* src, int bytes) { emu_cp16(dst, src, bytes); }
 __device__ __forceinline__ void cp_commit() { emu_cp_commit(); }
 __device__ __forceinline__ void cp_wait1() { emu_cp_wait(1); }

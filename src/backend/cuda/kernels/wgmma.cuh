@@ -11,6 +11,17 @@ typedef unsigned long long u64;
 __device__ __forceinline__ u64 wg_desc(u32 a) {
   return (u64)((a & 0x3FFFF) >> 4) | ((u64)1 << 16) | ((u64)(1024 >> 4) << 32) | ((u64)1 << 62);
 }
+#ifdef RWKVX_EMU
+// the CPU execution model (test/cuda-emu): MMAs complete at issue, so fences and waits have nothing to order
+__device__ __forceinline__ void wg_fence() {}
+__device__ __forceinline__ void wg_commit() {}
+__device__ __forceinline__ void wg_wait0() {}
+template <int N> __device__ __forceinline__ void wg_keep(float (&)[N]) {}
+template <int N> __device__ __forceinline__ void wg_keep(u32 (&)[N][4]) {}
+__device__ __forceinline__ void fence_proxy_async() {}
+template <int TB> __device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], const u32 (&a)[4], u64 descB, int accumulate) { emu_wgmma<128>(d, a, descB, accumulate, TB); }
+template <int TB> __device__ __forceinline__ void wgmma_m64n64k16(float (&d)[32], const u32 (&a)[4], u64 descB, int accumulate) { emu_wgmma<64>(d, a, descB, accumulate, TB); }
+#else
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void wg_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); }
@@ -65,3 +76,4 @@ __device__ __forceinline__ void wgmma_m64n64k16(float (&d)[32], const u32 (&a)[4
         "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descB), "r"(accumulate), "n"(TB));
 }
+#endif
