@@ -9,6 +9,7 @@ import assert from 'node:assert/strict';
 import { emuModule, emuSkipReason } from './cuda-emu/emu.js';
 import { randomWeights, shapeConfig } from '../src/model/random.js';
 import { wkv7 } from '../src/backend/cpu/wkv7.js';
+import { topIndices } from '../src/model/attention-block.js';
 
 const skip = emuSkipReason();
 
@@ -158,7 +159,7 @@ test('emulated kernels: moba prefill — chunk means, the one-pass chunk choice 
     for (let tt = 0; tt < n; tt++) for (let h = 0; h < H; h++) {
       const past = Math.floor((P + tt) / B), sc = new Float64Array(past);
       for (let c = 0; c < past; c++) { let s = 0; for (let j = 0; j < 64; j++) s += q[tt * C + h * 64 + j] * means[c * C + h * 64 + j]; sc[c] = s; }
-      const want = [...(cpuTopk(sc, past, nSel))];
+      const want = [...(topIndices(sc, past, nSel))];
       for (let s = 0; s < nSel; s++) if (selT[(tt * H + h) * MAXSEL + s] !== (s < want.length ? want[s] : -1)) mism++;
     }
     report(t, `P=${P} n=${n}: chunk choices differing from the CPU top-k (of ${n * H * nSel})`, mism, 0);
@@ -199,17 +200,6 @@ test('emulated kernels: moba prefill — chunk means, the one-pass chunk choice 
     }
   }
 });
-
-/** The CPU's chunk choice (src/model/attention-block.ts topIndices: best first, ties to the lower index). */
-function cpuTopk(scores: Float64Array, count: number, k: number): number[] {
-  const chosen: number[] = [], taken = new Uint8Array(count);
-  for (let s = 0; s < Math.min(k, count); s++) {
-    let best = -1;
-    for (let j = 0; j < count; j++) if (!taken[j] && (best < 0 || scores[j] > scores[best])) best = j;
-    taken[best] = 1; chosen.push(best);
-  }
-  return chosen;
-}
 
 test('emulated kernels: training attention on tensor cores (mt_select, mt_fwd, mt_dq, mt_dkv) vs the fp32 reference kernels (tr_moba_*): same chunk choices, y/dq/dk/dv within bf16 error', { skip: skip || false }, async (t) => {
   const { mobaQueryLists } = await import('../src/backend/cuda/train/moba.js');
@@ -308,7 +298,7 @@ test('emulated kernels: one decoding step of moba attention — dec_scores + sel
     for (let h = 0; h < H; h++) {
       const sc = new Float64Array(nC);
       for (let c = 0; c < nC; c++) { let s = 0; for (let j = 0; j < 64; j++) s += q[h * 64 + j] * means[c * C + h * 64 + j]; sc[c] = s; }
-      const want = cpuTopk(sc, nC, nSel);
+      const want = topIndices(sc, nC, nSel);
       for (let s = 0; s < nSel; s++) assert.equal(sel[h * MAXSEL + s], s < want.length ? want[s] : -1, `P=${P} head ${h} slot ${s}: chunk choice differs from the CPU`);
     }
     const nSplit = Math.ceil(B / 256), nBlk = nSplit * (nSel + 1);

@@ -49,7 +49,6 @@ struct Fiber {
   ucontext_t ctx;  // only to start the fiber on its stack; switches are _setjmp/_longjmp (no signal-mask syscalls)
   jmp_buf jb;
   bool started = false;
-  std::vector<char> stack;
   State st = RUN;
   uint3 tid{0, 0, 0};
   unsigned wseq = 0;  // warp collectives passed
@@ -98,6 +97,7 @@ inline void wait_groups(int keep) {
   Fiber& f = me();
   while ((int)f.groups.size() > keep) { flush_group(f.groups.front()); f.groups.erase(f.groups.begin()); }
 }
+inline void commit() { Fiber& f = me(); f.groups.push_back(f.open); f.open.clear(); }
 
 // a warp collective: deposit this lane's bytes, wait for the warp, then read any lane's deposit
 template <class T> inline void deposit(const T& v) {
@@ -110,10 +110,9 @@ inline void done_collective() { me().wseq++; }
 
 inline void entry() {
   L()->body();
-  Fiber& f = me();
-  if (!f.open.empty()) { f.groups.push_back(f.open); f.open.clear(); }
+  commit();
   wait_groups(0);
-  f.st = DONE;
+  me().st = DONE;
   _longjmp(L()->sched, 1);
 }
 inline void resume(Launch& l, int i) {
@@ -133,10 +132,9 @@ inline std::string run(dim3 grid, dim3 block, std::function<void()> body) {
   if (l.n <= 0 || l.n > 1024) return "block of " + std::to_string(l.n) + " threads";
   l.f.resize(l.n);
   // fiber stacks are kept between launches (first-touch page faults dominate otherwise)
-  static std::vector<std::vector<char>> stacks;
-  if ((int)stacks.size() < l.n) stacks.resize(l.n);
-  for (int i = 0; i < l.n; i++) { if (stacks[i].empty()) stacks[i].resize(256 * 1024); l.f[i].stack.swap(stacks[i]); }
-  struct Give { Launch& l; std::vector<std::vector<char>>& s; ~Give() { for (int i = 0; i < l.n; i++) l.f[i].stack.swap(s[i]); } } give{l, stacks};
+  constexpr size_t STACK = 256 * 1024;
+  static std::vector<char> stacks;
+  if (stacks.size() < l.n * STACK) stacks.resize(l.n * STACK);
   l.xbuf.assign((size_t)((l.n + 31) / 32) * 2 * 32 * 64, 0);
   L() = &l;
   for (unsigned bz = 0; bz < grid.z; bz++)
@@ -148,8 +146,8 @@ inline std::string run(dim3 grid, dim3 block, std::function<void()> body) {
           f.st = RUN; f.started = false; f.wseq = 0; f.open.clear(); f.groups.clear();
           f.tid = {(unsigned)(i % block.x), (unsigned)(i / block.x % block.y), (unsigned)(i / (block.x * block.y))};
           getcontext(&f.ctx);
-          f.ctx.uc_stack.ss_sp = f.stack.data();
-          f.ctx.uc_stack.ss_size = f.stack.size();
+          f.ctx.uc_stack.ss_sp = stacks.data() + i * STACK;
+          f.ctx.uc_stack.ss_size = STACK;
           f.ctx.uc_link = nullptr;
           makecontext(&f.ctx, entry, 0);
         }
@@ -253,19 +251,27 @@ template <class T> inline T atomicExch(T* p, T v) { T o = *p; *p = v; return o; 
 // the destination reads as NaN (all ones) from the issue until the wait that lands the copy: reading a stage
 // before its wait, or overwriting one that other threads still read (a missing barrier), shows up
 inline void emu_cp16(void* dst, const void* src, int bytes) { std::memset(dst, 0xff, 16); emu::me().open.push_back({dst, src, bytes}); }
-inline void emu_cp_commit() { auto& f = emu::me(); f.groups.push_back(f.open); f.open.clear(); }
+inline void emu_cp_commit() { emu::commit(); }
 inline void emu_cp_wait(int keep) { emu::wait_groups(keep); }
-inline void emu_cp_wait_all() { emu_cp_commit(); emu::wait_groups(0); }
+inline void emu_cp_wait_all() { emu::commit(); emu::wait_groups(0); }
+
+// one bf16 of a packed pair (the lower index in the low half)
+inline float emu_half(unsigned w, int hi) { return __uint_as_float((hi ? w >> 16 : w & 0xffffu) << 16); }
+// element [m][k] of a warp's 16×16 A fragment (mma.sync m16n8k16 and, per warp, wgmma): lane
+// (m % 8)·4 + (k % 8) / 2, register (m ≥ 8) + 2·(k ≥ 8), half k % 2; the deposits start with the 4 registers
+inline float emu_a_elem(int m, int k) {
+  unsigned r[4];
+  std::memcpy(r, emu::slot((m & 7) * 4 + (k & 7) / 2, emu::me().wseq), sizeof r);
+  return emu_half(r[(m >> 3) + 2 * (k >> 3)], k & 1);
+}
 
 // mma.sync.m16n8k16.row.col f32.bf16.bf16.f32: A 16×16 (4 regs), B 16×8 (2 regs), D += A·B (4 floats)
 inline void emu_mma16816(float* d, const unsigned* a, unsigned b0, unsigned b1) {
   struct In { unsigned a[4], b[2]; } in{{a[0], a[1], a[2], a[3]}, {b0, b1}};
   emu::deposit(in);
-  auto bf = [](unsigned w, int hi) { return __uint_as_float((hi ? w >> 16 : w & 0xffffu) << 16); };
-  // A[m][k]: lane (m % 8)·4 + (k % 8) / 2, register (m ≥ 8) + 2·(k ≥ 8), half k % 2
-  auto A = [&](int m, int k) { In p = emu::peer<In>((m & 7) * 4 + (k & 7) / 2); return bf(p.a[(m >> 3) + 2 * (k >> 3)], k & 1); };
+  auto A = emu_a_elem;
   // B[k][n]: lane n·4 + (k % 8) / 2, register k ≥ 8, half k % 2
-  auto B = [&](int k, int n) { In p = emu::peer<In>(n * 4 + (k & 7) / 2); return bf(p.b[k >> 3], k & 1); };
+  auto B = [&](int k, int n) { In p = emu::peer<In>(n * 4 + (k & 7) / 2); return emu_half(p.b[k >> 3], k & 1); };
   const int g = emu::lane() >> 2, t = emu::lane() & 3;
   for (int i = 0; i < 4; i++) {
     const int m = g + 8 * (i >> 1), n = 2 * t + (i & 1);
@@ -314,13 +320,12 @@ inline void emu_wgmma(float* d, const unsigned* a, unsigned long long desc, int 
   emu::deposit(in);
   if ((desc >> 62) != 1) emu::fail("wgmma descriptor without the 128-byte swizzle");
   const unsigned start = (unsigned)(desc & 0x3FFF) << 4, sbo = (unsigned)((desc >> 32) & 0x3FFF) << 4;
-  auto bf = [](unsigned short w) { return __uint_as_float((unsigned)w << 16); };
-  auto A = [&](int m, int k) { In p = emu::peer<In>((m & 7) * 4 + (k & 7) / 2); unsigned w = p.a[(m >> 3) + 2 * (k >> 3)]; return bf((k & 1) ? w >> 16 : w & 0xffff); };
+  auto A = emu_a_elem;
   auto B = [&](int k, int n) {
     if (tb && n >= 64) emu::fail("N-major wgmma operand wider than one 128-byte row");
     unsigned ad = tb ? start + (k / 8) * sbo + (k % 8) * 128 + 2 * n : start + (n / 8) * sbo + (n % 8) * 128 + 2 * k;
     ad ^= ((ad >> 7) & 7) << 4;
-    return bf(*(const unsigned short*)emu_smem_ptr(ad));
+    return emu_half(*(const unsigned short*)emu_smem_ptr(ad), 0);
   };
   const int g = emu::lane() >> 2, t = emu::lane() & 3;
   for (int i = 0; i < N / 2; i++) {

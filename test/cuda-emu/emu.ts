@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import koffi from 'koffi';
-import { kernelSource } from '../../src/backend/cuda/module-cache.js';
+import { kernelParams, kernelSource } from '../../src/backend/cuda/module-cache.js';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const CXX = process.env.CXX ?? 'g++';
@@ -28,16 +28,13 @@ export function emuSkipReason(): string {
 }
 
 interface Param { decl: string; name: string; koffi: string }
-function params(list: string): Param[] {
-  return list.split(',').map((a) => a.trim()).filter(Boolean).map((decl) => {
-    const name = decl.match(/(\w+)\s*$/)![1];
-    const type = decl.slice(0, decl.length - name.length);
-    const k = type.includes('*') ? 'void *' : /\bfloat\b/.test(type) ? 'float' : /\blong\b/.test(type) ? 'int64_t' : /\bunsigned\b/.test(type) ? 'uint32_t' : 'int';
-    return { decl, name, koffi: k };
-  });
+function param(decl: string): Param {
+  const name = decl.match(/(\w+)\s*$/)![1];
+  const type = decl.slice(0, decl.length - name.length);
+  const k = type.includes('*') ? 'void *' : /\bfloat\b/.test(type) ? 'float' : /\blong\b/.test(type) ? 'int64_t' : /\bunsigned\b/.test(type) ? 'uint32_t' : 'int';
+  return { decl, name, koffi: k };
 }
 
-/** A pointer parameter takes a typed array (the kernel works on its memory) or null; the others numbers. */
 export type Arg = ArrayBufferView | number | null;
 export interface Dim { grid: [number, number?, number?]; block: [number, number?, number?]; smem?: number }
 
@@ -73,9 +70,7 @@ export function emuModule(file: string, defines: string[] = []): EmuModule {
   let src = kernelSource(file);
   // dynamic shared memory: one static buffer (emu.h)
   src = src.replace(/extern\s+__shared__\s+(?:__align__\(\d+\)\s+)?([\w ]+?)\s+(\w+)\[\];/g, '$1* $2 = ($1*)emu_dyn_smem();');
-  const kernels = new Map<string, Param[]>();
-  const re = /extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)\s*\(([^)]*)\)/g;
-  for (const m of src.matchAll(re)) kernels.set(m[1], params(m[2]));
+  const kernels = new Map([...kernelParams(src)].map(([name, decls]) => [name, decls.map(param)] as const));
   const launchers = [...kernels].map(([name, ps]) => `extern "C" const char* emu_launch_${name}(unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, int smem${ps.map((p) => `, ${p.decl}`).join('')}) {
   static std::string err;
   if (smem > EMU_DYN_SMEM) { err = "dynamic shared memory over the limit"; return err.c_str(); }

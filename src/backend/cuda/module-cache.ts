@@ -34,11 +34,8 @@ export class CudaModule {
   /** Argument kinds of each extern "C" kernel, read from the source ('p' pointer, 'i' int, 'f' float). */
   readonly sigs = new Map<string, string>();
   constructor(readonly mod: Handle, readonly name: string, source = '') {
-    const re = /extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)\s*\(([^)]*)\)/g;
-    for (const m of source.matchAll(re)) {
-      const kinds = m[2].split(',').map((a) => a.trim()).filter((a) => a.length > 0).map((a) =>
-        a.includes('*') ? 'p' : /\bfloat\b/.test(a) ? 'f' : /\blong\b/.test(a) ? 'l' : 'i');
-      this.sigs.set(m[1], kinds.join(''));
+    for (const [kernel, params] of kernelParams(source)) {
+      this.sigs.set(kernel, params.map((a) => a.includes('*') ? 'p' : /\bfloat\b/.test(a) ? 'f' : /\blong\b/.test(a) ? 'l' : 'i').join(''));
     }
   }
   fn(name: string): Handle {
@@ -51,6 +48,14 @@ export class CudaModule {
     }
     return f;
   }
+}
+
+/** The extern "C" kernels of a source and each one's parameter declarations (e.g. `const float* x`). */
+export function kernelParams(source: string): Map<string, string[]> {
+  const out = new Map<string, string[]>();
+  const re = /extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)\s*\(([^)]*)\)/g;
+  for (const m of source.matchAll(re)) out.set(m[1], m[2].split(',').map((a) => a.trim()).filter((a) => a.length > 0));
+  return out;
 }
 
 const loaded = new Map<string, CudaModule>();
