@@ -34,7 +34,7 @@ function report(t: { diagnostic(s: string): void }, what: string, d: number, tol
 const DECAY_SCALE = Math.exp(-0.5);
 const sig = (x: number) => 1 / (1 + Math.exp(-x));
 
-test('emulated kernels: chunked WKV-7 (wkv7_chunk_prep + wkv7_chunk_scan8) and tmix_prep + wkv7_seq16 equal the CPU reference', { skip: skip || false }, (t) => {
+test('emulated kernels: chunked WKV-7 (wkv7_chunk_prep + wkv7_chunk_scan4/8/16) and tmix_prep + wkv7_seq16 equal the CPU reference', { skip: skip || false }, (t) => {
   const mod = emuModule('rwkvx.cu');
   const cfg = shapeConfig({ vocab: 64, dim: 128, nLayer: 2 });
   const C = cfg.dim, H = cfg.heads, N = 64;
@@ -71,6 +71,23 @@ test('emulated kernels: chunked WKV-7 (wkv7_chunk_prep + wkv7_chunk_scan8) and t
       mod.launch('wkv7_chunk_prep', { grid: [Math.ceil(T / 16), H], block: [256] },
         rec, io.r, io.wd, io.da, io.k, io.v, io.vFirst, io.dv, wb.w0, wb.a0, wb.v0, wb.kk, wb.ka, T, C, first ? 1 : 0);
       mod.launch('wkv7_chunk_scan8', { grid: [H, 8], block: [128] }, y, S, rec, io.v, T, C);
+      {  // the prep with its loads in the original order: the same record and k̃, v
+        const io2 = Object.fromEntries(Object.entries(inp).map(([k, x]) => [k, x.slice()])) as typeof inp;
+        const rec2 = new Float32Array(rec.length);
+        if (first) io2.vFirst.fill(NaN);
+        mod.launch('wkv7_chunk_prep_late', { grid: [Math.ceil(T / 16), H], block: [256] },
+          rec2, io2.r, io2.wd, io2.da, io2.k, io2.v, io2.vFirst, io2.dv, wb.w0, wb.a0, wb.v0, wb.kk, wb.ka, T, C, first ? 1 : 0);
+        assert.deepEqual(rec2, rec, `T=${T}: wkv7_chunk_prep_late's record differs`);
+        assert.deepEqual([io2.k, io2.v, io2.vFirst], [io.k, io.v, io.vFirst], `T=${T}: wkv7_chunk_prep_late's k̃, v differ`);
+      }
+      // the other scan layouts (4 and 16 rows per block; 8 with 3 block barriers per chunk) do the same arithmetic
+      for (const [name, grid, block] of [['wkv7_chunk_scan4', [H, 16], 64], ['wkv7_chunk_scan16', [H, 4], 256],
+        ['wkv7_chunk_scan8_3bar', [H, 8], 128]] as const) {
+        const yo = new Float32Array(n).fill(NaN), So = S0.slice();
+        mod.launch(name, { grid: [...grid], block: [block] }, yo, So, rec, io.v, T, C);
+        assert.deepEqual(yo, y, `T=${T}: ${name} y differs from wkv7_chunk_scan8`);
+        assert.deepEqual(So, S, `T=${T}: ${name} state differs from wkv7_chunk_scan8`);
+      }
       // sequential: tmix_prep (ω, a, κ̂ in place) + one warp-split recurrence
       const sq = Object.fromEntries(Object.entries(inp).map(([k, x]) => [k, x.slice()])) as typeof inp;
       const kk2 = new Float32Array(n), y2 = new Float32Array(n).fill(NaN), S2 = S0.slice();
@@ -325,3 +342,87 @@ function cpuAttend(q: Float32Array, qOff: number, K: Float32Array, V: Float32Arr
   keys.forEach((j, i) => { for (let d = 0; d < 64; d++) o[d] += (p[i] / z) * V[j * C + h * 64 + d]; });
   return o;
 }
+
+test('emulated kernels: the fused training backward (tr_out_bwd_f, tr_tmix_bwd_f, tr_ln_bwd_f, tr_mix_bwd_f, tr_relu2_g/_bwd_g) equals the separate passes (kernel + tr_colsum + tr_f2bf): element-wise outputs bit for bit, column sums to rounding', { skip: skip || false }, (t) => {
+  const H = 2, C = 64 * H, Bn = 2, T = 37, R = Bn * T, n = R * C, r = rng(77);
+  for (const fp32 of [false, true]) {
+    const mod = emuModule('train.cu', fp32 ? ['TR_FP32'] : []);
+    const tag = fp32 ? 'fp32' : 'bf16';
+    /** A GEMM-input buffer (bf16 bits, or float32 in the TR_FP32 build). */
+    const gin = (len: number) => (fp32 ? new Float32Array(len) : new Uint16Array(len));
+    const asF = (x: Float32Array | Uint16Array) => (x instanceof Uint16Array ? fromBf(x) : x);
+    /** the unfused path's bf16 copy of an fp32 array (tr_f2bf) */
+    const cast = (x: Float32Array) => { const o = gin(x.length); mod.launch('tr_f2bf', { grid: [4], block: [256] }, o, x, x.length); return asF(o); };
+    const colsum = (x: Float32Array, y: Float32Array | null, mode: number, rows = R) => {
+      const o = new Float32Array(C);
+      mod.launch('tr_colsum', { grid: [Math.ceil(C / 32), Math.min(128, Math.ceil(rows / 8))], block: [32, 8] }, o, x, y, rows, C, T, mode);
+      return o;
+    };
+    const same = (what: string, a: Float32Array, b: Float32Array) => assert.equal(maxDiff(a, b), 0, `${tag} ${what}: fused and separate differ`);
+    const close = (what: string, a: Float32Array, b: Float32Array) => report(t, `${tag} ${what} (relative)`, maxDiff(a, b) / Math.max(1e-30, maxAbs(b)), 1e-5);
+    const cvec = (s = 1) => gaussArray(C, r, s);
+    {
+      // output gate / GroupNorm / bonus
+      const dz = gaussArray(n, r), y = gaussArray(n, r), rr = gaussArray(n, r), kt = gaussArray(n, r), v = gaussArray(n, r);
+      const gate = Float32Array.from({ length: n }, () => r.u()), lnw = cvec(), lnb = cvec(), rk = cvec();
+      const o = Array.from({ length: 8 }, () => new Float32Array(n));
+      mod.launch('tr_out_bwd', { grid: [Math.ceil((R * H) / 8)], block: [256] }, ...o, dz, y, rr, kt, v, gate, lnw, lnb, rk, R, H);
+      const f = Array.from({ length: 4 }, () => new Float32Array(n).fill(NaN)), dgB = gin(n), gs = Array.from({ length: 3 }, () => new Float32Array(C));
+      mod.launch('tr_out_bwd_f', { grid: [Math.ceil(R / 64), H], block: [256] }, dgB, ...f, ...gs, dz, y, rr, kt, v, gate, lnw, lnb, rk, R, H);
+      same('out: dgate', asF(dgB), cast(o[0]));
+      ['dv', 'dr', 'dk̃', 'dy'].forEach((nm, i) => same(`out: ${nm}`, f[i], o[i + 1]));
+      ['ρ', 'ln_x.weight', 'ln_x.bias'].forEach((nm, i) => close(`out: Σ ${nm}`, gs[i], colsum(o[5 + i], null, 0)));
+    }
+    for (const first of [1, 0]) {
+      const a = Float32Array.from({ length: n }, () => r.u()), om = Float32Array.from({ length: n }, () => 0.5 + 0.5 * r.u());
+      const sv = Float32Array.from({ length: n }, () => r.u());
+      const [dr, dom, db, dkk, dkt, dv, kh, k, d, vFirst, vraw] = Array.from({ length: 11 }, () => gaussArray(n, r));
+      const knorm = Float32Array.from({ length: R * H }, () => 0.5 + r.u());
+      const kkp = cvec(), ka = cvec();
+      const dkO = new Float32Array(n), dapre = new Float32Array(n), pka = new Float32Array(n), pkk = new Float32Array(n);
+      const domO = dom.slice(), dvraw = new Float32Array(n), dvpre = new Float32Array(n), dvF0 = gaussArray(n, r), dvFO = dvF0.slice();
+      mod.launch('tr_tmix_bwd', { grid: [Math.ceil((R * H) / 8)], block: [256] }, dkO, dapre, pka, pkk, domO, dvraw, dvpre, dvFO, db, dkk, dkt, dv, kh, a, k, knorm, kkp, ka, om, d, sv, vFirst, vraw, R, H, first);
+      const B = Array.from({ length: 6 }, () => gin(n)), dvFF = dvF0.slice(), gs = Array.from({ length: 5 }, () => new Float32Array(C));
+      mod.launch('tr_tmix_bwd_f', { grid: [Math.ceil(R / 64), H], block: [256] }, ...B, dvFF, ...gs, dr, dom, db, dkk, dkt, dv, kh, a, k, knorm, kkp, ka, om, d, sv, vFirst, vraw, R, H, first);
+      const ref = [dkO, dapre, domO, dvraw, dvpre, dr];
+      ['dk', 'dapre', 'dω', 'dvraw', 'dvpre', 'dr'].forEach((nm, i) => { if (!(first && nm === 'dvpre')) same(`tmix (first ${first}): ${nm}`, asF(B[i]), cast(ref[i])); });
+      same(`tmix (first ${first}): dvFirst`, dvFF, dvFO);
+      const sums: [string, Float32Array][] = [['k_a', pka], ['k_k', pkk], ['w0', domO], ['a0', dapre], ['v0', dvpre]];
+      sums.forEach(([nm, x], i) => { if (!(first && nm === 'v0')) close(`tmix (first ${first}): Σ ${nm}`, gs[i], colsum(x, null, 0)); });
+      if (first) assert.equal(maxAbs(gs[4]), 0, 'block 0 has no v0 gradient');
+    }
+    for (const add of [0, 1]) {
+      // LayerNorm backward: dx (= or +=), bf16 copy, Σ dout⊙x̂ and Σ dout
+      const x = gaussArray(n, r, 2), dout = gaussArray(n, r), w = cvec(0.3).map((q) => 1 + q), dx0 = gaussArray(n, r);
+      const dxO = dx0.slice(), pw = new Float32Array(n);
+      mod.launch('tr_ln_bwd', { grid: [R], block: [256] }, dxO, pw, dout, x, w, C, add);
+      const dxF = dx0.slice(), dxB = gin(n), gw = new Float32Array(C), gb = new Float32Array(C);
+      mod.launch('tr_ln_bwd_f', { grid: [Math.ceil(R / 16)], block: [256] }, dxF, dxB, gw, gb, dout, x, w, R, C, add);
+      same(`ln (add ${add}): dx`, dxF, dxO);
+      same(`ln (add ${add}): bf16 dx`, asF(dxB), cast(dxO));
+      close(`ln (add ${add}): Σ dout⊙x̂`, gw, colsum(pw, null, 0));
+      close(`ln (add ${add}): Σ dout`, gb, colsum(dout, null, 0));
+    }
+    {
+      // the channel mix's relu² on GEMM-input pre-activations, and its backward in place
+      const pre = cast(gaussArray(n, r)), dh = cast(gaussArray(n, r));
+      const toG = (x: Float32Array) => { const o = gin(x.length); mod.launch('tr_f2bf', { grid: [4], block: [256] }, o, x, x.length); return o; };
+      const hidO = gin(n), hidF = gin(n), dO = dh.slice(), dB = gin(n), dF = toG(dh);
+      mod.launch('tr_act', { grid: [8], block: [256] }, null, hidO, pre, n, 2);
+      mod.launch('tr_relu2_g', { grid: [8], block: [256] }, hidF, toG(pre), n);
+      same('relu²', asF(hidF), asF(hidO));
+      mod.launch('tr_act_bwd', { grid: [8], block: [256] }, dO, dB, pre, n, 2);
+      mod.launch('tr_relu2_bwd_g', { grid: [8], block: [256] }, dF, toG(pre), n);
+      same('relu² backward', asF(dF), asF(dB));
+    }
+    for (const M of [1, 6]) {
+      // token-shift mixes backward, per sequence
+      const dmix = gaussArray(M * n, r), mu = Float32Array.from({ length: M * C }, () => r.u()), x = gaussArray(n, r);
+      const dxO = new Float32Array(n), dxF = new Float32Array(n), gmu = new Float32Array(M * C);
+      mod.launch('tr_mix_bwd', { grid: [8], block: [256] }, dxO, dmix, mu, R, T, C, M, 0);
+      mod.launch('tr_mix_bwd_f', { grid: [Math.ceil(C / 32), Math.min(128, Math.ceil(R / 8))], block: [32, 8] }, dxF, gmu, dmix, mu, x, R, T, C, M, 0);
+      same(`mix (M ${M}): dx`, dxF, dxO);
+      for (let m = 0; m < M; m++) close(`mix (M ${M}): Σ μ_${m}`, gmu.subarray(m * C, (m + 1) * C), colsum(dmix.subarray(m * n, (m + 1) * n), x, 2));
+    }
+  }
+});

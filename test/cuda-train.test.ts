@@ -186,6 +186,45 @@ test('a micro-batch of 3 sequences equals 3 accumulated single-sequence calls (R
   }
 });
 
+test('kept activations (no recompute) and the fused element-wise backward change nothing but rounding (fp32 mode RWKV-X; bf16 RWKV-7)', { skip }, () => {
+  for (const [file, fp32, tol] of [['rwkvx.pth', true, 1e-5], ['rwkv7.pth', false, REL_TOL]] as const) {
+    const model = () => loadTrainModel(A(file), { chunk: CHUNK, topk: TOPK });
+    const opts = { chunk: CHUNK, topk: TOPK, l2wrap: true };
+    const tr = new cuda!.CudaTrainer(model(), { fp32 });
+    let first: Map<string, Float32Array>, kept: Map<string, Float32Array>;
+    try {
+      tr.computeGradients(tokens, opts);
+      assert.equal(tr.keptActivations, 0, 'the first call of a shape keeps nothing (it measures the memory)');
+      first = tr.getGrads();
+      tr.computeGradients(tokens, opts);
+      assert.equal(tr.keptActivations, model().cfg.nLayer + model().cfg.nAttn, 'a small model keeps every block');
+      assert.ok(tr.fused, 'fused by default');
+      kept = tr.getGrads();
+    } finally {
+      tr.dispose();
+    }
+    const prev = process.env.RWKVX_TRAIN_FUSED;
+    process.env.RWKVX_TRAIN_FUSED = '0';
+    const ref = new cuda!.CudaTrainer(model(), { fp32, keepActivations: false });
+    let sep: Map<string, Float32Array>;
+    try {
+      assert.ok(!ref.fused);
+      ref.computeGradients(tokens, opts);
+      ref.computeGradients(tokens, opts);
+      assert.equal(ref.keptActivations, 0);
+      sep = ref.getGrads();
+    } finally {
+      ref.dispose();
+      if (prev === undefined) delete process.env.RWKVX_TRAIN_FUSED; else process.env.RWKVX_TRAIN_FUSED = prev;
+    }
+    const tag = `${file} ${fp32 ? 'fp32' : 'bf16'}`;
+    for (const [what, g] of [['kept vs recomputed', kept], ['separate passes vs fused', sep]] as const) {
+      const rows = relErrors(`${tag}: ${what}`, [...first.keys()], first, g);
+      assert.ok(rows[0].rel <= tol, `${tag} ${what}: worst ${rows[0].name} ${rows[0].rel}`);
+    }
+  }
+});
+
 // ---------------------------------------------------------------------------------------------
 // the trainer on the GPU
 

@@ -102,16 +102,27 @@ __device__ __forceinline__ void cp_wait0() { asm volatile("cp.async.wait_group 0
 // k̃ = k ⊙ (1 + (a − 1) ⊙ k_a), v + (vFirst − v) ⊙ σ(v0 + dv) (layer 0: v as is; vFirst not read).
 // tmix_prep, the fused chunk prep and the decode step all use it, so their numbers agree.
 struct TmixLane { float w[2], a[2], kn[2], kt[2], v[2]; };
-__device__ __forceinline__ TmixLane tmix_lane(const float* k, const float* wd, const float* da, const float* v,
-    const float* vFirst, const float* dv, const float* w0, const float* a0, const float* v0, const float* kkw,
-    const float* ka, int h, int lane, bool first) {
-  TmixLane o;
-  float kv[2], q[2], ss = 0.f;
+// the token's activations (its loads, which callers may issue early), then the arithmetic
+struct TmixIn { float k[2], wd[2], da[2], v[2], vf[2], dv[2]; };
+__device__ __forceinline__ TmixIn tmix_load(const float* k, const float* wd, const float* da, const float* v,
+    const float* vFirst, const float* dv, int h, int lane, bool first) {
+  TmixIn in;
 #pragma unroll
   for (int e = 0; e < 2; e++) {
     const int c = h * 64 + lane + 32 * e;
-    kv[e] = k[c];
-    q[e] = kv[e] * kkw[c];
+    in.k[e] = k[c]; in.wd[e] = wd[c]; in.da[e] = da[c]; in.v[e] = v[c];
+    in.vf[e] = first ? 0.f : vFirst[c]; in.dv[e] = first ? 0.f : dv[c];
+  }
+  return in;
+}
+__device__ __forceinline__ TmixLane tmix_math(const TmixIn& in, const float* w0, const float* a0, const float* v0,
+    const float* kkw, const float* ka, int h, int lane, bool first) {
+  TmixLane o;
+  float q[2], ss = 0.f;
+#pragma unroll
+  for (int e = 0; e < 2; e++) {
+    const int c = h * 64 + lane + 32 * e;
+    q[e] = in.k[e] * kkw[c];
     ss += q[e] * q[e];
   }
   ss = warp_sum(ss);
@@ -119,13 +130,18 @@ __device__ __forceinline__ TmixLane tmix_lane(const float* k, const float* wd, c
 #pragma unroll
   for (int e = 0; e < 2; e++) {
     const int c = h * 64 + lane + 32 * e;
-    o.a[e] = sigmoidf_(da[c] + a0[c]);
+    o.a[e] = sigmoidf_(in.da[e] + a0[c]);
     o.kn[e] = q[e] * inv;
-    o.kt[e] = kv[e] * (1.f + (o.a[e] - 1.f) * ka[c]);
-    o.w[e] = expf(-0.6065306597126334f * sigmoidf_(wd[c] + w0[c]));
-    float vv = v[c];
-    if (!first) { float sg = sigmoidf_(dv[c] + v0[c]); vv += (vFirst[c] - vv) * sg; }
+    o.kt[e] = in.k[e] * (1.f + (o.a[e] - 1.f) * ka[c]);
+    o.w[e] = expf(-0.6065306597126334f * sigmoidf_(in.wd[e] + w0[c]));
+    float vv = in.v[e];
+    if (!first) { float sg = sigmoidf_(in.dv[e] + v0[c]); vv += (in.vf[e] - vv) * sg; }
     o.v[e] = vv;
   }
   return o;
+}
+__device__ __forceinline__ TmixLane tmix_lane(const float* k, const float* wd, const float* da, const float* v,
+    const float* vFirst, const float* dv, const float* w0, const float* a0, const float* v0, const float* kkw,
+    const float* ka, int h, int lane, bool first) {
+  return tmix_math(tmix_load(k, wd, da, v, vFirst, dv, h, lane, first), w0, a0, v0, kkw, ka, h, lane, first);
 }

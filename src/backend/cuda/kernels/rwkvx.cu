@@ -78,6 +78,10 @@ extern "C" __global__ void __launch_bounds__(256) ln_mix(bf16* out, float* last,
 // read into shared memory with 16-byte loads (9·C floats of dynamic shared memory), each warp's row
 // statistics in ln_stats_warp's order (so the same bits as ln_mix), then every thread writes 8 channels
 // of one token's M mixes as one 16-byte store each. C must be a multiple of 8.
+__device__ __forceinline__ void ld8(float* d, const float* p) {
+  const float4 a = *(const float4*)p, b = *(const float4*)(p + 4);
+  d[0] = a.x; d[1] = a.y; d[2] = a.z; d[3] = a.w; d[4] = b.x; d[5] = b.y; d[6] = b.z; d[7] = b.w;
+}
 extern "C" __global__ void __launch_bounds__(256) ln_mix8(bf16* out, float* last, const float* x, const float* w, const float* b,
     const float* prev, const float* mu, int T, int C, int M) {
   extern __shared__ __align__(16) float rows[];  // [9][C]: row 0 = token t0 − 1
@@ -96,19 +100,23 @@ extern "C" __global__ void __launch_bounds__(256) ln_mix8(bf16* out, float* last
   for (int e = tid; e < nTok * C8; e += 256) {
     const int r = e / C8, i = (e % C8) * 8, t = t0 + r;
     const float mean = stat[r + 1][0], inv = stat[r + 1][1];
-    float y[8], d[8];
+    // 16-byte loads throughout: a lane's 8 channels are 32 bytes apart from the next lane's, so scalar
+    // loads would cost 8 L1 wavefronts (8-way bank conflicts in shared memory) each
+    float y[8], d[8], wv[8], bv[8], xv[8], pv[8];
+    ld8(wv, w + i); ld8(bv, b + i); ld8(xv, rows + (r + 1) * C + i); ld8(pv, t > 0 ? rows + r * C + i : prev + i);
 #pragma unroll
     for (int u = 0; u < 8; u++) {
-      const float wi = w[i + u], bi = b[i + u];
-      y[u] = (rows[(r + 1) * C + i + u] - mean) * inv * wi + bi;
-      const float p = t > 0 ? (rows[r * C + i + u] - stat[r][0]) * stat[r][1] * wi + bi : prev[i + u];
+      y[u] = (xv[u] - mean) * inv * wv[u] + bv[u];
+      const float p = t > 0 ? (pv[u] - stat[r][0]) * stat[r][1] * wv[u] + bv[u] : pv[u];
       d[u] = p - y[u];
     }
     for (int m = 0; m < M; m++) {
+      float mv[8];
+      ld8(mv, mu + m * C + i);
       uint4 o;
       u32* ov = (u32*)&o;
 #pragma unroll
-      for (int u = 0; u < 4; u++) ov[u] = ((u32)f2bf(y[2 * u + 1] + d[2 * u + 1] * mu[m * C + i + 2 * u + 1]) << 16) | f2bf(y[2 * u] + d[2 * u] * mu[m * C + i + 2 * u]);
+      for (int u = 0; u < 4; u++) ov[u] = ((u32)f2bf(y[2 * u + 1] + d[2 * u + 1] * mv[2 * u + 1]) << 16) | f2bf(y[2 * u] + d[2 * u] * mv[2 * u]);
       *(uint4*)&out[((long long)m * T + t) * C + i] = o;
     }
     if (t == T - 1)
@@ -264,7 +272,10 @@ extern "C" __global__ void __launch_bounds__(256) wkv7_seq16(float* y, float* st
 // forms ω, a, κ̂, k̃ and the value-mixed v, writes k̃ and v back (the bonus term and the scan read
 // them) and vFirst in layer 0 (`first`), and keeps ω, a, κ̂ in shared memory only.
 // 4 blocks per SM (64 registers): the block's phases are latency-bound, so occupancy is what counts.
-extern "C" __global__ void __launch_bounds__(256, 4) wkv7_chunk_prep(float* __restrict__ rec, const float* __restrict__ r,
+// EARLY: both tokens' activations are loaded before either's results are stored (k and v are
+// written in place, so otherwise the second token's loads wait behind the first token's stores).
+template <bool EARLY>
+__device__ __forceinline__ void wkv7_chunk_prep_body(float* __restrict__ rec, const float* __restrict__ r,
     const float* __restrict__ wd, const float* __restrict__ da, float* __restrict__ k, float* __restrict__ v,
     float* __restrict__ vFirst, const float* __restrict__ dv, const float* w0, const float* a0, const float* v0,
     const float* kkw, const float* ka, int T, int C, int first) {
@@ -273,19 +284,35 @@ extern "C" __global__ void __launch_bounds__(256, 4) wkv7_chunk_prep(float* __re
   __shared__ float sAab[WKV_CL][WKV_CL], sAak[WKV_CL][WKV_CL], sBrb[WKV_CL][WKV_CL], sBrk[WKV_CL][WKV_CL];
   const int c = blockIdx.x, h = blockIdx.y, H = gridDim.y, tid = threadIdx.x, t0 = c * WKV_CL, lane = tid & 31;
   float* out = rec + ((long long)c * H + h) * WKV_REC;
+  TmixIn in[2];
+  float rv[2][2];
+  if (EARLY)
+#pragma unroll
+    for (int rr = 0; rr < 2; rr++) {
+      const int tok = t0 + (tid >> 5) + 8 * rr;
+      if (tok < T) {
+        const long long row = (long long)tok * C;
+        in[rr] = tmix_load(k + row, wd + row, da + row, v + row, vFirst + row, dv + row, h, lane, first);
+        rv[rr][0] = r[row + h * 64 + lane]; rv[rr][1] = r[row + h * 64 + lane + 32];
+      }
+    }
 #pragma unroll
   for (int rr = 0; rr < 2; rr++) {
     const int t = (tid >> 5) + 8 * rr, tok = t0 + t;
     if (tok < T) {  // tmix_prep's step (tmix_lane), its results kept in shared memory
       const long long row = (long long)tok * C;
-      const TmixLane o = tmix_lane(k + row, wd + row, da + row, v + row, vFirst + row, dv + row, w0, a0, v0, kkw, ka, h, lane, first);
+      if (!EARLY) {
+        in[rr] = tmix_load(k + row, wd + row, da + row, v + row, vFirst + row, dv + row, h, lane, first);
+        rv[rr][0] = r[row + h * 64 + lane]; rv[rr][1] = r[row + h * 64 + lane + 32];
+      }
+      const TmixLane o = tmix_math(in[rr], w0, a0, v0, kkw, ka, h, lane, first);
 #pragma unroll
       for (int e = 0; e < 2; e++) {
         const int j = lane + 32 * e;
         const long long idx = row + h * 64 + j;
         if (first) vFirst[idx] = o.v[e]; else v[idx] = o.v[e];
         k[idx] = o.kt[e];
-        sW[t][j] = o.w[e]; sA[t][j] = -o.kn[e]; sB[t][j] = o.kn[e] * o.a[e]; sK[t][j] = o.kt[e]; sR[t][j] = r[idx];
+        sW[t][j] = o.w[e]; sA[t][j] = -o.kn[e]; sB[t][j] = o.kn[e] * o.a[e]; sK[t][j] = o.kt[e]; sR[t][j] = rv[rr][e];
       }
     } else {
 #pragma unroll
@@ -359,11 +386,26 @@ extern "C" __global__ void __launch_bounds__(256, 4) wkv7_chunk_prep(float* __re
 }
 
 
+extern "C" __global__ void __launch_bounds__(256, 4) wkv7_chunk_prep(float* __restrict__ rec, const float* __restrict__ r,
+    const float* __restrict__ wd, const float* __restrict__ da, float* __restrict__ k, float* __restrict__ v,
+    float* __restrict__ vFirst, const float* __restrict__ dv, const float* w0, const float* a0, const float* v0,
+    const float* kkw, const float* ka, int T, int C, int first) {
+  wkv7_chunk_prep_body<true>(rec, r, wd, da, k, v, vFirst, dv, w0, a0, v0, kkw, ka, T, C, first);
+}
+extern "C" __global__ void __launch_bounds__(256, 4) wkv7_chunk_prep_late(float* __restrict__ rec, const float* __restrict__ r,
+    const float* __restrict__ wd, const float* __restrict__ da, float* __restrict__ k, float* __restrict__ v,
+    float* __restrict__ vFirst, const float* __restrict__ dv, const float* w0, const float* a0, const float* v0,
+    const float* kkw, const float* ka, int T, int C, int first) {
+  wkv7_chunk_prep_body<false>(rec, r, wd, da, k, v, vFirst, dv, w0, a0, v0, kkw, ka, T, C, first);
+}
+
 // R state rows of one head per block (grid (H, 64/R)), 16·R threads. The chunk records are
 // double-buffered in shared memory with cp.async, so the next chunk's loads overlap this chunk's math.
-// Phase 1: lane p of a warp computes u_p (p < 16) or y_{p−16} for 2 rows; phase 2: each thread
-// updates 4 state values of one row.
-template <int R>
+// Phase 1: lane p of warp w computes u_p (p < 16) or y_{p−16} for rows 2w and 2w + 1; phase 2: each
+// thread updates 4 state values of row tid/16 — the same two rows per warp, so the phases hand over
+// by __syncwarp and a chunk has one block barrier (the record's buffer handover): the scan is a chain
+// of T/16 steps whose latency the wavefront does not always hide (RWKVX_WKV_SCAN=3 keeps 3 barriers).
+template <int R, bool ONEBAR>
 __device__ __forceinline__ void wkv7_chunk_scan_body(float* y, float* state, const float* rec, const float* v, int T, int C) {
   constexpr int NT = 16 * R, RQ = R / 4;
   __shared__ __align__(16) float sRec[2][WKV_REC];
@@ -391,10 +433,17 @@ __device__ __forceinline__ void wkv7_chunk_scan_body(float* y, float* state, con
   const int lane = tid & 31, i0 = (tid >> 5) * 2;
   for (int c = 0; c < nch; c++) {
     const int b = c & 1;
-    if (c + 1 < nch) issue(c + 1, b ^ 1);
-    cp_commit();
-    cp_wait1();
-    __syncthreads();
+    if (ONEBAR) {
+      cp_wait0();
+      __syncthreads();  // chunk c is in; every warp is done with chunk c − 1's buffer
+      if (c + 1 < nch) issue(c + 1, b ^ 1);
+      cp_commit();
+    } else {
+      if (c + 1 < nch) issue(c + 1, b ^ 1);
+      cp_commit();
+      cp_wait1();
+      __syncthreads();
+    }
     {
       const float* M = sRec[b];
       float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
@@ -413,13 +462,19 @@ __device__ __forceinline__ void wkv7_chunk_scan_body(float* y, float* state, con
         float m = MT[s * 32 + lane];
         e0 += m * sV[b][s * R + i0]; e1 += m * sV[b][s * R + i0 + 1];
       }
-      sUY[lane][i0] = (a0 + a1) + e0; sUY[lane][i0 + 1] = (a2 + a3) + e1;
+      const float o0 = (a0 + a1) + e0, o1 = (a2 + a3) + e1;
+      sUY[lane][i0] = o0; sUY[lane][i0 + 1] = o1;
+      if (ONEBAR && lane >= WKV_CL) {
+        const int tok = c * WKV_CL + lane - WKV_CL;
+        if (tok < T) *(float2*)&y[(long long)tok * C + h * 64 + g0 + i0] = make_float2(o0, o1);
+      }
     }
-    __syncthreads();
-    for (int e = tid; e < WKV_CL * R; e += NT) {
-      int t = e / R, i = e % R, tok = c * WKV_CL + t;
-      if (tok < T) y[(long long)tok * C + h * 64 + g0 + i] = sUY[WKV_CL + t][i];
-    }
+    if (ONEBAR) __syncwarp(); else __syncthreads();
+    if (!ONEBAR)
+      for (int e = tid; e < WKV_CL * R; e += NT) {
+        int t = e / R, i = e % R, tok = c * WKV_CL + t;
+        if (tok < T) y[(long long)tok * C + h * 64 + g0 + i] = sUY[WKV_CL + t][i];
+      }
     {
       const float* BK = sRec[b] + 2048;
       float4 gl = *(const float4*)&sRec[b][4096 + cj];
@@ -433,18 +488,21 @@ __device__ __forceinline__ void wkv7_chunk_scan_body(float* y, float* state, con
       }
       *(float4*)&sS[ri][cj] = s;
     }
-    __syncthreads();
+    if (ONEBAR) __syncwarp(); else __syncthreads();
   }
   *(float4*)Sg = s;
 }
 extern "C" __global__ void __launch_bounds__(64) wkv7_chunk_scan4(float* y, float* state, const float* rec, const float* v, int T, int C) {
-  wkv7_chunk_scan_body<4>(y, state, rec, v, T, C);
+  wkv7_chunk_scan_body<4, true>(y, state, rec, v, T, C);
 }
 extern "C" __global__ void __launch_bounds__(128) wkv7_chunk_scan8(float* y, float* state, const float* rec, const float* v, int T, int C) {
-  wkv7_chunk_scan_body<8>(y, state, rec, v, T, C);
+  wkv7_chunk_scan_body<8, true>(y, state, rec, v, T, C);
 }
 extern "C" __global__ void __launch_bounds__(256) wkv7_chunk_scan16(float* y, float* state, const float* rec, const float* v, int T, int C) {
-  wkv7_chunk_scan_body<16>(y, state, rec, v, T, C);
+  wkv7_chunk_scan_body<16, true>(y, state, rec, v, T, C);
+}
+extern "C" __global__ void __launch_bounds__(128) wkv7_chunk_scan8_3bar(float* y, float* state, const float* rec, const float* v, int T, int C) {
+  wkv7_chunk_scan_body<8, false>(y, state, rec, v, T, C);
 }
 
 // GroupNorm per head (eps 64e-5) + bonus (Σ r⊙k⊙r_k)·v, times the gate; bf16 out. One warp per (t, head).

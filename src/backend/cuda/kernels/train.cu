@@ -14,9 +14,11 @@ typedef long long i64;
 #ifdef TR_FP32
 typedef float gin;
 __device__ __forceinline__ gin tog(float f) { return f; }
+__device__ __forceinline__ float gf(gin g) { return g; }
 #else
 typedef bf16 gin;
 __device__ __forceinline__ gin tog(float f) { return f2bf(f); }
+__device__ __forceinline__ float gf(gin g) { return bf2f(g); }
 #endif
 
 // ---------------------------------------------------------------------------------------------
@@ -48,6 +50,23 @@ extern "C" __global__ void tr_colsum(float* out, const float* x, const float* y,
     for (int r = 0; r < 8; r++) a += sh[r][threadIdx.x];
     atomicAdd(out + i, a);
   }
+}
+
+// Fused column sums: a block's rows are walked by its 8 warps (lane owning columns c and c + 32 of a head),
+// each lane keeping its partial sums in registers; colsum_flush adds them into out (when not null) once per
+// block. Replaces a separate tr_colsum pass, and the [R, C] array it would read, per parameter vector.
+#define CS_ROWS 64
+__device__ __forceinline__ void colsum_flush(float* out, const float* part, float* sh, int h) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  sh[warp * 64 + lane] = part[0];
+  sh[warp * 64 + lane + 32] = part[1];
+  __syncthreads();
+  if (out && threadIdx.x < 64) {
+    float s = 0.f;
+    for (int w = 0; w < 8; w++) s += sh[w * 64 + threadIdx.x];
+    atomicAdd(out + h * 64 + threadIdx.x, s);
+  }
+  __syncthreads();
 }
 
 // Σ g² over [lo, hi) into *out (double)
@@ -134,6 +153,53 @@ extern "C" __global__ void tr_ln_bwd(float* dx, float* pw, const float* dout, co
   }
 }
 
+// tr_ln_bwd over LNB_ROWS rows per block with the weight and bias gradients (Σ dout⊙x̂, Σ dout) added into
+// gw, gb (when not null) once per block, and optionally dx's bf16 copy (dxB: the next GEMM's input). Each
+// thread owns columns tid + 256·j (j < LNB_MAXJ, so C ≤ 4096).
+#define LNB_ROWS 16
+#define LNB_MAXJ 16
+extern "C" __global__ void __launch_bounds__(256) tr_ln_bwd_f(float* dx, gin* dxB, float* gw, float* gb, const float* dout,
+                                                              const float* x, const float* w, int R, int C, int add) {
+  __shared__ float sh[32];
+  float aw[LNB_MAXJ], ab[LNB_MAXJ];
+#pragma unroll
+  for (int j = 0; j < LNB_MAXJ; j++) { aw[j] = 0.f; ab[j] = 0.f; }
+  const int r1 = min(R, (blockIdx.x + 1) * LNB_ROWS);
+  for (int row = blockIdx.x * LNB_ROWS; row < r1; row++) {
+    const i64 o = (i64)row * C;
+    float mean, inv;
+    ln_stats_block(x + o, C, sh, mean, inv);
+    float m1 = 0.f, m2 = 0.f;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) {
+      float xh = (x[o + i] - mean) * inv, gv = dout[o + i] * w[i];
+      m1 += gv; m2 += gv * xh;
+    }
+    m1 = block_sum(m1, sh) / C;
+    m2 = block_sum(m2, sh) / C;
+#pragma unroll
+    for (int j = 0; j < LNB_MAXJ; j++) {
+      const int i = threadIdx.x + j * 256;
+      if (i < C) {
+        float xh = (x[o + i] - mean) * inv, d = dout[o + i], gv = d * w[i];
+        float r = inv * (gv - m1 - xh * m2);
+        if (add) r += dx[o + i];
+        dx[o + i] = r;
+        if (dxB) dxB[o + i] = tog(r);
+        aw[j] += d * xh;
+        ab[j] += d;
+      }
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < LNB_MAXJ; j++) {
+    const int i = threadIdx.x + j * 256;
+    if (i < C) {
+      if (gw) atomicAdd(gw + i, aw[j]);
+      if (gb) atomicAdd(gb + i, ab[j]);
+    }
+  }
+}
+
 // out[m][t] = x[t] + (x[t−1] − x[t])⊙mu[m] (x[−1] = 0 at each sequence start), M mixes, GEMM inputs
 extern "C" __global__ void tr_mix(gin* out, const float* x, const float* mu, int R, int T, int C, int M) {
   i64 n = (i64)R * C;
@@ -163,6 +229,47 @@ extern "C" __global__ void tr_mix_bwd(float* dx, const float* dmix, const float*
   }
 }
 
+// tr_mix_bwd with the mix weights' gradients (gmu[m] += Σ_t dmix_m[t]⊙(x[t−1] − x[t]), when gmu is not
+// null) summed on the way: block (32, 8), a thread per column walking rows, one atomic per column and mix per
+// block. x is the mixes' input (the LayerNorm output). M ≤ 6.
+extern "C" __global__ void __launch_bounds__(256) tr_mix_bwd_f(float* dx, float* gmu, const float* dmix, const float* mu,
+                                                               const float* x, int R, int T, int C, int M, int add) {
+  __shared__ float sh[6][8][33];
+  const int i = blockIdx.x * 32 + threadIdx.x;
+  const i64 n = (i64)R * C;
+  float part[6] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+  if (i < C) {
+    float mv[6];
+#pragma unroll
+    for (int m = 0; m < 6; m++) mv[m] = m < M ? mu[m * C + i] : 0.f;
+    for (int t = blockIdx.y * 8 + threadIdx.y; t < R; t += gridDim.y * 8) {
+      const i64 e = (i64)t * C + i;
+      const bool more = t % T + 1 < T;
+      const float xs = (t % T > 0 ? x[e - C] : 0.f) - x[e];
+      float s = 0.f, dd = 0.f, dn = 0.f;
+#pragma unroll
+      for (int m = 0; m < 6; m++)
+        if (m < M) {
+          const float a = dmix[m * n + e];
+          s += a; dd += a * mv[m];
+          if (more) dn += dmix[m * n + e + C] * mv[m];
+          part[m] += a * xs;
+        }
+      const float r = s - dd + dn;
+      dx[e] = add ? dx[e] + r : r;
+    }
+  }
+  if (!gmu) return;
+#pragma unroll
+  for (int m = 0; m < 6; m++) sh[m][threadIdx.y][threadIdx.x] = part[m];
+  __syncthreads();
+  if (threadIdx.y < M && i < C) {
+    float a = 0.f;
+    for (int r = 0; r < 8; r++) a += sh[threadIdx.y][r][threadIdx.x];
+    atomicAdd(gmu + threadIdx.y * C + i, a);
+  }
+}
+
 // mode 0: tanh, 1: sigmoid, 2: relu²; outF may alias in; either output may be null
 extern "C" __global__ void tr_act(float* outF, gin* outB, const float* in, int n, int mode) {
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
@@ -183,6 +290,21 @@ extern "C" __global__ void tr_act_bwd(float* d, gin* dB, const float* y, int n, 
     else g = v > 0.f ? g * 2.f * v : 0.f;
     if (d) d[i] = g;
     if (dB) dB[i] = tog(g);
+  }
+}
+
+// The channel-mix hidden layer with GEMM-input (bf16) pre-activations, as in inference: hid = relu(pre)²,
+// and its backward in place, d ← 2·relu(pre)·d (d: the dX GEMM's bf16 output, becoming the next GEMM's input).
+extern "C" __global__ void tr_relu2_g(gin* hid, const gin* pre, int n) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+    const float v = gf(pre[i]), r = v > 0.f ? v : 0.f;
+    hid[i] = tog(r * r);
+  }
+}
+extern "C" __global__ void tr_relu2_bwd_g(gin* d, const gin* pre, int n) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+    float v = gf(pre[i]);
+    d[i] = tog(v > 0.f ? gf(d[i]) * 2.f * v : 0.f);
   }
 }
 
@@ -284,6 +406,53 @@ extern "C" __global__ void tr_out_bwd(float* dgate, float* dv, float* dr, float*
   }
 }
 
+// tr_out_bwd over CS_ROWS rows of one head per block (grid ⌈R/CS_ROWS⌉ × H), with dgate written as the next
+// GEMM's input (dgateB) and the column sums of ρ, lnxw and lnxb added into grk, glnw, glnb (when not null).
+extern "C" __global__ void __launch_bounds__(256) tr_out_bwd_f(gin* dgateB, float* dv, float* dr, float* dkt, float* dy,
+    float* grk, float* glnw, float* glnb, const float* dz, const float* y, const float* r, const float* kt,
+    const float* v, const float* gate, const float* lnxw, const float* lnxb, const float* rk, int R, int H) {
+  __shared__ float sh[8 * 64];
+  const int h = blockIdx.y, lane = threadIdx.x & 31, C = H * 64;
+  const int c[2] = {h * 64 + lane, h * 64 + lane + 32};
+  float prk[2] = {0.f, 0.f}, pw[2] = {0.f, 0.f}, pb[2] = {0.f, 0.f};
+  const int t1 = min(R, (blockIdx.x + 1) * CS_ROWS);
+  for (int t = blockIdx.x * CS_ROWS + (threadIdx.x >> 5); t < t1; t += 8) {
+    const i64 o[2] = {(i64)t * C + c[0], (i64)t * C + c[1]};
+    float yv[2] = {y[o[0]], y[o[1]]};
+    float mean = warp_sum(yv[0] + yv[1]) / 64.f;
+    float var = warp_sum((yv[0] - mean) * (yv[0] - mean) + (yv[1] - mean) * (yv[1] - mean)) / 64.f;
+    float inv = rsqrtf(var + 64e-5f);
+    float bonus = warp_sum(r[o[0]] * kt[o[0]] * rk[c[0]] + r[o[1]] * kt[o[1]] * rk[c[1]]);
+    float xh[2], e[2], gw[2], ds = 0.f, m1 = 0.f, m2 = 0.f;
+    for (int q = 0; q < 2; q++) {
+      xh[q] = (yv[q] - mean) * inv;
+      float ov = xh[q] * lnxw[c[q]] + lnxb[c[q]] + bonus * v[o[q]];
+      float d = dz[o[q]];
+      dgateB[o[q]] = tog(d * ov);
+      e[q] = d * gate[o[q]];
+      ds += e[q] * v[o[q]];
+      gw[q] = e[q] * lnxw[c[q]];
+      m1 += gw[q]; m2 += gw[q] * xh[q];
+    }
+    ds = warp_sum(ds);
+    m1 = warp_sum(m1) / 64.f;
+    m2 = warp_sum(m2) / 64.f;
+    for (int q = 0; q < 2; q++) {
+      float rr = r[o[q]], kk = kt[o[q]], rho = rk[c[q]];
+      dv[o[q]] = e[q] * bonus;
+      dr[o[q]] = ds * kk * rho;
+      dkt[o[q]] = ds * rr * rho;
+      prk[q] += ds * rr * kk;
+      dy[o[q]] = inv * (gw[q] - m1 - xh[q] * m2);
+      pw[q] += e[q] * xh[q];
+      pb[q] += e[q];
+    }
+  }
+  colsum_flush(grk, prk, sh, h);
+  colsum_flush(glnw, pw, sh, h);
+  colsum_flush(glnb, pb, sh, h);
+}
+
 // After the WKV backward: keys, in-context rate, decay and value residual, element-wise.
 //   dκ̂ = dkk + db⊙a, da = db⊙κ̂ + dk̃⊙k⊙k_a → dapre = da·a(1−a);
 //   dk = dk̃⊙(1 + (a−1)k_a) + k_k⊙(dκ̂ − κ̂(κ̂·dκ̂))/‖κ‖;  pka = dk̃⊙k⊙(a−1), pkk = k⊙dκ;
@@ -328,6 +497,65 @@ extern "C" __global__ void tr_tmix_bwd(float* dk, float* dapre, float* pka, floa
       dvpre[o] = dvv * (vFirst[o] - vraw[o]) * sg * (1.f - sg);
     }
   }
+}
+
+// tr_tmix_bwd over CS_ROWS rows of one head per block (grid ⌈R/CS_ROWS⌉ × H), writing only what the GEMM
+// chain reads — the bf16 (GEMM-input) copies of dk, dapre, dω, dvraw, dvpre and dr — plus dvFirst (fp32),
+// with the column sums for k_a, k_k, w0, a0 and v0 added into gka, gkk, gw0, ga0, gv0 (when not null).
+extern "C" __global__ void __launch_bounds__(256) tr_tmix_bwd_f(gin* dkB, gin* dapreB, gin* domB, gin* dvrawB, gin* dvpreB,
+    gin* drB, float* dvFirst, float* gka, float* gkk, float* gw0, float* ga0, float* gv0, const float* dr,
+    const float* dom, const float* db, const float* dkk, const float* dkt, const float* dv, const float* kh,
+    const float* a, const float* k, const float* knorm, const float* kkp, const float* ka, const float* om,
+    const float* d, const float* sv, const float* vFirst, const float* vraw, int R, int H, int first) {
+  __shared__ float sh[8 * 64];
+  const int h = blockIdx.y, lane = threadIdx.x & 31, C = H * 64;
+  float pka[2] = {0.f, 0.f}, pkk[2] = {0.f, 0.f}, pw0[2] = {0.f, 0.f}, pa0[2] = {0.f, 0.f}, pv0[2] = {0.f, 0.f};
+  const int t1 = min(R, (blockIdx.x + 1) * CS_ROWS);
+  for (int t = blockIdx.x * CS_ROWS + (threadIdx.x >> 5); t < t1; t += 8) {
+    float dkh[2], dot = 0.f;
+    for (int q = 0; q < 2; q++) {
+      i64 o = (i64)t * C + h * 64 + lane + 32 * q;
+      dkh[q] = dkk[o] + db[o] * a[o];
+      dot += kh[o] * dkh[q];
+    }
+    dot = warp_sum(dot);
+    float nrm = knorm[(i64)t * H + h];
+    bool clamped = !(nrm > 1e-12f);
+    float inv = 1.f / fmaxf(nrm, 1e-12f);
+    for (int q = 0; q < 2; q++) {
+      int c = h * 64 + lane + 32 * q;
+      i64 o = (i64)t * C + c;
+      float av = a[o], kv = k[o], kap = kh[o], g = dkt[o];
+      float dkap = (clamped ? dkh[q] : dkh[q] - kap * dot) * inv;
+      dkB[o] = tog(g * (1.f + (av - 1.f) * ka[c]) + dkap * kkp[c]);
+      float da = db[o] * kap + g * kv * ka[c];
+      float dap = da * av * (1.f - av);
+      dapreB[o] = tog(dap);
+      pa0[q] += dap;
+      pka[q] += g * kv * (av - 1.f);
+      pkk[q] += dkap * kv;
+      float s = sigmoidf_(d[o]);
+      float dw = dom[o] * om[o] * -0.60653065971f * s * (1.f - s);
+      domB[o] = tog(dw);
+      pw0[q] += dw;
+      drB[o] = tog(dr[o]);
+      float dvv = dv[o];
+      if (first) dvrawB[o] = tog(dvv + dvFirst[o]);
+      else {
+        float sg = sv[o];
+        dvrawB[o] = tog(dvv * (1.f - sg));
+        dvFirst[o] += dvv * sg;
+        float dvp = dvv * (vFirst[o] - vraw[o]) * sg * (1.f - sg);
+        dvpreB[o] = tog(dvp);
+        pv0[q] += dvp;
+      }
+    }
+  }
+  colsum_flush(gka, pka, sh, h);
+  colsum_flush(gkk, pkk, sh, h);
+  colsum_flush(gw0, pw0, sh, h);
+  colsum_flush(ga0, pa0, sh, h);
+  if (!first) colsum_flush(gv0, pv0, sh, h);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -31,6 +31,10 @@ const WKV_EVERY = 16, WR = 8;
 const MAX_SEL = 8;
 /** The most of the device memory the kept WKV-7 outputs may take (see CudaTrainer.keepWkv). */
 const KEEP_WKV_SHARE = 0.4;
+/** The most of the device memory kept forward activations may take (see CudaTrainer.keptAct). */
+const KEEP_ACT_SHARE = 0.5;
+/** The device memory left free beside the kept activations (share of the total). */
+const KEEP_ACT_MARGIN = 0.08;
 
 type Fn = (...args: unknown[]) => number;
 let gemmEx: Fn | undefined;
@@ -56,6 +60,10 @@ class Scratch {
     return nb.ptr;
   }
   free(): void { for (const b of this.bufs.values()) b.free(); this.bufs.clear(); }
+  /** Frees the buffers whose names satisfy `f`. */
+  dropWhere(f: (name: string) => boolean): void {
+    for (const [nm, b] of this.bufs) if (f(nm)) { this.ctx.sync(); b.free(); this.bufs.delete(nm); }
+  }
   /** Frees the buffers whose names start with `prefix`. */
   drop(prefix: string): void {
     for (const [nm, b] of this.bufs) if (nm.startsWith(prefix)) { this.ctx.sync(); b.free(); this.bufs.delete(nm); }
@@ -76,6 +84,8 @@ export interface CudaTrainerOptions {
    * rounding between the GPU and the CPU reference. Slow; not for training.
    */
   fp32?: boolean;
+  /** Keep forward activations for the backward where memory allows (default true; see keptAct). */
+  keepActivations?: boolean;
 }
 
 export interface CudaBatchOptions extends Omit<GradOptions, 'tokenWeights'> {
@@ -126,6 +136,10 @@ export class CudaTrainer {
   private frozenGrads: boolean;
   /** Rows, sequence length and sequences of the current call. */
   private R = 0; private T = 0; private Bn = 0;
+  /** Rows of the call that sized the kept activations. */
+  private actRows = 0;
+  /** Free device memory after the last call with the kept activations of `keptAct` (bytes). */
+  private actFree: number | undefined;
   /**
    * WKV-7 by the chunked kernels (kernels/wkv7-train.cu, the default: 1.4× the tokens/s of RWKV-7 0.19B at
    * 4K × 16 on an H100) or by the sequential tr_wkv_fwd/bwd (RWKVX_TRAIN_WKV=seq).
@@ -140,10 +154,35 @@ export class CudaTrainer {
   private keepWkv = false;
   /** Whether the last call kept the WKV-7 outputs (see keepWkv). */
   get keptWkv(): boolean { return this.keepWkv; }
+  /**
+   * The blocks ('3' RWKV block 3, 'a1' attention block 1) whose forward activations are kept for the backward,
+   * which then skips their recompute: as many as fit in KEEP_ACT_SHARE of the device memory, decided per call
+   * (RWKVX_TRAIN_KEEP_ACT=0, or keepActivations false, keeps none: every block is recomputed).
+   */
+  private keptAct = new Set<string>();
+  private keepAct: boolean;
+  /** How many blocks the last call kept the activations of (see keptAct). */
+  get keptActivations(): number { return this.keptAct.size; }
+  /** The scratch-name suffix of a block's forward activations: its own when kept, else '' (shared). */
+  private actSfx(block: string): string { return this.keptAct.has(block) ? `#${block}` : ''; }
+  /** Bytes of one block's kept forward activations (the buffers its backward reads). */
+  private actBytes(kind: 'rwkv' | 'attn', R: number): number {
+    const cfg = this.cfg, n = R * cfg.dim, eb = this.eb, L = cfg.lora;
+    const cm = (F: number) => 2 * n * F32 + n * eb + R * F * (this.fused ? eb : F32) + R * F * eb; // h1, x2, xk, pre, hid
+    if (kind === 'attn') return n * eb * 2 + 3 * n * F32 + cm(cfg.attnFfn); // x1B, yB, q, k, v
+    return 12 * n * F32 + 7 * n * eb + R * (L.w * (F32 + eb) + L.a * eb + L.v * eb + L.g * (F32 + eb) + cfg.heads * F32) + cm(cfg.ffn);
+  }
   private chunked(): Wkv7ChunkedTrain {
     this.wkc ??= new Wkv7ChunkedTrain(this.ctx, (tag, f) => this.timed(tag, f));
     return this.wkc;
   }
+
+  /**
+   * Fused element-wise backward (the default): column sums and bf16 casts inside the kernels that make their
+   * inputs (tr_*_f), and the channel mix's pre-activations and their gradient as bf16 GEMM outputs (as in
+   * inference); RWKVX_TRAIN_FUSED=0 runs the separate fp32 passes (tr_colsum, tr_f2bf, tr_act), the reference.
+   */
+  readonly fused: boolean;
 
   private mb: MobaTrain | undefined;
   private moba(): MobaTrain {
@@ -178,6 +217,10 @@ export class CudaTrainer {
     const wkvMode = process.env.RWKVX_TRAIN_WKV ?? '';
     if (!['', 'seq', 'chunked'].includes(wkvMode)) fail(`RWKVX_TRAIN_WKV must be 'seq' or 'chunked' (got '${wkvMode}')`);
     this.wkvChunked = wkvMode !== 'seq';
+    this.keepAct = (opts.keepActivations ?? true) && process.env.RWKVX_TRAIN_KEEP_ACT !== '0';
+    const fz = process.env.RWKVX_TRAIN_FUSED ?? '';
+    if (!['', '0', '1'].includes(fz)) fail(`RWKVX_TRAIN_FUSED must be 0 or 1 (got '${fz}')`);
+    this.fused = fz !== '0' && cfg.dim <= 4096;
     this.blas = new Cublas(this.ctx);
     this.sc = new Scratch(this.ctx);
     let off = 0;
@@ -279,9 +322,9 @@ export class CudaTrainer {
   private lin(y: number, x: number, W: number, T: number, K: number, N: number, acc = false, yBf = false): void {
     this.gemm('fwd', y, yBf, x, false, W, true, T, N, K, acc);
   }
-  /** Backward of lin: dx[T, K] (+)= dy·W; dW[N, K] += dyᵀ·x. dy, x bf16. */
-  private linBack(dx: number, dW: number, dy: number, x: number, W: number, T: number, K: number, N: number, accX = false): void {
-    if (dx) this.gemm('dX', dx, false, dy, false, W, false, T, K, N, accX);
+  /** Backward of lin: dx[T, K] (+)= dy·W (dxBf: dx a GEMM input); dW[N, K] += dyᵀ·x. dy, x bf16. */
+  private linBack(dx: number, dW: number, dy: number, x: number, W: number, T: number, K: number, N: number, accX = false, dxBf = false): void {
+    if (dx) this.gemm('dX', dx, dxBf, dy, false, W, false, T, K, N, accX);
     if (this.want(dW)) this.gemm('dW', dW, false, dy, true, x, false, N, K, T, true);
   }
   /** y[T, N] = x[T, K]·A[K, N] (a LoRA factor). */
@@ -304,9 +347,14 @@ export class CudaTrainer {
   private ln(outF: number, outB: number, x: number, w: number, b: number, R: number): void {
     this.k('tr_ln', [R], [256], [outF, outB, x, w, b, this.cfg.dim]);
   }
-  /** dx (= or +=) from dout; weight and bias gradients added to gw, gb. */
-  private lnBack(dx: number, gw: number, gb: number, dout: number, x: number, w: number, R: number, add: boolean): void {
-    const C = this.cfg.dim, pw = this.sc.get('ln.pw', R * C * F32);
+  /** dx (= or +=) from dout; weight and bias gradients added to gw, gb; fused: dxB ← bf16(dx) when given. */
+  private lnBack(dx: number, gw: number, gb: number, dout: number, x: number, w: number, R: number, add: boolean, dxB = 0): void {
+    const C = this.cfg.dim;
+    if (this.fused) {
+      this.k('tr_ln_bwd_f', [Math.ceil(R / 16)], [256], [dx, dxB, this.want(gw) ? gw : 0, this.want(gb) ? gb : 0, dout, x, w, R, C, add ? 1 : 0]);
+      return;
+    }
+    const pw = this.sc.get('ln.pw', R * C * F32);
     this.k('tr_ln_bwd', [R], [256], [dx, pw, dout, x, w, C, add ? 1 : 0]);
     this.colsum(gw, pw, 0, R, C, 0);
     this.colsum(gb, dout, 0, R, C, 0);
@@ -316,28 +364,53 @@ export class CudaTrainer {
   // blocks
 
   /** ChannelMix forward (activations in scratch 'cm.*'); out added into h. */
-  private cmForward(pfx: string, x2: number, F: number, R: number, h: number): void {
-    const C = this.cfg.dim, s = this.sc;
-    const xk = s.get('cm.xk', R * C * this.eb), pre = s.get('cm.pre', R * F * F32), hid = s.get('cm.hid', R * F * this.eb);
+  private cmForward(pfx: string, x2: number, F: number, R: number, h: number, sfx: string): void {
+    const C = this.cfg.dim, s = this.sc, A = (nm: string, b: number) => s.get(nm + sfx, b);
+    const xk = A('cm.xk', R * C * this.eb), hid = A('cm.hid', R * F * this.eb);
     this.k('tr_mix', this.ew(R * C), [256], [xk, x2, this.f(`${pfx}ffn.x_k`), R, this.T, C, 1]);
-    this.lin(pre, xk, this.b(`${pfx}ffn.key.weight`), R, C, F);
-    this.k('tr_act', this.ew(R * F), [256], [0, hid, pre, R * F, 2], 0, 'tr_act relu2');
+    if (this.fused) {
+      // the pre-activations as GEMM inputs (bf16), as in inference: half the bytes of the widest array
+      const preB = A('cm.preB', R * F * this.eb);
+      this.lin(preB, xk, this.b(`${pfx}ffn.key.weight`), R, C, F, false, true);
+      this.k('tr_relu2_g', this.ew(R * F), [256], [hid, preB, R * F]);
+    } else {
+      const pre = A('cm.pre', R * F * F32);
+      this.lin(pre, xk, this.b(`${pfx}ffn.key.weight`), R, C, F);
+      this.k('tr_act', this.ew(R * F), [256], [0, hid, pre, R * F, 2], 0, 'tr_act relu2');
+    }
     this.lin(h, hid, this.b(`${pfx}ffn.value.weight`), R, F, C, true);
   }
 
   /** ChannelMix backward: dh (bf16 copy in dhB) → returns dx2 (w.r.t. the LN2 output). */
-  private cmBackward(pfx: string, x2: number, F: number, R: number, dhB: number): number {
-    const C = this.cfg.dim, s = this.sc;
-    const xk = s.get('cm.xk', R * C * this.eb), pre = s.get('cm.pre', R * F * F32), hid = s.get('cm.hid', R * F * this.eb);
-    const dhid = s.get('cmb.dhid', R * F * F32), dpreB = s.get('cmb.dpreB', R * F * this.eb);
-    this.linBack(dhid, this.g(`${pfx}ffn.value.weight`), dhB, hid, this.b(`${pfx}ffn.value.weight`), R, F, C);
-    this.k('tr_act_bwd', this.ew(R * F), [256], [dhid, dpreB, pre, R * F, 2], 0, 'tr_act_bwd relu2');
+  private cmBackward(pfx: string, x2: number, F: number, R: number, dhB: number, sfx: string): number {
+    const C = this.cfg.dim, s = this.sc, A = (nm: string, b: number) => s.get(nm + sfx, b);
+    const xk = A('cm.xk', R * C * this.eb), hid = A('cm.hid', R * F * this.eb);
+    const dpreB = s.get('cmb.dpreB', R * F * this.eb);
+    if (this.fused) {
+      // dhid straight into dpreB as a GEMM input, then the relu² derivative in place
+      this.linBack(dpreB, this.g(`${pfx}ffn.value.weight`), dhB, hid, this.b(`${pfx}ffn.value.weight`), R, F, C, false, true);
+      this.k('tr_relu2_bwd_g', this.ew(R * F), [256], [dpreB, A('cm.preB', 0), R * F]);
+    } else {
+      const pre = A('cm.pre', R * F * F32), dhid = s.get('cmb.dhid', R * F * F32);
+      this.linBack(dhid, this.g(`${pfx}ffn.value.weight`), dhB, hid, this.b(`${pfx}ffn.value.weight`), R, F, C);
+      this.k('tr_act_bwd', this.ew(R * F), [256], [dhid, dpreB, pre, R * F, 2], 0, 'tr_act_bwd relu2');
+    }
     const dxk = s.get('cmb.dxk', R * C * F32);
     this.linBack(dxk, this.g(`${pfx}ffn.key.weight`), dpreB, xk, this.b(`${pfx}ffn.key.weight`), R, C, F);
     const dx2 = s.get('cmb.dx2', R * C * F32);
-    this.k('tr_mix_bwd', this.ew(R * C), [256], [dx2, dxk, this.f(`${pfx}ffn.x_k`), R, this.T, C, 1, 0]);
-    this.colsum(this.g(`${pfx}ffn.x_k`), dxk, x2, R, C, 2);
+    this.mixBack(dx2, this.g(`${pfx}ffn.x_k`), dxk, this.f(`${pfx}ffn.x_k`), x2, R, 1);
     return dx2;
+  }
+
+  /** Backward of tr_mix: dx = from the M mixes' gradients dmix [M, R, C]; gmu += the mix weights' gradients. */
+  private mixBack(dx: number, gmu: number, dmix: number, mu: number, x: number, R: number, M: number): void {
+    const C = this.cfg.dim;
+    if (this.fused) {
+      this.k('tr_mix_bwd_f', [Math.ceil(C / 32), Math.min(128, Math.ceil(R / 8))], [32, 8], [dx, this.want(gmu) ? gmu : 0, dmix, mu, x, R, this.T, C, M, 0]);
+      return;
+    }
+    this.k('tr_mix_bwd', this.ew(R * C), [256], [dx, dmix, mu, R, this.T, C, M, 0]);
+    for (let m = 0; m < M; m++) this.colsum(gmu + m * C * F32, dmix + m * R * C * F32, x, R, C, 2);
   }
 
   /** RWKV block forward over h (in place); with `save`, the WKV checkpoints are kept for the backward. */
@@ -353,46 +426,47 @@ export class CudaTrainer {
 
   private rwkvForward(li: number, h: number, vFirst: number, R: number, recompute = false): void {
     const cfg = this.cfg, C = cfg.dim, H = cfg.heads, L = cfg.lora, s = this.sc, n = R * C;
+    const sfx = this.actSfx(`${li}`), A = (nm: string, b: number) => s.get(nm + sfx, b);
     const p = `${rwkvPrefix(cfg)}blocks.${li}.`, a = (x: string) => this.f(`${p}att.${x}`), ab = (x: string) => this.b(`${p}att.${x}`);
-    const x1 = s.get('tm.x1', n * F32), mix = s.get('tm.mix', 6 * n * this.eb);
+    const x1 = A('tm.x1', n * F32), mix = A('tm.mix', 6 * n * this.eb);
     const xm = (m: number) => mix + m * n * this.eb; // r, w, k, v, a, g
     this.ln(x1, 0, h, this.f(`${p}ln1.weight`), this.f(`${p}ln1.bias`), R);
     this.k('tr_mix', this.ew(n), [256], [mix, x1, a('x_r'), R, this.T, C, 6]);
-    const r = s.get('tm.r', n * F32), k = s.get('tm.k', n * F32), vraw = s.get('tm.vraw', n * F32);
+    const r = A('tm.r', n * F32), k = A('tm.k', n * F32), vraw = A('tm.vraw', n * F32);
     this.lin(r, xm(0), ab('receptance.weight'), R, C, C);
     this.lin(k, xm(2), ab('key.weight'), R, C, C);
     this.lin(vraw, xm(3), ab('value.weight'), R, C, C);
-    const lw = s.get('tm.lw', R * L.w * F32), lwB = s.get('tm.lwB', R * L.w * this.eb), d = s.get('tm.d', n * F32);
+    const lw = A('tm.lw', R * L.w * F32), lwB = A('tm.lwB', R * L.w * this.eb), d = A('tm.d', n * F32);
     this.mm(lw, xm(1), ab('w1'), R, C, L.w);
     this.k('tr_act', this.ew(R * L.w), [256], [lw, lwB, lw, R * L.w, 0], 0, 'tr_act tanh');
     this.mm(d, lwB, ab('w2'), R, L.w, C);
-    const laB = s.get('tm.laB', R * L.a * this.eb), av = s.get('tm.a', n * F32);
+    const laB = A('tm.laB', R * L.a * this.eb), av = A('tm.a', n * F32);
     this.mm(laB, xm(4), ab('a1'), R, C, L.a, true);
     this.mm(av, laB, ab('a2'), R, L.a, C);
-    const lvB = s.get('tm.lvB', R * L.v * this.eb), sv = s.get('tm.sv', n * F32);
+    const lvB = A('tm.lvB', R * L.v * this.eb), sv = A('tm.sv', n * F32);
     if (li > 0) {
       this.mm(lvB, xm(3), ab('v1'), R, C, L.v, true);
       this.mm(sv, lvB, ab('v2'), R, L.v, C);
     }
-    const lg = s.get('tm.lg', R * L.g * F32), lgB = s.get('tm.lgB', R * L.g * this.eb), gate = s.get('tm.gate', n * F32);
+    const lg = A('tm.lg', R * L.g * F32), lgB = A('tm.lgB', R * L.g * this.eb), gate = A('tm.gate', n * F32);
     this.mm(lg, xm(5), ab('g1'), R, C, L.g);
     this.k('tr_act', this.ew(R * L.g), [256], [lg, lgB, lg, R * L.g, 1], 0, 'tr_act sigmoid');
     this.mm(gate, lgB, ab('g2'), R, L.g, C);
-    const om = s.get('tm.om', n * F32), kh = s.get('tm.kh', n * F32), kt = s.get('tm.kt', n * F32), v = s.get('tm.v', n * F32);
-    const knorm = s.get('tm.knorm', R * H * F32);
+    const om = A('tm.om', n * F32), kh = A('tm.kh', n * F32), kt = A('tm.kt', n * F32), v = A('tm.v', n * F32);
+    const knorm = A('tm.knorm', R * H * F32);
     this.k('tr_tmix_prep', [Math.ceil((R * H) / 8)], [256],
       [d, om, av, sv, kh, kt, v, vFirst, knorm, k, vraw, a('w0'), a('a0'), a('v0'), a('k_k'), a('k_a'), R, H, li === 0 ? 1 : 0]);
     const { y, ckpt, rec } = this.wkvBufs(li);
     if (this.wkvChunked) {
       if (!(recompute && this.keepWkv)) this.chunked().forward(y, ckpt, rec, r, om, kt, v, kh, av, this.Bn, this.T, C);
     } else this.k('tr_wkv_fwd', [H, 64 / WR, this.Bn], [32 * WR], [y, ckpt, r, om, kt, v, kh, av, this.T, C]);
-    const zB = s.get('tm.zB', n * this.eb);
+    const zB = A('tm.zB', n * this.eb);
     this.k('tr_out_fwd', [Math.ceil((R * H) / 8)], [256], [zB, y, r, kt, v, gate, a('ln_x.weight'), a('ln_x.bias'), a('r_k'), R, H]);
     this.lin(h, zB, ab('output.weight'), R, C, C, true);
-    const h1 = s.get('rb.h1', n * F32), x2 = s.get('rb.x2', n * F32);
+    const h1 = A('rb.h1', n * F32), x2 = A('rb.x2', n * F32);
     copyD(this, h1, h, n * F32);
     this.ln(x2, 0, h, this.f(`${p}ln2.weight`), this.f(`${p}ln2.bias`), R);
-    this.cmForward(p, x2, cfg.ffn, R, h);
+    this.cmForward(p, x2, cfg.ffn, R, h, sfx);
   }
 
   /** Recomputes block li from its input hIn, then turns dh (w.r.t. its output) into dh w.r.t. its input. */
@@ -400,32 +474,43 @@ export class CudaTrainer {
     const cfg = this.cfg, C = cfg.dim, H = cfg.heads, L = cfg.lora, s = this.sc, n = R * C;
     const p = `${rwkvPrefix(cfg)}blocks.${li}.`, a = (x: string) => this.f(`${p}att.${x}`), ab = (x: string) => this.b(`${p}att.${x}`);
     const ga = (x: string) => this.g(`${p}att.${x}`);
-    const h = s.get('rb.h', n * F32);
-    copyD(this, h, hIn, n * F32);
-    this.rwkvForward(li, h, vFirst, R, true);
+    const sfx = this.actSfx(`${li}`), A = (nm: string, b: number) => s.get(nm + sfx, b);
+    if (!sfx) {
+      // recompute the block's activations from its input (those of a kept block are still there)
+      const h = s.get('rb.h', n * F32);
+      copyD(this, h, hIn, n * F32);
+      this.rwkvForward(li, h, vFirst, R, true);
+    }
     const wb = this.wkvBufs(li);
-    const dhB = s.get('b.dhB', n * this.eb);
-    // ChannelMix and LN2
-    this.toBf(dhB, dh, n);
-    const dx2 = this.cmBackward(p, s.get('rb.x2', 0), cfg.ffn, R, dhB);
-    this.lnBack(dh, this.g(`${p}ln2.weight`), this.g(`${p}ln2.bias`), dx2, s.get('rb.h1', 0), this.f(`${p}ln2.weight`), R, true);
+    const dhB = s.get('b.dhB', n * this.eb), fz = this.fused;
+    // ChannelMix and LN2 (fused: dhB already holds bf16(dh), written with dh)
+    if (!fz) this.toBf(dhB, dh, n);
+    const dx2 = this.cmBackward(p, A('rb.x2', 0), cfg.ffn, R, dhB, sfx);
+    this.lnBack(dh, this.g(`${p}ln2.weight`), this.g(`${p}ln2.bias`), dx2, A('rb.h1', 0), this.f(`${p}ln2.weight`), R, true, dhB);
     // output projection
-    this.toBf(dhB, dh, n);
+    if (!fz) this.toBf(dhB, dh, n);
     const dz = s.get('tmb.dz', n * F32);
-    this.linBack(dz, ga('output.weight'), dhB, s.get('tm.zB', 0), ab('output.weight'), R, C, C);
+    this.linBack(dz, ga('output.weight'), dhB, A('tm.zB', 0), ab('output.weight'), R, C, C);
     const dgate = s.get('tmb.dgate', n * F32), dv = s.get('tmb.dv', n * F32), dr = s.get('tmb.dr', n * F32);
     const dkt = s.get('tmb.dkt', n * F32), dy = s.get('tmb.dy', n * F32);
     const P1 = s.get('tmb.P1', n * F32), P2 = s.get('tmb.P2', n * F32), P3 = s.get('tmb.P3', n * F32);
-    const y = wb.y, r = s.get('tm.r', 0), kt = s.get('tm.kt', 0), v = s.get('tm.v', 0), gate = s.get('tm.gate', 0);
-    this.k('tr_out_bwd', [Math.ceil((R * H) / 8)], [256],
-      [dgate, dv, dr, dkt, dy, P1, P2, P3, dz, y, r, kt, v, gate, a('ln_x.weight'), a('ln_x.bias'), a('r_k'), R, H]);
-    this.colsum(ga('r_k'), P1, 0, R, C, 0);
-    this.colsum(ga('ln_x.weight'), P2, 0, R, C, 0);
-    this.colsum(ga('ln_x.bias'), P3, 0, R, C, 0);
+    const y = wb.y, r = A('tm.r', 0), kt = A('tm.kt', 0), v = A('tm.v', 0), gate = A('tm.gate', 0);
+    const gw = (x: string) => (this.want(ga(x)) ? ga(x) : 0);
+    const bfB = (x: string) => s.get(`tmb.${x}B`, n * this.eb);
+    if (fz) {
+      this.k('tr_out_bwd_f', [Math.ceil(R / 64), H], [256],
+        [bfB('dgate'), dv, dr, dkt, dy, gw('r_k'), gw('ln_x.weight'), gw('ln_x.bias'), dz, y, r, kt, v, gate, a('ln_x.weight'), a('ln_x.bias'), a('r_k'), R, H]);
+    } else {
+      this.k('tr_out_bwd', [Math.ceil((R * H) / 8)], [256],
+        [dgate, dv, dr, dkt, dy, P1, P2, P3, dz, y, r, kt, v, gate, a('ln_x.weight'), a('ln_x.bias'), a('r_k'), R, H]);
+      this.colsum(ga('r_k'), P1, 0, R, C, 0);
+      this.colsum(ga('ln_x.weight'), P2, 0, R, C, 0);
+      this.colsum(ga('ln_x.bias'), P3, 0, R, C, 0);
+    }
     // WKV
     const dom = s.get('tmb.dom', n * F32), dkk = s.get('tmb.dkk', n * F32), db = s.get('tmb.db', n * F32);
     zero(this.ctx, dom, n * F32); zero(this.ctx, dkk, n * F32); zero(this.ctx, db, n * F32);
-    const om = s.get('tm.om', 0), kh = s.get('tm.kh', 0), av = s.get('tm.a', 0), ckpt = wb.ckpt;
+    const om = A('tm.om', 0), kh = A('tm.kh', 0), av = A('tm.a', 0), ckpt = wb.ckpt;
     if (this.wkvChunked) {
       // the record is this block's: kept from the forward, or written by the recompute above
       const gend = s.get('tmb.gend', Wkv7ChunkedTrain.stateBytes(this.Bn, this.T, H));
@@ -433,53 +518,54 @@ export class CudaTrainer {
     } else this.k('tr_wkv_bwd', [H, 64 / WR, this.Bn], [32 * WR], [dr, dom, dkt, dv, dkk, db, dy, r, om, kt, v, kh, av, ckpt, this.T, C]);
     // keys, rate, decay, value residual
     const dk = s.get('tmb.dk', n * F32), dapre = s.get('tmb.dapre', n * F32), dvraw = s.get('tmb.dvraw', n * F32), dvpre = s.get('tmb.dvpre', n * F32);
-    const k = s.get('tm.k', 0), d = s.get('tm.d', 0), sv = s.get('tm.sv', 0), vraw = s.get('tm.vraw', 0);
-    this.k('tr_tmix_bwd', [Math.ceil((R * H) / 8)], [256],
-      [dk, dapre, P1, P2, dom, dvraw, dvpre, dvFirst, db, dkk, dkt, dv, kh, av, k, s.get('tm.knorm', 0), a('k_k'), a('k_a'), om, d, sv, vFirst, vraw, R, H, li === 0 ? 1 : 0]);
-    this.colsum(ga('k_a'), P1, 0, R, C, 0);
-    this.colsum(ga('k_k'), P2, 0, R, C, 0);
-    this.colsum(ga('w0'), dom, 0, R, C, 0);
-    this.colsum(ga('a0'), dapre, 0, R, C, 0);
+    const k = A('tm.k', 0), d = A('tm.d', 0), sv = A('tm.sv', 0), vraw = A('tm.vraw', 0);
+    if (fz) {
+      this.k('tr_tmix_bwd_f', [Math.ceil(R / 64), H], [256],
+        [bfB('dk'), bfB('dapre'), bfB('dom'), bfB('dvraw'), li > 0 ? bfB('dvpre') : 0, bfB('dr'), dvFirst,
+          gw('k_a'), gw('k_k'), gw('w0'), gw('a0'), li > 0 ? gw('v0') : 0, dr, dom, db, dkk, dkt, dv, kh, av, k, A('tm.knorm', 0),
+          a('k_k'), a('k_a'), om, d, sv, vFirst, vraw, R, H, li === 0 ? 1 : 0]);
+    } else {
+      this.k('tr_tmix_bwd', [Math.ceil((R * H) / 8)], [256],
+        [dk, dapre, P1, P2, dom, dvraw, dvpre, dvFirst, db, dkk, dkt, dv, kh, av, k, A('tm.knorm', 0), a('k_k'), a('k_a'), om, d, sv, vFirst, vraw, R, H, li === 0 ? 1 : 0]);
+      this.colsum(ga('k_a'), P1, 0, R, C, 0);
+      this.colsum(ga('k_k'), P2, 0, R, C, 0);
+      this.colsum(ga('w0'), dom, 0, R, C, 0);
+      this.colsum(ga('a0'), dapre, 0, R, C, 0);
+    }
+    /** The bf16 GEMM input of gradient x: the fused kernel's output, or a cast of the fp32 array into gB. */
+    const asB = (x: string, f32: number): number => { if (fz) return bfB(x); this.toBf(gB, f32, n); return gB; };
     // the six mixed inputs' gradients, one GEMM chain each, into dmix [6, R, C]
-    const mix = s.get('tm.mix', 0), xm = (m: number) => mix + m * n * this.eb;
+    const mix = A('tm.mix', 0), xm = (m: number) => mix + m * n * this.eb;
     const dmix = s.get('tmb.dmix', 6 * n * F32), dm = (m: number) => dmix + m * n * F32;
     const D = Math.max(L.w, L.a, L.v, L.g);
     const dlo = s.get('tmb.dlo', R * D * F32), dloB = s.get('tmb.dloB', R * D * this.eb), gB = s.get('tmb.gB', n * this.eb);
     // r, k
-    this.toBf(gB, dr, n);
-    this.linBack(dm(0), ga('receptance.weight'), gB, xm(0), ab('receptance.weight'), R, C, C);
-    this.toBf(gB, dk, n);
-    this.linBack(dm(2), ga('key.weight'), gB, xm(2), ab('key.weight'), R, C, C);
+    this.linBack(dm(0), ga('receptance.weight'), asB('dr', dr), xm(0), ab('receptance.weight'), R, C, C);
+    this.linBack(dm(2), ga('key.weight'), asB('dk', dk), xm(2), ab('key.weight'), R, C, C);
     // decay: dd (in dom) → w2, tanh, w1
-    this.toBf(gB, dom, n);
-    this.mmBack(dlo, ga('w2'), gB, s.get('tm.lwB', 0), ab('w2'), R, L.w, C);
-    this.k('tr_act_bwd', this.ew(R * L.w), [256], [dlo, dloB, s.get('tm.lw', 0), R * L.w, 0], 0, 'tr_act_bwd tanh');
+    this.mmBack(dlo, ga('w2'), asB('dom', dom), A('tm.lwB', 0), ab('w2'), R, L.w, C);
+    this.k('tr_act_bwd', this.ew(R * L.w), [256], [dlo, dloB, A('tm.lw', 0), R * L.w, 0], 0, 'tr_act_bwd tanh');
     this.mmBack(dm(1), ga('w1'), dloB, xm(1), ab('w1'), R, C, L.w);
     // in-context rate: dapre → a2, a1
-    this.toBf(gB, dapre, n);
-    this.mmBack(dlo, ga('a2'), gB, s.get('tm.laB', 0), ab('a2'), R, L.a, C);
+    this.mmBack(dlo, ga('a2'), asB('dapre', dapre), A('tm.laB', 0), ab('a2'), R, L.a, C);
     this.toBf(dloB, dlo, R * L.a);
     this.mmBack(dm(4), ga('a1'), dloB, xm(4), ab('a1'), R, C, L.a);
     // value: W_v and the residual gate
-    this.toBf(gB, dvraw, n);
-    this.linBack(dm(3), ga('value.weight'), gB, xm(3), ab('value.weight'), R, C, C);
+    this.linBack(dm(3), ga('value.weight'), asB('dvraw', dvraw), xm(3), ab('value.weight'), R, C, C);
     if (li > 0) {
-      this.colsum(ga('v0'), dvpre, 0, R, C, 0);
-      this.toBf(gB, dvpre, n);
-      this.mmBack(dlo, ga('v2'), gB, s.get('tm.lvB', 0), ab('v2'), R, L.v, C);
+      if (!fz) this.colsum(ga('v0'), dvpre, 0, R, C, 0);
+      this.mmBack(dlo, ga('v2'), asB('dvpre', dvpre), A('tm.lvB', 0), ab('v2'), R, L.v, C);
       this.toBf(dloB, dlo, R * L.v);
       this.mmBack(dm(3), ga('v1'), dloB, xm(3), ab('v1'), R, C, L.v, true);
     }
     // gate
-    this.toBf(gB, dgate, n);
-    this.mmBack(dlo, ga('g2'), gB, s.get('tm.lgB', 0), ab('g2'), R, L.g, C);
-    this.k('tr_act_bwd', this.ew(R * L.g), [256], [dlo, dloB, s.get('tm.lg', 0), R * L.g, 1], 0, 'tr_act_bwd sigmoid');
+    this.mmBack(dlo, ga('g2'), asB('dgate', dgate), A('tm.lgB', 0), ab('g2'), R, L.g, C);
+    this.k('tr_act_bwd', this.ew(R * L.g), [256], [dlo, dloB, A('tm.lg', 0), R * L.g, 1], 0, 'tr_act_bwd sigmoid');
     this.mmBack(dm(5), ga('g1'), dloB, xm(5), ab('g1'), R, C, L.g);
     // token-shift mixes and LN1
-    const x1 = s.get('tm.x1', 0), dx1 = s.get('tmb.dx1', n * F32);
-    this.k('tr_mix_bwd', this.ew(n), [256], [dx1, dmix, a('x_r'), R, this.T, C, 6, 0]);
-    for (let m = 0; m < 6; m++) this.colsum(ga('x_r') + m * C * F32, dm(m), x1, R, C, 2);
-    this.lnBack(dh, this.g(`${p}ln1.weight`), this.g(`${p}ln1.bias`), dx1, hIn, this.f(`${p}ln1.weight`), R, true);
+    const x1 = A('tm.x1', 0), dx1 = s.get('tmb.dx1', n * F32);
+    this.mixBack(dx1, ga('x_r'), dmix, a('x_r'), x1, R, 6);
+    this.lnBack(dh, this.g(`${p}ln1.weight`), this.g(`${p}ln1.bias`), dx1, hIn, this.f(`${p}ln1.weight`), R, true, dhB);
   }
 
   /**
@@ -489,47 +575,51 @@ export class CudaTrainer {
    */
   private attnForward(j: number, h: number, R: number, B: number, nSel: number, recompute: boolean): void {
     const cfg = this.cfg, C = cfg.dim, s = this.sc, n = R * C, p = attnPrefix(j);
-    const x1B = s.get('ab.x1B', n * this.eb);
+    const sfx = this.actSfx(`a${j}`), A = (nm: string, b: number) => s.get(nm + sfx, b);
+    const x1B = A('ab.x1B', n * this.eb);
     this.ln(0, x1B, h, this.f(`${p}ln1.weight`), this.f(`${p}ln1.bias`), R);
-    const q = s.get('ab.q', n * F32), k = s.get('ab.k', n * F32), v = s.get('ab.v', n * F32);
+    const q = A('ab.q', n * F32), k = A('ab.k', n * F32), v = A('ab.v', n * F32);
     this.lin(q, x1B, this.b(`${p}att.receptance.weight`), R, C, C);
     this.lin(k, x1B, this.b(`${p}att.key.weight`), R, C, C);
     this.lin(v, x1B, this.b(`${p}att.value.weight`), R, C, C);
     const shape = this.mobaShape(B, nSel), saved = this.mobaSaved(j, shape);
     this.moba().forward(saved, q, k, v, shape, this.mobaTC(B), recompute);
-    const yB = s.get('ab.yB', n * this.eb);
+    const yB = A('ab.yB', n * this.eb);
     this.toBf(yB, saved.y, n);
     this.lin(h, yB, this.b(`${p}att.output.weight`), R, C, C, true);
-    const h1 = s.get('rb.h1', n * F32), x2 = s.get('rb.x2', n * F32);
+    const h1 = A('rb.h1', n * F32), x2 = A('rb.x2', n * F32);
     copyD(this, h1, h, n * F32);
     this.ln(x2, 0, h, this.f(`${p}ln2.weight`), this.f(`${p}ln2.bias`), R);
-    this.cmForward(p, x2, cfg.attnFfn, R, h);
+    this.cmForward(p, x2, cfg.attnFfn, R, h, sfx);
   }
 
   private attnBackward(j: number, hIn: number, dh: number, R: number, B: number, nSel: number): void {
     const cfg = this.cfg, C = cfg.dim, s = this.sc, n = R * C, p = attnPrefix(j);
-    const h = s.get('rb.h', n * F32);
-    copyD(this, h, hIn, n * F32);
-    this.attnForward(j, h, R, B, nSel, true);
-    const dhB = s.get('b.dhB', n * this.eb);
-    this.toBf(dhB, dh, n);
-    const dx2 = this.cmBackward(p, s.get('rb.x2', 0), cfg.attnFfn, R, dhB);
-    this.lnBack(dh, this.g(`${p}ln2.weight`), this.g(`${p}ln2.bias`), dx2, s.get('rb.h1', 0), this.f(`${p}ln2.weight`), R, true);
-    this.toBf(dhB, dh, n);
+    const sfx = this.actSfx(`a${j}`), A = (nm: string, b: number) => s.get(nm + sfx, b);
+    if (!sfx) {
+      const h = s.get('rb.h', n * F32);
+      copyD(this, h, hIn, n * F32);
+      this.attnForward(j, h, R, B, nSel, true);
+    }
+    const dhB = s.get('b.dhB', n * this.eb), fz = this.fused;
+    if (!fz) this.toBf(dhB, dh, n);
+    const dx2 = this.cmBackward(p, A('rb.x2', 0), cfg.attnFfn, R, dhB, sfx);
+    this.lnBack(dh, this.g(`${p}ln2.weight`), this.g(`${p}ln2.bias`), dx2, A('rb.h1', 0), this.f(`${p}ln2.weight`), R, true, dhB);
+    if (!fz) this.toBf(dhB, dh, n);
     const dy = s.get('abb.dy', n * F32);
-    this.linBack(dy, this.g(`${p}att.output.weight`), dhB, s.get('ab.yB', 0), this.b(`${p}att.output.weight`), R, C, C);
-    const q = s.get('ab.q', 0), k = s.get('ab.k', 0), v = s.get('ab.v', 0);
+    this.linBack(dy, this.g(`${p}att.output.weight`), dhB, A('ab.yB', 0), this.b(`${p}att.output.weight`), R, C, C);
+    const q = A('ab.q', 0), k = A('ab.k', 0), v = A('ab.v', 0);
     const dq = s.get('abb.dq', n * F32), dk = s.get('abb.dk', n * F32), dv = s.get('abb.dv', n * F32);
     const shape = this.mobaShape(B, nSel);
     this.moba().backward({ dq, dk, dv }, dy, this.mobaSaved(j, shape), q, k, v, shape, this.mobaTC(B));
-    const x1B = s.get('ab.x1B', 0), gB = s.get('tmb.gB', n * this.eb), dx1 = s.get('abb.dx1', n * F32);
+    const x1B = A('ab.x1B', 0), gB = s.get('tmb.gB', n * this.eb), dx1 = s.get('abb.dx1', n * F32);
     this.toBf(gB, dq, n);
     this.linBack(dx1, this.g(`${p}att.receptance.weight`), gB, x1B, this.b(`${p}att.receptance.weight`), R, C, C);
     this.toBf(gB, dk, n);
     this.linBack(dx1, this.g(`${p}att.key.weight`), gB, x1B, this.b(`${p}att.key.weight`), R, C, C, true);
     this.toBf(gB, dv, n);
     this.linBack(dx1, this.g(`${p}att.value.weight`), gB, x1B, this.b(`${p}att.value.weight`), R, C, C, true);
-    this.lnBack(dh, this.g(`${p}ln1.weight`), this.g(`${p}ln1.bias`), dx1, hIn, this.f(`${p}ln1.weight`), R, true);
+    this.lnBack(dh, this.g(`${p}ln1.weight`), this.g(`${p}ln1.bias`), dx1, hIn, this.f(`${p}ln1.weight`), R, true, dhB);
   }
 
   // ------------------------------------------------------------------------------------------
@@ -566,6 +656,23 @@ export class CudaTrainer {
       (n * F32 + Wkv7ChunkedTrain.stateBytes(Bn, T, cfg.heads) + Wkv7ChunkedTrain.recBytes(Bn, T, cfg.heads)) <= KEEP_WKV_SHARE * this.ctx.memInfo().total;
     if (this.keepWkv && !keep) for (const x of ['tm.y.', 'tm.ckpt.', 'tm.wrec.']) s.drop(x);
     this.keepWkv = keep;
+    // activations kept: sized by the device memory left free after the last call of the same shape (its
+    // scratch stays allocated), less a margin; the first call of a shape keeps none (the probe)
+    const kept = new Set<string>();
+    if (this.keepAct && R === this.actRows && this.actFree !== undefined) {
+      const total = this.ctx.memInfo().total;
+      let budget = Math.min(KEEP_ACT_SHARE * total, this.actFree - KEEP_ACT_MARGIN * total);
+      for (const en of layout(cfg)) {
+        const b = this.actBytes(en.kind === 'rwkv' ? 'rwkv' : 'attn', R);
+        if (b > budget) continue;
+        budget -= b;
+        kept.add(en.kind === 'rwkv' ? `${en.index}` : `a${en.index}`);
+      }
+    }
+    if ([...this.keptAct].some((x) => !kept.has(x)) || [...kept].some((x) => !this.keptAct.has(x)) || R !== this.actRows) s.dropWhere((nm) => nm.includes('#'));
+    this.keptAct = kept;
+    if (R !== this.actRows) this.actFree = undefined;
+    this.actRows = R;
     if (opts.tokenWeights) {
       if (opts.tokenWeights.length !== Bn) fail(`tokenWeights has ${opts.tokenWeights.length} arrays for ${Bn} sequences`);
       for (const w of opts.tokenWeights) if (w.length !== T) fail(`tokenWeights has ${w.length} entries for ${T} target tokens`);
@@ -606,7 +713,7 @@ export class CudaTrainer {
     const gscale = (opts.scale ?? 1) / R;
     const xo = s.get('head.x', seg * C * F32), xoB = s.get('head.xB', seg * C * this.eb);
     const logits = s.get('head.logits', seg * V * F32), dlogB = s.get('head.dlogB', seg * V * this.eb), lossRow = s.get('loss', R * F32);
-    const dxo = s.get('head.dx', seg * C * F32), pw = s.get('ln.pw', n * F32);
+    const dxo = s.get('head.dx', seg * C * F32), dhB = s.get('b.dhB', n * this.eb);
     for (let s0 = 0; s0 < R; s0 += seg) {
       const m = Math.min(seg, R - s0);
       const hs = hOut + s0 * C * F32;
@@ -615,9 +722,7 @@ export class CudaTrainer {
       this.k('tr_ce', [m], [1024], [logits, dlogB, lossRow + s0 * F32, tg + s0 * 4, wts ? wts + s0 * F32 : 0, V, gscale, opts.l2wrap ? 1 : 0]);
       if (this.want(this.g(`${p}head.weight`))) this.gemm('head dW', this.g(`${p}head.weight`), false, dlogB, true, xoB, false, V, C, m, true);
       this.gemm('head dX', dxo, false, dlogB, false, this.b(`${p}head.weight`), false, m, C, V);
-      this.k('tr_ln_bwd', [m], [256], [dh + s0 * C * F32, pw, dxo, hs, this.f(`${p}ln_out.weight`), C, 0]);
-      this.colsum(this.g(`${p}ln_out.weight`), pw, 0, m, C, 0);
-      this.colsum(this.g(`${p}ln_out.bias`), dxo, 0, m, C, 0);
+      this.lnBack(dh + s0 * C * F32, this.g(`${p}ln_out.weight`), this.g(`${p}ln_out.bias`), dxo, hs, this.f(`${p}ln_out.weight`), m, false, dhB + s0 * C * this.eb);
     }
 
     // blocks, last to first
@@ -637,6 +742,11 @@ export class CudaTrainer {
       if (this.want(this.g(`${p}emb.weight`))) this.k('tr_scatter_add', [R], [256], [this.g(`${p}emb.weight`), de, ids, C]);
     }
 
+    if (this.keepAct) {
+      let held = 0;
+      for (const en of order) if (this.keptAct.has(en.kind === 'rwkv' ? `${en.index}` : `a${en.index}`)) held += this.actBytes(en.kind === 'rwkv' ? 'rwkv' : 'attn', R);
+      this.actFree = this.ctx.memInfo().free + held;
+    }
     const rows = new Float32Array(R);
     copyDtoH(rows, lossRow);
     const out: number[] = [];
