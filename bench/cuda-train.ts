@@ -77,6 +77,7 @@ for (const [label, cfg] of shapes) {
         const line = `| ${label} | ${T} | ${Bn} | ${(sec * 1000).toFixed(1)} | ${Math.round(tps)} | ${(f / sec / 1e12).toFixed(1)} | ${((100 * f) / sec / PEAK).toFixed(1)}% | ${(peakAllocatedBytes() / 2 ** 30).toFixed(1)} |`;
         rows.push(line);
         console.log(line);
+        console.log(`    (${label}, ${T} × ${Bn}: activations kept for ${tr.keptActivations} of ${cfg.nLayer + cfg.nAttn} blocks, WKV-7 outputs ${tr.keptWkv ? '' : 'not '}kept, element-wise backward ${tr.fused ? 'fused' : 'separate'})`);
         if (!best || tps > best.tps) best = { Bn, tps };
       } catch (e) {
         console.log(`| ${label} | ${T} | ${Bn} | does not fit: ${(e as Error).message} |`);

@@ -82,15 +82,27 @@ __device__ __forceinline__ void ld8(float* d, const float* p) {
   const float4 a = *(const float4*)p, b = *(const float4*)(p + 4);
   d[0] = a.x; d[1] = a.y; d[2] = a.z; d[3] = a.w; d[4] = b.x; d[5] = b.y; d[6] = b.z; d[7] = b.w;
 }
-extern "C" __global__ void __launch_bounds__(256) ln_mix8(bf16* out, float* last, const float* x, const float* w, const float* b,
+extern "C" __global__ void __launch_bounds__(256, 5) ln_mix8(bf16* out, float* last, const float* x, const float* w, const float* b,
     const float* prev, const float* mu, int T, int C, int M) {
   extern __shared__ __align__(16) float rows[];  // [9][C]: row 0 = token t0 − 1
   __shared__ float stat[9][2];
   const int t0 = blockIdx.x * 8, tid = threadIdx.x, warp = tid >> 5;
   const int nTok = min(8, T - t0), first = t0 > 0 ? 0 : 1;
-  for (int e = tid; e < (nTok + 1 - first) * (C / 4); e += 256) {
-    const int r = first + e / (C / 4), c = (e % (C / 4)) * 4;
-    *(float4*)&rows[r * C + c] = *(const float4*)&x[(long long)(t0 - 1 + r) * C + c];
+  // 4 loads in flight per thread before their stores (a plain loop would wait for each load in turn: the
+  // compiler may not move a global load past a shared-memory store through generic pointers)
+  const int nLoad = (nTok + 1 - first) * (C / 4);
+  for (int e0 = tid; e0 < nLoad; e0 += 4 * 256) {
+    float4 v[4];
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+      const int e = e0 + u * 256, r = first + e / (C / 4), c = (e % (C / 4)) * 4;
+      if (e < nLoad) v[u] = __ldg((const float4*)&x[(long long)(t0 - 1 + r) * C + c]);
+    }
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+      const int e = e0 + u * 256, r = first + e / (C / 4), c = (e % (C / 4)) * 4;
+      if (e < nLoad) *(float4*)&rows[r * C + c] = v[u];
+    }
   }
   __syncthreads();
   if (warp < nTok) ln_stats_warp(rows + (warp + 1) * C, C, stat[warp + 1][0], stat[warp + 1][1]);
