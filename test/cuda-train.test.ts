@@ -187,7 +187,7 @@ test('a micro-batch of 3 sequences equals 3 accumulated single-sequence calls (R
 });
 
 test('kept activations (no recompute) and the fused element-wise backward change nothing but rounding (fp32 mode RWKV-X; bf16 RWKV-7)', { skip }, () => {
-  for (const [file, fp32, tol] of [['rwkvx.pth', true, 1e-5], ['rwkv7.pth', false, REL_TOL]] as const) {
+  for (const [file, fp32, tol] of [['rwkvx.pth', true, 1e-5], ['rwkv7.pth', false, 1e-4]] as const) {
     const model = () => loadTrainModel(A(file), { chunk: CHUNK, topk: TOPK });
     const opts = { chunk: CHUNK, topk: TOPK, l2wrap: true };
     const tr = new cuda!.CudaTrainer(model(), { fp32 });

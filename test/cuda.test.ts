@@ -381,20 +381,19 @@ test('CUDA: chunked WKV-7 (tmix_prep fused into its chunk prep) equals tmix_prep
       }
       let ymax = 0;
       for (const x of out[0].y) ymax = Math.max(ymax, Math.abs(x));
-      // the other scan layouts (4, 16 rows per block; 8 with 3 barriers per chunk) and the prep with its
-      // loads in the original order, against the defaults
-      if (T >= 16) for (const rows of [4, 16, 3, 0]) {
+      // the other scan layouts (4, 16 rows per block) against the default 8
+      if (T >= 16) for (const rows of [4, 16]) {
         const keep = m.wkvScanRows;
-        if (rows === 3) m.wkvScan3Bar = true; else if (rows === 0) m.wkvPrepLate = true; else m.wkvScanRows = rows;
+        m.wkvScanRows = rows;
         for (const nm of names) copyDtoD(m.ctx, work.get(nm)!.ptr, src.get(nm)!.ptr, T * C * 4);
         copyDtoD(m.ctx, io.y, nanBuf.ptr, T * C * 4);
         copyHtoD(state.ptr, s0);
         m.tmixWkv(io, first ? 0 : 1, state.ptr, T, rec.ptr, true, first);
-        m.wkvScanRows = keep; m.wkvScan3Bar = false; m.wkvPrepLate = false;
+        m.wkvScanRows = keep;
         const y = new Float32Array(T * C), st = new Float32Array(H * 4096);
         copyDtoH(y, io.y); copyDtoH(st, state.ptr);
         const d = Math.max(diffNaN(y, out[1].y) / Math.max(1, ymax), diffNaN(st, out[1].s));
-        if (d > 0) console.log(`cuda wkv ${rows === 3 ? 'scan 8 rows, 3 barriers' : rows === 0 ? 'prep (late loads)' : `scan rows ${rows}`} vs default T=${T}: max difference ${d.toExponential(3)}`);
+        if (d > 0) console.log(`cuda wkv scan rows ${rows} vs default T=${T}: max difference ${d.toExponential(3)}`);
         worstRows = Math.max(worstRows, d);
       }
       const dyv = diffNaN(out[1].y, out[0].y), dsv = diffNaN(out[1].s, out[0].s);
@@ -407,5 +406,5 @@ test('CUDA: chunked WKV-7 (tmix_prep fused into its chunk prep) equals tmix_prep
   report(t, 'chunked WKV-7 vs sequential, max |Δy| / max(1, max |y|)', worstY, 1e-4);
   report(t, 'chunked WKV-7 vs sequential, max |Δstate|', worstS, 1e-3);
   report(t, 'fused chunk prep vs tmix_prep, max |Δ| of k̃, v and vFirst', worstKV, 1e-5);
-  report(t, 'scan layouts (4, 16 rows per block; 8 with 3 barriers) and the late-load prep vs the defaults, max relative |Δy| and |Δstate|', worstRows, 1e-6);
+  report(t, 'scan layouts (4, 16 rows per block) vs the default 8, max relative |Δy| and |Δstate|', worstRows, 1e-6);
 });

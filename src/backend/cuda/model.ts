@@ -146,10 +146,6 @@ export class CudaModel {
   wkvChunkMin = 64;
   /** State rows per block of `wkv7_chunk_scan` (4, 8 or 16; RWKVX_WKV_ROWS). */
   wkvScanRows = [4, 8, 16].includes(Number(process.env.RWKVX_WKV_ROWS)) ? Number(process.env.RWKVX_WKV_ROWS) : 8;
-  /** RWKVX_WKV_SCAN=3: the 8-row scan with 3 block barriers per chunk (`wkv7_chunk_scan8_3bar`, for A/B). */
-  wkvScan3Bar = process.env.RWKVX_WKV_SCAN === '3';
-  /** RWKVX_WKV_PREP=late: the chunk prep issuing its second token's loads after the first's stores (A/B). */
-  wkvPrepLate = process.env.RWKVX_WKV_PREP === 'late';
   /**
    * moba prefill attention on Hopper's warpgroup MMA (kernels/attn-sm90.cu, compiled for sm_90a): keys per
    * tile, 128 or 64; 0 = the mma.sync kernels of rwkvx.cu (always on other GPUs). RWKVX_ATTN_WG.
@@ -613,10 +609,9 @@ export class CudaModel {
     const C = this.cfg.dim, H = this.cfg.heads, w = this.rw[li];
     if (chunked) {
       const R = this.wkvScanRows;
-      this.k(this.wkvPrepLate ? 'wkv7_chunk_prep_late' : 'wkv7_chunk_prep', 'pppppppppppppiii', [Math.ceil(n / WKV_CL), H], [256],
+      this.k('wkv7_chunk_prep', 'pppppppppppppiii', [Math.ceil(n / WKV_CL), H], [256],
         [rec, io.r, io.w, io.a, io.k, io.v, io.vFirst, io.dv, w.w0, w.a0, w.v0, w.kk, w.ka, n, C, first ? 1 : 0]);
-      const scan = R === 8 && this.wkvScan3Bar ? 'wkv7_chunk_scan8_3bar' : `wkv7_chunk_scan${R}`;
-      this.k(scan, 'ppppii', [H, 64 / R], [16 * R], [io.y, state, rec, io.v, n, C]);
+      this.k(`wkv7_chunk_scan${R}`, 'ppppii', [H, 64 / R], [16 * R], [io.y, state, rec, io.v, n, C]);
       return;
     }
     this.k('tmix_prep', 'ppppppppppppiii', [Math.ceil((n * H) / 8)], [256],

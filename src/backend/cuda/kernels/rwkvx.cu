@@ -284,10 +284,9 @@ extern "C" __global__ void __launch_bounds__(256) wkv7_seq16(float* y, float* st
 // forms ω, a, κ̂, k̃ and the value-mixed v, writes k̃ and v back (the bonus term and the scan read
 // them) and vFirst in layer 0 (`first`), and keeps ω, a, κ̂ in shared memory only.
 // 4 blocks per SM (64 registers): the block's phases are latency-bound, so occupancy is what counts.
-// EARLY: both tokens' activations are loaded before either's results are stored (k and v are
-// written in place, so otherwise the second token's loads wait behind the first token's stores).
-template <bool EARLY>
-__device__ __forceinline__ void wkv7_chunk_prep_body(float* __restrict__ rec, const float* __restrict__ r,
+// Both tokens' activations are loaded before either's results are stored (k and v are written in
+// place, so otherwise the second token's loads wait behind the first token's stores).
+extern "C" __global__ void __launch_bounds__(256, 4) wkv7_chunk_prep(float* __restrict__ rec, const float* __restrict__ r,
     const float* __restrict__ wd, const float* __restrict__ da, float* __restrict__ k, float* __restrict__ v,
     float* __restrict__ vFirst, const float* __restrict__ dv, const float* w0, const float* a0, const float* v0,
     const float* kkw, const float* ka, int T, int C, int first) {
@@ -298,9 +297,8 @@ __device__ __forceinline__ void wkv7_chunk_prep_body(float* __restrict__ rec, co
   float* out = rec + ((long long)c * H + h) * WKV_REC;
   TmixIn in[2];
   float rv[2][2];
-  if (EARLY)
 #pragma unroll
-    for (int rr = 0; rr < 2; rr++) {
+  for (int rr = 0; rr < 2; rr++) {
       const int tok = t0 + (tid >> 5) + 8 * rr;
       if (tok < T) {
         const long long row = (long long)tok * C;
@@ -313,10 +311,6 @@ __device__ __forceinline__ void wkv7_chunk_prep_body(float* __restrict__ rec, co
     const int t = (tid >> 5) + 8 * rr, tok = t0 + t;
     if (tok < T) {  // tmix_prep's step (tmix_lane), its results kept in shared memory
       const long long row = (long long)tok * C;
-      if (!EARLY) {
-        in[rr] = tmix_load(k + row, wd + row, da + row, v + row, vFirst + row, dv + row, h, lane, first);
-        rv[rr][0] = r[row + h * 64 + lane]; rv[rr][1] = r[row + h * 64 + lane + 32];
-      }
       const TmixLane o = tmix_math(in[rr], w0, a0, v0, kkw, ka, h, lane, first);
 #pragma unroll
       for (int e = 0; e < 2; e++) {
@@ -398,26 +392,13 @@ __device__ __forceinline__ void wkv7_chunk_prep_body(float* __restrict__ rec, co
 }
 
 
-extern "C" __global__ void __launch_bounds__(256, 4) wkv7_chunk_prep(float* __restrict__ rec, const float* __restrict__ r,
-    const float* __restrict__ wd, const float* __restrict__ da, float* __restrict__ k, float* __restrict__ v,
-    float* __restrict__ vFirst, const float* __restrict__ dv, const float* w0, const float* a0, const float* v0,
-    const float* kkw, const float* ka, int T, int C, int first) {
-  wkv7_chunk_prep_body<true>(rec, r, wd, da, k, v, vFirst, dv, w0, a0, v0, kkw, ka, T, C, first);
-}
-extern "C" __global__ void __launch_bounds__(256, 4) wkv7_chunk_prep_late(float* __restrict__ rec, const float* __restrict__ r,
-    const float* __restrict__ wd, const float* __restrict__ da, float* __restrict__ k, float* __restrict__ v,
-    float* __restrict__ vFirst, const float* __restrict__ dv, const float* w0, const float* a0, const float* v0,
-    const float* kkw, const float* ka, int T, int C, int first) {
-  wkv7_chunk_prep_body<false>(rec, r, wd, da, k, v, vFirst, dv, w0, a0, v0, kkw, ka, T, C, first);
-}
-
 // R state rows of one head per block (grid (H, 64/R)), 16·R threads. The chunk records are
 // double-buffered in shared memory with cp.async, so the next chunk's loads overlap this chunk's math.
 // Phase 1: lane p of warp w computes u_p (p < 16) or y_{p−16} for rows 2w and 2w + 1; phase 2: each
 // thread updates 4 state values of row tid/16 — the same two rows per warp, so the phases hand over
 // by __syncwarp and a chunk has one block barrier (the record's buffer handover): the scan is a chain
-// of T/16 steps whose latency the wavefront does not always hide (RWKVX_WKV_SCAN=3 keeps 3 barriers).
-template <int R, bool ONEBAR>
+// of T/16 steps whose latency the wavefront does not always hide (3 barriers per chunk: ≈ 1% slower).
+template <int R>
 __device__ __forceinline__ void wkv7_chunk_scan_body(float* y, float* state, const float* rec, const float* v, int T, int C) {
   constexpr int NT = 16 * R, RQ = R / 4;
   __shared__ __align__(16) float sRec[2][WKV_REC];
@@ -445,17 +426,10 @@ __device__ __forceinline__ void wkv7_chunk_scan_body(float* y, float* state, con
   const int lane = tid & 31, i0 = (tid >> 5) * 2;
   for (int c = 0; c < nch; c++) {
     const int b = c & 1;
-    if (ONEBAR) {
-      cp_wait0();
-      __syncthreads();  // chunk c is in; every warp is done with chunk c − 1's buffer
-      if (c + 1 < nch) issue(c + 1, b ^ 1);
-      cp_commit();
-    } else {
-      if (c + 1 < nch) issue(c + 1, b ^ 1);
-      cp_commit();
-      cp_wait1();
-      __syncthreads();
-    }
+    cp_wait0();
+    __syncthreads();  // chunk c is in; every warp is done with chunk c − 1's buffer
+    if (c + 1 < nch) issue(c + 1, b ^ 1);
+    cp_commit();
     {
       const float* M = sRec[b];
       float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
@@ -476,17 +450,12 @@ __device__ __forceinline__ void wkv7_chunk_scan_body(float* y, float* state, con
       }
       const float o0 = (a0 + a1) + e0, o1 = (a2 + a3) + e1;
       sUY[lane][i0] = o0; sUY[lane][i0 + 1] = o1;
-      if (ONEBAR && lane >= WKV_CL) {
+      if (lane >= WKV_CL) {
         const int tok = c * WKV_CL + lane - WKV_CL;
         if (tok < T) *(float2*)&y[(long long)tok * C + h * 64 + g0 + i0] = make_float2(o0, o1);
       }
     }
-    if (ONEBAR) __syncwarp(); else __syncthreads();
-    if (!ONEBAR)
-      for (int e = tid; e < WKV_CL * R; e += NT) {
-        int t = e / R, i = e % R, tok = c * WKV_CL + t;
-        if (tok < T) y[(long long)tok * C + h * 64 + g0 + i] = sUY[WKV_CL + t][i];
-      }
+    __syncwarp();
     {
       const float* BK = sRec[b] + 2048;
       float4 gl = *(const float4*)&sRec[b][4096 + cj];
@@ -500,21 +469,18 @@ __device__ __forceinline__ void wkv7_chunk_scan_body(float* y, float* state, con
       }
       *(float4*)&sS[ri][cj] = s;
     }
-    if (ONEBAR) __syncwarp(); else __syncthreads();
+    __syncwarp();
   }
   *(float4*)Sg = s;
 }
 extern "C" __global__ void __launch_bounds__(64) wkv7_chunk_scan4(float* y, float* state, const float* rec, const float* v, int T, int C) {
-  wkv7_chunk_scan_body<4, true>(y, state, rec, v, T, C);
+  wkv7_chunk_scan_body<4>(y, state, rec, v, T, C);
 }
 extern "C" __global__ void __launch_bounds__(128) wkv7_chunk_scan8(float* y, float* state, const float* rec, const float* v, int T, int C) {
-  wkv7_chunk_scan_body<8, true>(y, state, rec, v, T, C);
+  wkv7_chunk_scan_body<8>(y, state, rec, v, T, C);
 }
 extern "C" __global__ void __launch_bounds__(256) wkv7_chunk_scan16(float* y, float* state, const float* rec, const float* v, int T, int C) {
-  wkv7_chunk_scan_body<16, true>(y, state, rec, v, T, C);
-}
-extern "C" __global__ void __launch_bounds__(128) wkv7_chunk_scan8_3bar(float* y, float* state, const float* rec, const float* v, int T, int C) {
-  wkv7_chunk_scan_body<8, false>(y, state, rec, v, T, C);
+  wkv7_chunk_scan_body<16>(y, state, rec, v, T, C);
 }
 
 // GroupNorm per head (eps 64e-5) + bonus (Σ r⊙k⊙r_k)·v, times the gate; bf16 out. One warp per (t, head).

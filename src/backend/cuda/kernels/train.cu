@@ -14,11 +14,9 @@ typedef long long i64;
 #ifdef TR_FP32
 typedef float gin;
 __device__ __forceinline__ gin tog(float f) { return f; }
-__device__ __forceinline__ float gf(gin g) { return g; }
 #else
 typedef bf16 gin;
 __device__ __forceinline__ gin tog(float f) { return f2bf(f); }
-__device__ __forceinline__ float gf(gin g) { return bf2f(g); }
 #endif
 
 // ---------------------------------------------------------------------------------------------
@@ -290,21 +288,6 @@ extern "C" __global__ void tr_act_bwd(float* d, gin* dB, const float* y, int n, 
     else g = v > 0.f ? g * 2.f * v : 0.f;
     if (d) d[i] = g;
     if (dB) dB[i] = tog(g);
-  }
-}
-
-// The channel-mix hidden layer with GEMM-input (bf16) pre-activations, as in inference: hid = relu(pre)²,
-// and its backward in place, d ← 2·relu(pre)·d (d: the dX GEMM's bf16 output, becoming the next GEMM's input).
-extern "C" __global__ void tr_relu2_g(gin* hid, const gin* pre, int n) {
-  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
-    const float v = gf(pre[i]), r = v > 0.f ? v : 0.f;
-    hid[i] = tog(r * r);
-  }
-}
-extern "C" __global__ void tr_relu2_bwd_g(gin* d, const gin* pre, int n) {
-  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
-    float v = gf(pre[i]);
-    d[i] = tog(v > 0.f ? gf(d[i]) * 2.f * v : 0.f);
   }
 }
 

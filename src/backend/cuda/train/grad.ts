@@ -168,7 +168,7 @@ export class CudaTrainer {
   /** Bytes of one block's kept forward activations (the buffers its backward reads). */
   private actBytes(kind: 'rwkv' | 'attn', R: number): number {
     const cfg = this.cfg, n = R * cfg.dim, eb = this.eb, L = cfg.lora;
-    const cm = (F: number) => 2 * n * F32 + n * eb + R * F * (this.fused ? eb : F32) + R * F * eb; // h1, x2, xk, pre, hid
+    const cm = (F: number) => 2 * n * F32 + n * eb + R * F * F32 + R * F * eb; // h1, x2, xk, pre, hid
     if (kind === 'attn') return n * eb * 2 + 3 * n * F32 + cm(cfg.attnFfn); // x1B, yB, q, k, v
     return 12 * n * F32 + 7 * n * eb + R * (L.w * (F32 + eb) + L.a * eb + L.v * eb + L.g * (F32 + eb) + cfg.heads * F32) + cm(cfg.ffn);
   }
@@ -179,8 +179,9 @@ export class CudaTrainer {
 
   /**
    * Fused element-wise backward (the default): column sums and bf16 casts inside the kernels that make their
-   * inputs (tr_*_f), and the channel mix's pre-activations and their gradient as bf16 GEMM outputs (as in
-   * inference); RWKVX_TRAIN_FUSED=0 runs the separate fp32 passes (tr_colsum, tr_f2bf, tr_act), the reference.
+   * inputs (tr_*_f), the same bf16 roundings as the separate passes (RWKVX_TRAIN_FUSED=0: tr_colsum,
+   * tr_f2bf; the reference). (bf16 channel-mix pre-activations, tried too, tripled the fixture's bf16
+   * gradient error against the CPU: docs/cuda-training.md.)
    */
   readonly fused: boolean;
 
@@ -322,9 +323,9 @@ export class CudaTrainer {
   private lin(y: number, x: number, W: number, T: number, K: number, N: number, acc = false, yBf = false): void {
     this.gemm('fwd', y, yBf, x, false, W, true, T, N, K, acc);
   }
-  /** Backward of lin: dx[T, K] (+)= dy·W (dxBf: dx a GEMM input); dW[N, K] += dyᵀ·x. dy, x bf16. */
-  private linBack(dx: number, dW: number, dy: number, x: number, W: number, T: number, K: number, N: number, accX = false, dxBf = false): void {
-    if (dx) this.gemm('dX', dx, dxBf, dy, false, W, false, T, K, N, accX);
+  /** Backward of lin: dx[T, K] (+)= dy·W; dW[N, K] += dyᵀ·x. dy, x bf16. */
+  private linBack(dx: number, dW: number, dy: number, x: number, W: number, T: number, K: number, N: number, accX = false): void {
+    if (dx) this.gemm('dX', dx, false, dy, false, W, false, T, K, N, accX);
     if (this.want(dW)) this.gemm('dW', dW, false, dy, true, x, false, N, K, T, true);
   }
   /** y[T, N] = x[T, K]·A[K, N] (a LoRA factor). */
@@ -368,16 +369,9 @@ export class CudaTrainer {
     const C = this.cfg.dim, s = this.sc, A = (nm: string, b: number) => s.get(nm + sfx, b);
     const xk = A('cm.xk', R * C * this.eb), hid = A('cm.hid', R * F * this.eb);
     this.k('tr_mix', this.ew(R * C), [256], [xk, x2, this.f(`${pfx}ffn.x_k`), R, this.T, C, 1]);
-    if (this.fused) {
-      // the pre-activations as GEMM inputs (bf16), as in inference: half the bytes of the widest array
-      const preB = A('cm.preB', R * F * this.eb);
-      this.lin(preB, xk, this.b(`${pfx}ffn.key.weight`), R, C, F, false, true);
-      this.k('tr_relu2_g', this.ew(R * F), [256], [hid, preB, R * F]);
-    } else {
-      const pre = A('cm.pre', R * F * F32);
-      this.lin(pre, xk, this.b(`${pfx}ffn.key.weight`), R, C, F);
-      this.k('tr_act', this.ew(R * F), [256], [0, hid, pre, R * F, 2], 0, 'tr_act relu2');
-    }
+    const pre = A('cm.pre', R * F * F32);
+    this.lin(pre, xk, this.b(`${pfx}ffn.key.weight`), R, C, F);
+    this.k('tr_act', this.ew(R * F), [256], [0, hid, pre, R * F, 2], 0, 'tr_act relu2');
     this.lin(h, hid, this.b(`${pfx}ffn.value.weight`), R, F, C, true);
   }
 
@@ -386,15 +380,9 @@ export class CudaTrainer {
     const C = this.cfg.dim, s = this.sc, A = (nm: string, b: number) => s.get(nm + sfx, b);
     const xk = A('cm.xk', R * C * this.eb), hid = A('cm.hid', R * F * this.eb);
     const dpreB = s.get('cmb.dpreB', R * F * this.eb);
-    if (this.fused) {
-      // dhid straight into dpreB as a GEMM input, then the relu² derivative in place
-      this.linBack(dpreB, this.g(`${pfx}ffn.value.weight`), dhB, hid, this.b(`${pfx}ffn.value.weight`), R, F, C, false, true);
-      this.k('tr_relu2_bwd_g', this.ew(R * F), [256], [dpreB, A('cm.preB', 0), R * F]);
-    } else {
-      const pre = A('cm.pre', R * F * F32), dhid = s.get('cmb.dhid', R * F * F32);
-      this.linBack(dhid, this.g(`${pfx}ffn.value.weight`), dhB, hid, this.b(`${pfx}ffn.value.weight`), R, F, C);
-      this.k('tr_act_bwd', this.ew(R * F), [256], [dhid, dpreB, pre, R * F, 2], 0, 'tr_act_bwd relu2');
-    }
+    const pre = A('cm.pre', R * F * F32), dhid = s.get('cmb.dhid', R * F * F32);
+    this.linBack(dhid, this.g(`${pfx}ffn.value.weight`), dhB, hid, this.b(`${pfx}ffn.value.weight`), R, F, C);
+    this.k('tr_act_bwd', this.ew(R * F), [256], [dhid, dpreB, pre, R * F, 2], 0, 'tr_act_bwd relu2');
     const dxk = s.get('cmb.dxk', R * C * F32);
     this.linBack(dxk, this.g(`${pfx}ffn.key.weight`), dpreB, xk, this.b(`${pfx}ffn.key.weight`), R, C, F);
     const dx2 = s.get('cmb.dx2', R * C * F32);
