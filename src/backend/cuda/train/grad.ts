@@ -479,9 +479,11 @@ export class CudaTrainer {
     if (!fz) this.toBf(dhB, dh, n);
     const dz = s.get('tmb.dz', n * F32);
     this.linBack(dz, ga('output.weight'), dhB, A('tm.zB', 0), ab('output.weight'), R, C, C);
-    const dgate = s.get('tmb.dgate', n * F32), dv = s.get('tmb.dv', n * F32), dr = s.get('tmb.dr', n * F32);
+    // fp32 arrays only the separate passes read (the fused kernels write their bf16 copies or sums instead)
+    const sep = (nm: string) => (fz ? 0 : s.get(nm, n * F32));
+    const dgate = sep('tmb.dgate'), dv = s.get('tmb.dv', n * F32), dr = s.get('tmb.dr', n * F32);
     const dkt = s.get('tmb.dkt', n * F32), dy = s.get('tmb.dy', n * F32);
-    const P1 = s.get('tmb.P1', n * F32), P2 = s.get('tmb.P2', n * F32), P3 = s.get('tmb.P3', n * F32);
+    const P1 = sep('tmb.P1'), P2 = sep('tmb.P2'), P3 = sep('tmb.P3');
     const y = wb.y, r = A('tm.r', 0), kt = A('tm.kt', 0), v = A('tm.v', 0), gate = A('tm.gate', 0);
     const gw = (x: string) => (this.want(ga(x)) ? ga(x) : 0);
     const bfB = (x: string) => s.get(`tmb.${x}B`, n * this.eb);
@@ -505,7 +507,7 @@ export class CudaTrainer {
       this.chunked().backward(dr, dom, dkt, dv, dkk, db, dy, r, om, kt, v, kh, av, ckpt, wb.rec, gend, this.Bn, this.T, C);
     } else this.k('tr_wkv_bwd', [H, 64 / WR, this.Bn], [32 * WR], [dr, dom, dkt, dv, dkk, db, dy, r, om, kt, v, kh, av, ckpt, this.T, C]);
     // keys, rate, decay, value residual
-    const dk = s.get('tmb.dk', n * F32), dapre = s.get('tmb.dapre', n * F32), dvraw = s.get('tmb.dvraw', n * F32), dvpre = s.get('tmb.dvpre', n * F32);
+    const dk = sep('tmb.dk'), dapre = sep('tmb.dapre'), dvraw = sep('tmb.dvraw'), dvpre = sep('tmb.dvpre');
     const k = A('tm.k', 0), d = A('tm.d', 0), sv = A('tm.sv', 0), vraw = A('tm.vraw', 0);
     if (fz) {
       this.k('tr_tmix_bwd_f', [Math.ceil(R / 64), H], [256],
