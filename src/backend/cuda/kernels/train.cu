@@ -348,16 +348,16 @@ extern "C" __global__ void tr_out_fwd(gin* z, const float* y, const float* r, co
   z[o1] = tog(a1 * gate[o1]);
 }
 
-// Backward of tr_out_fwd given dz: dgate, dv, dr, dkt, dy (all =); column-sum products prk (ρ), pw (lnxw), pb (lnxb).
-extern "C" __global__ void tr_out_bwd(float* dgate, float* dv, float* dr, float* dkt, float* dy, float* prk, float* pw,
-                                      float* pb, const float* dz, const float* y, const float* r, const float* kt,
-                                      const float* v, const float* gate, const float* lnxw, const float* lnxb,
-                                      const float* rk, int T, int H) {
-  int wid = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
-  if (wid >= T * H) return;
-  int t = wid / H, h = wid % H, C = H * 64;
-  i64 o[2] = {(i64)t * C + h * 64 + lane, (i64)t * C + h * 64 + lane + 32};
-  int c[2] = {h * 64 + lane, h * 64 + lane + 32};
+// Backward of tr_out_fwd for token t, head h (one warp, lane owning columns lane and lane + 32): writes dv,
+// dr, dkt, dy; returns per column the gate gradient and the column-sum terms for ρ, lnxw and lnxb.
+struct OutBwdLane { float dgate[2], prk[2], pw[2], pb[2]; };
+__device__ __forceinline__ OutBwdLane out_bwd_lane(float* dv, float* dr, float* dkt, float* dy, const float* dz,
+    const float* y, const float* r, const float* kt, const float* v, const float* gate, const float* lnxw,
+    const float* lnxb, const float* rk, int t, int h, int H) {
+  const int lane = threadIdx.x & 31, C = H * 64;
+  const int c[2] = {h * 64 + lane, h * 64 + lane + 32};
+  const i64 o[2] = {(i64)t * C + c[0], (i64)t * C + c[1]};
+  OutBwdLane L;
   float yv[2] = {y[o[0]], y[o[1]]};
   float mean = warp_sum(yv[0] + yv[1]) / 64.f;
   float var = warp_sum((yv[0] - mean) * (yv[0] - mean) + (yv[1] - mean) * (yv[1] - mean)) / 64.f;
@@ -368,7 +368,7 @@ extern "C" __global__ void tr_out_bwd(float* dgate, float* dv, float* dr, float*
     xh[q] = (yv[q] - mean) * inv;
     float ov = xh[q] * lnxw[c[q]] + lnxb[c[q]] + bonus * v[o[q]];
     float d = dz[o[q]];
-    dgate[o[q]] = d * ov;
+    L.dgate[q] = d * ov;
     e[q] = d * gate[o[q]];
     ds += e[q] * v[o[q]];
     gw[q] = e[q] * lnxw[c[q]];
@@ -382,53 +382,43 @@ extern "C" __global__ void tr_out_bwd(float* dgate, float* dv, float* dr, float*
     dv[o[q]] = e[q] * bonus;
     dr[o[q]] = ds * kk * rho;
     dkt[o[q]] = ds * rr * rho;
-    prk[o[q]] = ds * rr * kk;
+    L.prk[q] = ds * rr * kk;
     dy[o[q]] = inv * (gw[q] - m1 - xh[q] * m2);
-    pw[o[q]] = e[q] * xh[q];
-    pb[o[q]] = e[q];
+    L.pw[q] = e[q] * xh[q];
+    L.pb[q] = e[q];
+  }
+  return L;
+}
+
+// Backward of tr_out_fwd given dz: dgate, dv, dr, dkt, dy (all =); column-sum products prk (ρ), pw (lnxw), pb (lnxb).
+extern "C" __global__ void tr_out_bwd(float* dgate, float* dv, float* dr, float* dkt, float* dy, float* prk, float* pw,
+                                      float* pb, const float* dz, const float* y, const float* r, const float* kt,
+                                      const float* v, const float* gate, const float* lnxw, const float* lnxb,
+                                      const float* rk, int T, int H) {
+  int wid = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+  if (wid >= T * H) return;
+  int t = wid / H, h = wid % H, C = H * 64;
+  const OutBwdLane L = out_bwd_lane(dv, dr, dkt, dy, dz, y, r, kt, v, gate, lnxw, lnxb, rk, t, h, H);
+  for (int q = 0; q < 2; q++) {
+    const i64 o = (i64)t * C + h * 64 + lane + 32 * q;
+    dgate[o] = L.dgate[q]; prk[o] = L.prk[q]; pw[o] = L.pw[q]; pb[o] = L.pb[q];
   }
 }
 
 // tr_out_bwd over CS_ROWS rows of one head per block (grid ⌈R/CS_ROWS⌉ × H), with dgate written as the next
 // GEMM's input (dgateB) and the column sums of ρ, lnxw and lnxb added into grk, glnw, glnb (when not null).
-extern "C" __global__ void __launch_bounds__(256) tr_out_bwd_f(gin* dgateB, float* dv, float* dr, float* dkt, float* dy,
+extern "C" __global__ void __launch_bounds__(256, 5) tr_out_bwd_f(gin* dgateB, float* dv, float* dr, float* dkt, float* dy,
     float* grk, float* glnw, float* glnb, const float* dz, const float* y, const float* r, const float* kt,
     const float* v, const float* gate, const float* lnxw, const float* lnxb, const float* rk, int R, int H) {
   __shared__ float sh[8 * 64];
   const int h = blockIdx.y, lane = threadIdx.x & 31, C = H * 64;
-  const int c[2] = {h * 64 + lane, h * 64 + lane + 32};
   float prk[2] = {0.f, 0.f}, pw[2] = {0.f, 0.f}, pb[2] = {0.f, 0.f};
   const int t1 = min(R, (blockIdx.x + 1) * CS_ROWS);
   for (int t = blockIdx.x * CS_ROWS + (threadIdx.x >> 5); t < t1; t += 8) {
-    const i64 o[2] = {(i64)t * C + c[0], (i64)t * C + c[1]};
-    float yv[2] = {y[o[0]], y[o[1]]};
-    float mean = warp_sum(yv[0] + yv[1]) / 64.f;
-    float var = warp_sum((yv[0] - mean) * (yv[0] - mean) + (yv[1] - mean) * (yv[1] - mean)) / 64.f;
-    float inv = rsqrtf(var + 64e-5f);
-    float bonus = warp_sum(r[o[0]] * kt[o[0]] * rk[c[0]] + r[o[1]] * kt[o[1]] * rk[c[1]]);
-    float xh[2], e[2], gw[2], ds = 0.f, m1 = 0.f, m2 = 0.f;
+    const OutBwdLane L = out_bwd_lane(dv, dr, dkt, dy, dz, y, r, kt, v, gate, lnxw, lnxb, rk, t, h, H);
     for (int q = 0; q < 2; q++) {
-      xh[q] = (yv[q] - mean) * inv;
-      float ov = xh[q] * lnxw[c[q]] + lnxb[c[q]] + bonus * v[o[q]];
-      float d = dz[o[q]];
-      dgateB[o[q]] = tog(d * ov);
-      e[q] = d * gate[o[q]];
-      ds += e[q] * v[o[q]];
-      gw[q] = e[q] * lnxw[c[q]];
-      m1 += gw[q]; m2 += gw[q] * xh[q];
-    }
-    ds = warp_sum(ds);
-    m1 = warp_sum(m1) / 64.f;
-    m2 = warp_sum(m2) / 64.f;
-    for (int q = 0; q < 2; q++) {
-      float rr = r[o[q]], kk = kt[o[q]], rho = rk[c[q]];
-      dv[o[q]] = e[q] * bonus;
-      dr[o[q]] = ds * kk * rho;
-      dkt[o[q]] = ds * rr * rho;
-      prk[q] += ds * rr * kk;
-      dy[o[q]] = inv * (gw[q] - m1 - xh[q] * m2);
-      pw[q] += e[q] * xh[q];
-      pb[q] += e[q];
+      dgateB[(i64)t * C + h * 64 + lane + 32 * q] = tog(L.dgate[q]);
+      prk[q] += L.prk[q]; pw[q] += L.pw[q]; pb[q] += L.pb[q];
     }
   }
   colsum_flush(grk, prk, sh, h);
@@ -441,6 +431,48 @@ extern "C" __global__ void __launch_bounds__(256) tr_out_bwd_f(gin* dgateB, floa
 //   dk = dk̃⊙(1 + (a−1)k_a) + k_k⊙(dκ̂ − κ̂(κ̂·dκ̂))/‖κ‖;  pka = dk̃⊙k⊙(a−1), pkk = k⊙dκ;
 //   dom ← dω·ω·(−e^{−1/2})σ(d)(1−σ(d));
 //   value: block 0 dvraw = dv + dvFirst; else dvraw = dv(1−s), dvFirst += dv·s, dvpre = dv(vFirst − vraw)s(1−s).
+// tmix_bwd_lane: that math for token t, head h (one warp); updates dvFirst, returns the rest per column.
+struct TmixBwdLane { float dk[2], dapre[2], pka[2], pkk[2], dom[2], dvraw[2], dvpre[2]; };
+__device__ __forceinline__ TmixBwdLane tmix_bwd_lane(float* dvFirst, const float* dom, const float* db, const float* dkk,
+    const float* dkt, const float* dv, const float* kh, const float* a, const float* k, const float* knorm,
+    const float* kkp, const float* ka, const float* om, const float* d, const float* sv, const float* vFirst,
+    const float* vraw, int t, int h, int H, int first) {
+  const int lane = threadIdx.x & 31, C = H * 64;
+  TmixBwdLane L;
+  float dkh[2], dot = 0.f;
+  for (int q = 0; q < 2; q++) {
+    i64 o = (i64)t * C + h * 64 + lane + 32 * q;
+    dkh[q] = dkk[o] + db[o] * a[o];
+    dot += kh[o] * dkh[q];
+  }
+  dot = warp_sum(dot);
+  float nrm = knorm[(i64)t * H + h];
+  bool clamped = !(nrm > 1e-12f);
+  float inv = 1.f / fmaxf(nrm, 1e-12f);
+  for (int q = 0; q < 2; q++) {
+    int c = h * 64 + lane + 32 * q;
+    i64 o = (i64)t * C + c;
+    float av = a[o], kv = k[o], kap = kh[o], g = dkt[o];
+    float dkap = (clamped ? dkh[q] : dkh[q] - kap * dot) * inv;
+    L.dk[q] = g * (1.f + (av - 1.f) * ka[c]) + dkap * kkp[c];
+    float da = db[o] * kap + g * kv * ka[c];
+    L.dapre[q] = da * av * (1.f - av);
+    L.pka[q] = g * kv * (av - 1.f);
+    L.pkk[q] = dkap * kv;
+    float s = sigmoidf_(d[o]);
+    L.dom[q] = dom[o] * om[o] * -0.60653065971f * s * (1.f - s);
+    float dvv = dv[o];
+    L.dvpre[q] = 0.f;
+    if (first) L.dvraw[q] = dvv + dvFirst[o];
+    else {
+      float sg = sv[o];
+      L.dvraw[q] = dvv * (1.f - sg);
+      dvFirst[o] += dvv * sg;
+      L.dvpre[q] = dvv * (vFirst[o] - vraw[o]) * sg * (1.f - sg);
+    }
+  }
+  return L;
+}
 extern "C" __global__ void tr_tmix_bwd(float* dk, float* dapre, float* pka, float* pkk, float* dom, float* dvraw,
                                        float* dvpre, float* dvFirst, const float* db, const float* dkk, const float* dkt,
                                        const float* dv, const float* kh, const float* a, const float* k, const float* knorm,
@@ -449,36 +481,11 @@ extern "C" __global__ void tr_tmix_bwd(float* dk, float* dapre, float* pka, floa
   int wid = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
   if (wid >= T * H) return;
   int t = wid / H, h = wid % H, C = H * 64;
-  float dkh[2], dot = 0.f;
+  const TmixBwdLane L = tmix_bwd_lane(dvFirst, dom, db, dkk, dkt, dv, kh, a, k, knorm, kkp, ka, om, d, sv, vFirst, vraw, t, h, H, first);
   for (int q = 0; q < 2; q++) {
-    i64 o = (i64)t * C + h * 64 + lane + 32 * q;
-    dkh[q] = dkk[o] + db[o] * a[o];
-    dot += kh[o] * dkh[q];
-  }
-  dot = warp_sum(dot);
-  float nrm = knorm[wid];
-  bool clamped = !(nrm > 1e-12f);
-  float inv = 1.f / fmaxf(nrm, 1e-12f);
-  for (int q = 0; q < 2; q++) {
-    int c = h * 64 + lane + 32 * q;
-    i64 o = (i64)t * C + c;
-    float av = a[o], kv = k[o], kap = kh[o], g = dkt[o];
-    float dkap = (clamped ? dkh[q] : dkh[q] - kap * dot) * inv;
-    dk[o] = g * (1.f + (av - 1.f) * ka[c]) + dkap * kkp[c];
-    float da = db[o] * kap + g * kv * ka[c];
-    dapre[o] = da * av * (1.f - av);
-    pka[o] = g * kv * (av - 1.f);
-    pkk[o] = dkap * kv;
-    float s = sigmoidf_(d[o]);
-    dom[o] = dom[o] * om[o] * -0.60653065971f * s * (1.f - s);
-    float dvv = dv[o];
-    if (first) { dvraw[o] = dvv + dvFirst[o]; }
-    else {
-      float sg = sv[o];
-      dvraw[o] = dvv * (1.f - sg);
-      dvFirst[o] += dvv * sg;
-      dvpre[o] = dvv * (vFirst[o] - vraw[o]) * sg * (1.f - sg);
-    }
+    const i64 o = (i64)t * C + h * 64 + lane + 32 * q;
+    dk[o] = L.dk[q]; dapre[o] = L.dapre[q]; pka[o] = L.pka[q]; pkk[o] = L.pkk[q]; dom[o] = L.dom[q]; dvraw[o] = L.dvraw[q];
+    if (!first) dvpre[o] = L.dvpre[q];
   }
 }
 
@@ -495,43 +502,13 @@ extern "C" __global__ void __launch_bounds__(256) tr_tmix_bwd_f(gin* dkB, gin* d
   float pka[2] = {0.f, 0.f}, pkk[2] = {0.f, 0.f}, pw0[2] = {0.f, 0.f}, pa0[2] = {0.f, 0.f}, pv0[2] = {0.f, 0.f};
   const int t1 = min(R, (blockIdx.x + 1) * CS_ROWS);
   for (int t = blockIdx.x * CS_ROWS + (threadIdx.x >> 5); t < t1; t += 8) {
-    float dkh[2], dot = 0.f;
+    const TmixBwdLane L = tmix_bwd_lane(dvFirst, dom, db, dkk, dkt, dv, kh, a, k, knorm, kkp, ka, om, d, sv, vFirst, vraw, t, h, H, first);
     for (int q = 0; q < 2; q++) {
-      i64 o = (i64)t * C + h * 64 + lane + 32 * q;
-      dkh[q] = dkk[o] + db[o] * a[o];
-      dot += kh[o] * dkh[q];
-    }
-    dot = warp_sum(dot);
-    float nrm = knorm[(i64)t * H + h];
-    bool clamped = !(nrm > 1e-12f);
-    float inv = 1.f / fmaxf(nrm, 1e-12f);
-    for (int q = 0; q < 2; q++) {
-      int c = h * 64 + lane + 32 * q;
-      i64 o = (i64)t * C + c;
-      float av = a[o], kv = k[o], kap = kh[o], g = dkt[o];
-      float dkap = (clamped ? dkh[q] : dkh[q] - kap * dot) * inv;
-      dkB[o] = tog(g * (1.f + (av - 1.f) * ka[c]) + dkap * kkp[c]);
-      float da = db[o] * kap + g * kv * ka[c];
-      float dap = da * av * (1.f - av);
-      dapreB[o] = tog(dap);
-      pa0[q] += dap;
-      pka[q] += g * kv * (av - 1.f);
-      pkk[q] += dkap * kv;
-      float s = sigmoidf_(d[o]);
-      float dw = dom[o] * om[o] * -0.60653065971f * s * (1.f - s);
-      domB[o] = tog(dw);
-      pw0[q] += dw;
+      const i64 o = (i64)t * C + h * 64 + lane + 32 * q;
+      dkB[o] = tog(L.dk[q]); dapreB[o] = tog(L.dapre[q]); domB[o] = tog(L.dom[q]); dvrawB[o] = tog(L.dvraw[q]);
       drB[o] = tog(dr[o]);
-      float dvv = dv[o];
-      if (first) dvrawB[o] = tog(dvv + dvFirst[o]);
-      else {
-        float sg = sv[o];
-        dvrawB[o] = tog(dvv * (1.f - sg));
-        dvFirst[o] += dvv * sg;
-        float dvp = dvv * (vFirst[o] - vraw[o]) * sg * (1.f - sg);
-        dvpreB[o] = tog(dvp);
-        pv0[q] += dvp;
-      }
+      if (!first) dvpreB[o] = tog(L.dvpre[q]);
+      pka[q] += L.pka[q]; pkk[q] += L.pkk[q]; pw0[q] += L.dom[q]; pa0[q] += L.dapre[q]; pv0[q] += L.dvpre[q];
     }
   }
   colsum_flush(gka, pka, sh, h);

@@ -46,6 +46,8 @@ function cublasGemmEx(): Fn {
 }
 
 interface Slot { off: number; n: number; shape: number[] }
+/** A scratch buffer by name and size (see CudaTrainer.act). */
+type Act = (name: string, bytes: number) => number;
 
 /** Named device scratch buffers, grown on demand (kept between calls). */
 class Scratch {
@@ -156,15 +158,24 @@ export class CudaTrainer {
   get keptWkv(): boolean { return this.keepWkv; }
   /**
    * The blocks ('3' RWKV block 3, 'a1' attention block 1) whose forward activations are kept for the backward,
-   * which then skips their recompute: as many as fit in KEEP_ACT_SHARE of the device memory, decided per call
+   * which then skips their recompute: as many as fit in the memory the previous call of the shape left free
+   * (less KEEP_ACT_MARGIN, at most KEEP_ACT_SHARE of the device), decided per call
    * (RWKVX_TRAIN_KEEP_ACT=0, or keepActivations false, keeps none: every block is recomputed).
    */
   private keptAct = new Set<string>();
   private keepAct: boolean;
   /** How many blocks the last call kept the activations of (see keptAct). */
   get keptActivations(): number { return this.keptAct.size; }
-  /** The scratch-name suffix of a block's forward activations: its own when kept, else '' (shared). */
-  private actSfx(block: string): string { return this.keptAct.has(block) ? `#${block}` : ''; }
+  /** A block's key in keptAct. */
+  private static blockKey(en: { kind: string; index: number }): string { return en.kind === 'rwkv' ? `${en.index}` : `a${en.index}`; }
+  /**
+   * The scratch accessor for a block's forward activations: its own buffers when kept (names with the
+   * suffix `#key`), else the ones all blocks share.
+   */
+  private act(key: string): Act {
+    const sfx = this.keptAct.has(key) ? `#${key}` : '';
+    return (nm, bytes) => this.sc.get(nm + sfx, bytes);
+  }
   /** Bytes of one block's kept forward activations (the buffers its backward reads). */
   private actBytes(kind: 'rwkv' | 'attn', R: number): number {
     const cfg = this.cfg, n = R * cfg.dim, eb = this.eb, L = cfg.lora;
@@ -365,22 +376,20 @@ export class CudaTrainer {
   // blocks
 
   /** ChannelMix forward (activations in scratch 'cm.*'); out added into h. */
-  private cmForward(pfx: string, x2: number, F: number, R: number, h: number, sfx: string): void {
-    const C = this.cfg.dim, s = this.sc, A = (nm: string, b: number) => s.get(nm + sfx, b);
-    const xk = A('cm.xk', R * C * this.eb), hid = A('cm.hid', R * F * this.eb);
+  private cmForward(pfx: string, x2: number, F: number, R: number, h: number, A: Act): void {
+    const C = this.cfg.dim;
+    const xk = A('cm.xk', R * C * this.eb), pre = A('cm.pre', R * F * F32), hid = A('cm.hid', R * F * this.eb);
     this.k('tr_mix', this.ew(R * C), [256], [xk, x2, this.f(`${pfx}ffn.x_k`), R, this.T, C, 1]);
-    const pre = A('cm.pre', R * F * F32);
     this.lin(pre, xk, this.b(`${pfx}ffn.key.weight`), R, C, F);
     this.k('tr_act', this.ew(R * F), [256], [0, hid, pre, R * F, 2], 0, 'tr_act relu2');
     this.lin(h, hid, this.b(`${pfx}ffn.value.weight`), R, F, C, true);
   }
 
   /** ChannelMix backward: dh (bf16 copy in dhB) → returns dx2 (w.r.t. the LN2 output). */
-  private cmBackward(pfx: string, x2: number, F: number, R: number, dhB: number, sfx: string): number {
-    const C = this.cfg.dim, s = this.sc, A = (nm: string, b: number) => s.get(nm + sfx, b);
-    const xk = A('cm.xk', R * C * this.eb), hid = A('cm.hid', R * F * this.eb);
-    const dpreB = s.get('cmb.dpreB', R * F * this.eb);
-    const pre = A('cm.pre', R * F * F32), dhid = s.get('cmb.dhid', R * F * F32);
+  private cmBackward(pfx: string, x2: number, F: number, R: number, dhB: number, A: Act): number {
+    const C = this.cfg.dim, s = this.sc;
+    const xk = A('cm.xk', R * C * this.eb), pre = A('cm.pre', R * F * F32), hid = A('cm.hid', R * F * this.eb);
+    const dhid = s.get('cmb.dhid', R * F * F32), dpreB = s.get('cmb.dpreB', R * F * this.eb);
     this.linBack(dhid, this.g(`${pfx}ffn.value.weight`), dhB, hid, this.b(`${pfx}ffn.value.weight`), R, F, C);
     this.k('tr_act_bwd', this.ew(R * F), [256], [dhid, dpreB, pre, R * F, 2], 0, 'tr_act_bwd relu2');
     const dxk = s.get('cmb.dxk', R * C * F32);
@@ -414,7 +423,7 @@ export class CudaTrainer {
 
   private rwkvForward(li: number, h: number, vFirst: number, R: number, recompute = false): void {
     const cfg = this.cfg, C = cfg.dim, H = cfg.heads, L = cfg.lora, s = this.sc, n = R * C;
-    const sfx = this.actSfx(`${li}`), A = (nm: string, b: number) => s.get(nm + sfx, b);
+    const A = this.act(`${li}`);
     const p = `${rwkvPrefix(cfg)}blocks.${li}.`, a = (x: string) => this.f(`${p}att.${x}`), ab = (x: string) => this.b(`${p}att.${x}`);
     const x1 = A('tm.x1', n * F32), mix = A('tm.mix', 6 * n * this.eb);
     const xm = (m: number) => mix + m * n * this.eb; // r, w, k, v, a, g
@@ -454,7 +463,7 @@ export class CudaTrainer {
     const h1 = A('rb.h1', n * F32), x2 = A('rb.x2', n * F32);
     copyD(this, h1, h, n * F32);
     this.ln(x2, 0, h, this.f(`${p}ln2.weight`), this.f(`${p}ln2.bias`), R);
-    this.cmForward(p, x2, cfg.ffn, R, h, sfx);
+    this.cmForward(p, x2, cfg.ffn, R, h, A);
   }
 
   /** Recomputes block li from its input hIn, then turns dh (w.r.t. its output) into dh w.r.t. its input. */
@@ -462,8 +471,8 @@ export class CudaTrainer {
     const cfg = this.cfg, C = cfg.dim, H = cfg.heads, L = cfg.lora, s = this.sc, n = R * C;
     const p = `${rwkvPrefix(cfg)}blocks.${li}.`, a = (x: string) => this.f(`${p}att.${x}`), ab = (x: string) => this.b(`${p}att.${x}`);
     const ga = (x: string) => this.g(`${p}att.${x}`);
-    const sfx = this.actSfx(`${li}`), A = (nm: string, b: number) => s.get(nm + sfx, b);
-    if (!sfx) {
+    const A = this.act(`${li}`);
+    if (!this.keptAct.has(`${li}`)) {
       // recompute the block's activations from its input (those of a kept block are still there)
       const h = s.get('rb.h', n * F32);
       copyD(this, h, hIn, n * F32);
@@ -473,7 +482,7 @@ export class CudaTrainer {
     const dhB = s.get('b.dhB', n * this.eb), fz = this.fused;
     // ChannelMix and LN2 (fused: dhB already holds bf16(dh), written with dh)
     if (!fz) this.toBf(dhB, dh, n);
-    const dx2 = this.cmBackward(p, A('rb.x2', 0), cfg.ffn, R, dhB, sfx);
+    const dx2 = this.cmBackward(p, A('rb.x2', 0), cfg.ffn, R, dhB, A);
     this.lnBack(dh, this.g(`${p}ln2.weight`), this.g(`${p}ln2.bias`), dx2, A('rb.h1', 0), this.f(`${p}ln2.weight`), R, true, dhB);
     // output projection
     if (!fz) this.toBf(dhB, dh, n);
@@ -565,7 +574,7 @@ export class CudaTrainer {
    */
   private attnForward(j: number, h: number, R: number, B: number, nSel: number, recompute: boolean): void {
     const cfg = this.cfg, C = cfg.dim, s = this.sc, n = R * C, p = attnPrefix(j);
-    const sfx = this.actSfx(`a${j}`), A = (nm: string, b: number) => s.get(nm + sfx, b);
+    const A = this.act(`a${j}`);
     const x1B = A('ab.x1B', n * this.eb);
     this.ln(0, x1B, h, this.f(`${p}ln1.weight`), this.f(`${p}ln1.bias`), R);
     const q = A('ab.q', n * F32), k = A('ab.k', n * F32), v = A('ab.v', n * F32);
@@ -580,20 +589,20 @@ export class CudaTrainer {
     const h1 = A('rb.h1', n * F32), x2 = A('rb.x2', n * F32);
     copyD(this, h1, h, n * F32);
     this.ln(x2, 0, h, this.f(`${p}ln2.weight`), this.f(`${p}ln2.bias`), R);
-    this.cmForward(p, x2, cfg.attnFfn, R, h, sfx);
+    this.cmForward(p, x2, cfg.attnFfn, R, h, A);
   }
 
   private attnBackward(j: number, hIn: number, dh: number, R: number, B: number, nSel: number): void {
     const cfg = this.cfg, C = cfg.dim, s = this.sc, n = R * C, p = attnPrefix(j);
-    const sfx = this.actSfx(`a${j}`), A = (nm: string, b: number) => s.get(nm + sfx, b);
-    if (!sfx) {
+    const A = this.act(`a${j}`);
+    if (!this.keptAct.has(`a${j}`)) {
       const h = s.get('rb.h', n * F32);
       copyD(this, h, hIn, n * F32);
       this.attnForward(j, h, R, B, nSel, true);
     }
     const dhB = s.get('b.dhB', n * this.eb), fz = this.fused;
     if (!fz) this.toBf(dhB, dh, n);
-    const dx2 = this.cmBackward(p, A('rb.x2', 0), cfg.attnFfn, R, dhB, sfx);
+    const dx2 = this.cmBackward(p, A('rb.x2', 0), cfg.attnFfn, R, dhB, A);
     this.lnBack(dh, this.g(`${p}ln2.weight`), this.g(`${p}ln2.bias`), dx2, A('rb.h1', 0), this.f(`${p}ln2.weight`), R, true, dhB);
     if (!fz) this.toBf(dhB, dh, n);
     const dy = s.get('abb.dy', n * F32);
@@ -656,7 +665,7 @@ export class CudaTrainer {
         const b = this.actBytes(en.kind === 'rwkv' ? 'rwkv' : 'attn', R);
         if (b > budget) continue;
         budget -= b;
-        kept.add(en.kind === 'rwkv' ? `${en.index}` : `a${en.index}`);
+        kept.add(CudaTrainer.blockKey(en));
       }
     }
     if ([...this.keptAct].some((x) => !kept.has(x)) || [...kept].some((x) => !this.keptAct.has(x)) || R !== this.actRows) s.dropWhere((nm) => nm.includes('#'));
@@ -734,7 +743,7 @@ export class CudaTrainer {
 
     if (this.keepAct) {
       let held = 0;
-      for (const en of order) if (this.keptAct.has(en.kind === 'rwkv' ? `${en.index}` : `a${en.index}`)) held += this.actBytes(en.kind === 'rwkv' ? 'rwkv' : 'attn', R);
+      for (const en of order) if (this.keptAct.has(CudaTrainer.blockKey(en))) held += this.actBytes(en.kind === 'rwkv' ? 'rwkv' : 'attn', R);
       this.actFree = this.ctx.memInfo().free + held;
     }
     const rows = new Float32Array(R);
