@@ -180,5 +180,9 @@ test('rwkvx train --backend cuda with RWKVX_TRAIN_WKV=chunked: the losses of the
   console.log(`sequential ${a.map((x) => x.toFixed(5)).join(' ')}\nchunked    ${b.map((x) => x.toFixed(5)).join(' ')}`);
   assert.equal(a.length, 8);
   assert.equal(b.length, 8);
-  for (let i = 0; i < 8; i++) assert.ok(Math.abs(a[i] - b[i]) <= 2e-3 * Math.max(1, Math.abs(a[i])), `step ${i + 1}: ${a[i]} vs ${b[i]}`);
+  // the first step's loss is one forward from the same weights: only the WKV-7's fp32 roundings differ.
+  // Later steps follow bf16 GEMMs through lr 3e-3 updates, where a flipped bf16 rounding grows step by
+  // step (and atomic column sums vary run to run): 3.5e-3 apart by step 6 on an H100, 2026-12-06.
+  assert.ok(Math.abs(a[0] - b[0]) <= 1e-5 * Math.abs(a[0]), `step 1: ${a[0]} vs ${b[0]}`);
+  for (let i = 1; i < 8; i++) assert.ok(Math.abs(a[i] - b[i]) <= 1e-2 * Math.max(1, Math.abs(a[i])), `step ${i + 1}: ${a[i]} vs ${b[i]}`);
 });
