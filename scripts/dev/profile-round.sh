@@ -10,3 +10,5 @@ timeout 120 node --import tsx bench/cuda-train.ts --ctx 4096 --batch 4096:8 --st
 echo "train profile rc=$?"; tail -45 "$out/train-prof.log"
 RWKVX_PROFILE=131072 timeout 120 node --import tsx bench/cuda.ts --lengths 4096 --decode 0 --models rwkvx > "$out/prefill-prof.log" 2>&1
 echo "prefill profile rc=$?"; tail -40 "$out/prefill-prof.log"
+# the prefill's knobs again at this code (scan rows per block, segment length, segments in flight)
+bash scripts/dev/env-ab.sh rwkvx 131072 "" RWKVX_WKV_ROWS=16 "--segment 8192" "--segment 32768" RWKVX_WAVEFRONT=6

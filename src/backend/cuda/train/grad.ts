@@ -391,7 +391,7 @@ export class CudaTrainer {
     const xk = A('cm.xk', R * C * this.eb), pre = A('cm.pre', R * F * F32), hid = A('cm.hid', R * F * this.eb);
     const dhid = s.get('cmb.dhid', R * F * F32), dpreB = s.get('cmb.dpreB', R * F * this.eb);
     this.linBack(dhid, this.g(`${pfx}ffn.value.weight`), dhB, hid, this.b(`${pfx}ffn.value.weight`), R, F, C);
-    this.k('tr_act_bwd', this.ew(R * F), [256], [dhid, dpreB, pre, R * F, 2], 0, 'tr_act_bwd relu2');
+    this.k('tr_act_bwd', this.ew(R * F), [256], [dpreB, dhid, pre, R * F, 2], 0, 'tr_act_bwd relu2');
     const dxk = s.get('cmb.dxk', R * C * F32);
     this.linBack(dxk, this.g(`${pfx}ffn.key.weight`), dpreB, xk, this.b(`${pfx}ffn.key.weight`), R, C, F);
     const dx2 = s.get('cmb.dx2', R * C * F32);
@@ -543,7 +543,7 @@ export class CudaTrainer {
     this.linBack(dm(2), ga('key.weight'), asB('dk', dk), xm(2), ab('key.weight'), R, C, C);
     // decay: dd (in dom) → w2, tanh, w1
     this.mmBack(dlo, ga('w2'), asB('dom', dom), A('tm.lwB', 0), ab('w2'), R, L.w, C);
-    this.k('tr_act_bwd', this.ew(R * L.w), [256], [dlo, dloB, A('tm.lw', 0), R * L.w, 0], 0, 'tr_act_bwd tanh');
+    this.k('tr_act_bwd', this.ew(R * L.w), [256], [dloB, dlo, A('tm.lw', 0), R * L.w, 0], 0, 'tr_act_bwd tanh');
     this.mmBack(dm(1), ga('w1'), dloB, xm(1), ab('w1'), R, C, L.w);
     // in-context rate: dapre → a2, a1
     this.mmBack(dlo, ga('a2'), asB('dapre', dapre), A('tm.laB', 0), ab('a2'), R, L.a, C);
@@ -559,7 +559,7 @@ export class CudaTrainer {
     }
     // gate
     this.mmBack(dlo, ga('g2'), asB('dgate', dgate), A('tm.lgB', 0), ab('g2'), R, L.g, C);
-    this.k('tr_act_bwd', this.ew(R * L.g), [256], [dlo, dloB, A('tm.lg', 0), R * L.g, 1], 0, 'tr_act_bwd sigmoid');
+    this.k('tr_act_bwd', this.ew(R * L.g), [256], [dloB, dlo, A('tm.lg', 0), R * L.g, 1], 0, 'tr_act_bwd sigmoid');
     this.mmBack(dm(5), ga('g1'), dloB, xm(5), ab('g1'), R, C, L.g);
     // token-shift mixes and LN1
     const x1 = A('tm.x1', 0), dx1 = s.get('tmb.dx1', n * F32);
