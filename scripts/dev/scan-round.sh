@@ -7,9 +7,8 @@ out=${OUT:-gpu-logs}; mkdir -p "$out"
 nvidia-smi --query-gpu=name --format=csv,noheader
 RWKVX_WKV_SCAN=split timeout 120 node --import tsx --test --test-concurrency=1 test/cuda-prefill.test.ts test/cuda.test.ts > "$out/split-tests.log" 2>&1
 echo "split suites rc=$?"; grep -E '^# (tests|pass|fail)' "$out/split-tests.log"; grep -E '^not ok' "$out/split-tests.log" | head
-bash scripts/dev/env-ab.sh rwkvx 131072 "" RWKVX_WKV_SCAN=split "RWKVX_WKV_SCAN=split RWKVX_WAVEFRONT=6"
-bash scripts/dev/env-ab.sh rwkv7 131072 "" RWKVX_WKV_SCAN=split
-bash scripts/dev/ablate.sh rwkvx 131072 wkv7_chunk_scan8 wkv7_chunk_prep "gemm matmul" ln_mix8
+bash scripts/dev/env-ab.sh rwkvx 131072 "" RWKVX_WKV_SCAN=split
+bash scripts/dev/ablate.sh rwkvx 131072 wkv7_chunk_scan8
 # training: relu²/tanh/sigmoid backward without the float32 write-back
 timeout 60 node --import tsx --test test/cuda-train.test.ts > "$out/train-test.log" 2>&1
 echo "train test rc=$?"; grep -E "^# (pass|fail)|^not ok" "$out/train-test.log"
