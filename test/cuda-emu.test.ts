@@ -136,6 +136,37 @@ test('emulated kernels: ln_mix8 (rows staged in shared memory) equals ln_mix bit
   }
 });
 
+test('emulated kernels: the fused time-mix LoRA (lora32/64/96/128: f(x·W1)·W2, the middle bf16) vs the CPU', { skip: skip || false }, (t) => {
+  const mod = emuModule('rwkvx.cu'), r = rng(21);
+  const cases: [number, number, number, number][] = [[32, 128, 200, -1], [64, 192, 129, 0], [96, 128, 17, 1], [128, 128, 130, 1]];
+  for (const [L, C, T, mode] of cases) {
+    const x = toBf(gaussArray(T * C, r)), W1 = toBf(gaussArray(C * L, r, 0.1)), W2 = toBf(gaussArray(L * C, r, 0.1));
+    const out = new Float32Array(T * C).fill(NaN);
+    const smem = 2 * 128 * 72 * 2 + 2 * 64 * (L + 8) * 2;
+    mod.launch(`lora${L}`, { grid: [Math.ceil(T / 128)], block: [256], smem }, out, x, W1, W2, T, C, mode);
+    const xf = fromBf(x), w1 = fromBf(W1), w2 = fromBf(W2);
+    const f = (v: number) => mode === 0 ? Math.tanh(v) : mode === 1 ? sig(v) : v;
+    let worst = 0, scale = 0;
+    const h = new Float32Array(L);
+    for (let tt = 0; tt < T; tt++) {
+      for (let j = 0; j < L; j++) {
+        let s = 0;
+        for (let i = 0; i < C; i++) s += xf[tt * C + i] * w1[i * L + j];
+        h[j] = f(s);
+      }
+      const hb = fromBf(toBf(h));
+      for (let c = 0; c < C; c++) {
+        let s = 0;
+        for (let j = 0; j < L; j++) s += hb[j] * w2[j * C + c];
+        worst = Math.max(worst, Math.abs(out[tt * C + c] - s));
+        scale = Math.max(scale, Math.abs(s));
+      }
+    }
+    // the middle's bf16 rounding may fall the other way where the fp32 sums differ in order: a few ulps of h
+    report(t, `L=${L} C=${C} T=${T} mode=${mode}: max |GPU − CPU| / max |out|`, worst / scale, 2e-3);
+  }
+});
+
 test('emulated kernels: moba prefill — chunk means, the one-pass chunk choice (= chunk_scores + select_chunks bit for bit, = the CPU top-k) and the tensor-core attention (own chunk + selected chunks, merged; mma.sync and the sm_90a wgmma kernels) vs the CPU', { skip: skip || false }, (t) => {
   const mod = emuModule('rwkvx.cu'), wg = emuModule('attn-sm90.cu');
   const H = 2, C = 64 * H, B = 64, topk = 3, nSel = topk - 1, MAXSEL = 8, r = rng(31);

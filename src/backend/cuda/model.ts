@@ -157,6 +157,9 @@ export class CudaModel {
   /** Calls of several tokens use ln_mix8 (rows staged in shared memory; RWKVX_LNMIX=warp: ln_mix). */
   lnMixStaged = process.env.RWKVX_LNMIX !== 'warp';
   private lnMixSmemSet = false;
+  /** Time-mix LoRAs as one kernel each (`lora32…128`: the middle stays in registers); RWKVX_LORA=cublas: two GEMMs + act_bf16. */
+  loraFused = process.env.RWKVX_LORA !== 'cublas';
+  private loraSmemSet = new Set<number>();
   /** moba prefill chooses chunks with select_chunks_tiled (RWKVX_SELECT=scores: chunk_scores + select_chunks). */
   selectTiled = process.env.RWKVX_SELECT !== 'scores';
   /** One-token moba steps replay a CUDA graph (RWKVX_CUDA_GRAPH=0 turns it off). */
@@ -575,21 +578,10 @@ export class CudaModel {
     this.gemm('linear', () => blas.linear(sc.r, 'f32', xm(0), w.Wr, n, C, C));
     this.gemm('linear', () => blas.linear(sc.k, 'f32', xm(2), w.Wk, n, C, C));
     this.gemm('linear', () => blas.linear(sc.v, 'f32', xm(3), w.Wv, n, C, C));
-    // decay LoRA: tanh(x_w·w1)·w2
-    this.gemm('matmul', () => blas.matmul(sc.lo, 'f32', xm(1), w.w1, n, C, L.w));
-    this.act(sc.lob, sc.lo, n * L.w, 0);
-    this.gemm('matmul', () => blas.matmul(sc.w, 'f32', sc.lob, w.w2, n, L.w, C));
-    // in-context rate LoRA: (x_a·a1)·a2
-    this.gemm('matmul', () => blas.matmul(sc.lob, 'bf16', xm(4), w.a1, n, C, L.a));
-    this.gemm('matmul', () => blas.matmul(sc.a, 'f32', sc.lob, w.a2, n, L.a, C));
-    if (li > 0) {
-      this.gemm('matmul', () => blas.matmul(sc.lob, 'bf16', xm(3), w.v1, n, C, L.v));
-      this.gemm('matmul', () => blas.matmul(sc.dv, 'f32', sc.lob, w.v2, n, L.v, C));
-    }
-    // gate: σ(x_g·g1)·g2
-    this.gemm('matmul', () => blas.matmul(sc.lo, 'f32', xm(5), w.g1, n, C, L.g));
-    this.act(sc.lob, sc.lo, n * L.g, 1);
-    this.gemm('matmul', () => blas.matmul(sc.g, 'f32', sc.lob, w.g2, n, L.g, C));
+    this.lora(sc, sc.w, xm(1), w.w1, w.w2, L.w, 0, n);                  // decay: tanh(x_w·w1)·w2
+    this.lora(sc, sc.a, xm(4), w.a1, w.a2, L.a, -1, n);                 // in-context rate: (x_a·a1)·a2
+    if (li > 0) this.lora(sc, sc.dv, xm(3), w.v1, w.v2, L.v, -1, n);    // value residual: (x_v·v1)·v2
+    this.lora(sc, sc.g, xm(5), w.g1, w.g2, L.g, 1, n);                  // gate: σ(x_g·g1)·g2
     const warps = n * H;
     this.tmixWkv(sc, li, st.wkv.ptr, n, sc.wkvRec);
     this.k('gn_bonus_gate', 'pppppppppii', [Math.ceil(warps / 8)], [256], [sc.yb, sc.y, sc.r, sc.k, sc.v, sc.g, w.lnxw, w.lnxb, w.rk, n, H]);
@@ -621,6 +613,24 @@ export class CudaModel {
     const tpr = this.wkvThreadsPerRow;
     this.k(tpr === 4 ? 'wkv7_seq' : `wkv7_seq${tpr}`, 'ppppppppii', [H, 4], [16 * tpr],
       [io.y, state, io.r, io.w, io.k, io.v, io.kk, io.a, n, C]);
+  }
+
+  /** out[n, C] (fp32) = f(x·W1)·W2, f = tanh (mode 0), σ (1) or the identity (−1); the middle bf16. */
+  private lora(sc: Scratch, out: number, x: number, W1: number, W2: number, rank: number, mode: number, n: number): void {
+    const C = this.cfg.dim;
+    if (this.loraFused && C % 64 === 0 && rank % 32 === 0 && rank <= 128) {
+      const name = `lora${rank}`, smem = 2 * 128 * 72 * BF + 2 * 64 * (rank + 8) * BF;
+      if (!this.loraSmemSet.has(rank)) { setMaxDynamicSmem(this.mod, name, smem); this.loraSmemSet.add(rank); }
+      this.k(name, 'ppppiii', [Math.ceil(n / 128)], [256], [out, x, W1, W2, n, C, mode], smem);
+      return;
+    }
+    const blas = this.blas;
+    if (mode < 0) this.gemm('matmul', () => blas.matmul(sc.lob, 'bf16', x, W1, n, C, rank));
+    else {
+      this.gemm('matmul', () => blas.matmul(sc.lo, 'f32', x, W1, n, C, rank));
+      this.act(sc.lob, sc.lo, n * rank, mode);
+    }
+    this.gemm('matmul', () => blas.matmul(out, 'f32', sc.lob, W2, n, rank, C));
   }
 
   private act(out: number, inp: number, count: number, mode: number): void {

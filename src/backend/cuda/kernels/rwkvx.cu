@@ -156,6 +156,128 @@ extern "C" __global__ void relu_sq_bf16(u32* x, int n2) {
   }
 }
 
+// A time-mix LoRA in one pass: out[T, C] = f(x[T, C]·W1[C, L])·W2[L, C] with f = tanh (mode 0), σ (1) or the
+// identity (−1); x, W1, W2 bf16, out fp32, the middle rounded to bf16 as the two cuBLAS GEMMs with act_bf16
+// between them rounded it. The [T, L] middle never leaves registers: a block takes 128 rows (8 warps of 16),
+// streams 64-wide slices of x and W1 through shared memory (cp.async, two stages), turns its accumulators
+// into the A fragments of the second product and streams 64-column tiles of W2 the same way. Why: cuBLAS
+// ran these skinny pairs at ≈ 3.5× their byte floor, plus the middle's round trip and a launch for f.
+// C a multiple of 64, L of 32, L ≤ 128 (the caller falls back to cuBLAS otherwise).
+#define LORA_ROWS 128
+template <int L>
+__device__ __forceinline__ void lora_body(float* __restrict__ out, const bf16* __restrict__ x, const bf16* __restrict__ W1,
+    const bf16* __restrict__ W2, int T, int C, int mode) {
+  extern __shared__ __align__(16) unsigned char lora_smem[];
+  constexpr int LS = L + 8;                           // padded W1 row (bf16): ldmatrix rows on distinct banks
+  bf16* Xs = (bf16*)lora_smem;                        // [2][128][KS]; phase 2 reuses it as W2s [2][L][KS]
+  bf16* W1s = Xs + 2 * LORA_ROWS * KS;                // [2][64][LS]
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c4 = lane & 3;
+  const int mi = lane >> 3, r8 = lane & 7;
+  const int row0 = blockIdx.x * LORA_ROWS;
+  const int nk = C / 64;
+  auto loadX = [&](int kc, int buf) {
+    bf16* xs = Xs + buf * LORA_ROWS * KS;
+    for (int e = tid; e < LORA_ROWS * 8; e += 256) {
+      const int r = e >> 3, c8 = (e & 7) * 8;
+      const bool ok = row0 + r < T;
+      cp16(&xs[r * KS + c8], x + (long long)(ok ? row0 + r : 0) * C + kc * 64 + c8, ok ? 16 : 0);
+    }
+    bf16* ws = W1s + buf * 64 * LS;
+    for (int e = tid; e < 64 * (L / 8); e += 256) {
+      const int r = e / (L / 8), c8 = (e % (L / 8)) * 8;
+      cp16(&ws[r * LS + c8], W1 + (long long)(kc * 64 + r) * L + c8, 16);
+    }
+    cp_commit();
+  };
+  float acc[L / 8][4];
+#pragma unroll
+  for (int n = 0; n < L / 8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+  loadX(0, 0);
+  for (int kc = 0; kc < nk; kc++) {
+    if (kc + 1 < nk) { loadX(kc + 1, (kc + 1) & 1); cp_wait1(); } else cp_wait0();
+    __syncthreads();
+    const bf16* xs = Xs + (kc & 1) * LORA_ROWS * KS + warp * 16 * KS;
+    const bf16* ws = W1s + (kc & 1) * 64 * LS;
+#pragma unroll
+    for (int ks = 0; ks < 4; ks++) {
+      u32 af[4];
+      ldsm_x4(af[0], af[1], af[2], af[3], xs + (r8 + (mi & 1) * 8) * KS + ks * 16 + (mi >> 1) * 8);
+#pragma unroll
+      for (int np = 0; np < L / 16; np++) {
+        u32 b0, b1, b2, b3;
+        ldsm_x4_t(b0, b1, b2, b3, ws + (ks * 16 + (mi & 1) * 8 + r8) * LS + (2 * np + (mi >> 1)) * 8);
+        mma16816(acc[2 * np], af, b0, b1);
+        mma16816(acc[2 * np + 1], af, b2, b3);
+      }
+    }
+    __syncthreads();
+  }
+  bf16* W2s = Xs;
+  auto loadW2 = [&](int nt, int buf) {
+    bf16* ws = W2s + buf * L * KS;
+    for (int e = tid; e < L * 8; e += 256) {
+      const int r = e >> 3, c8 = (e & 7) * 8;
+      cp16(&ws[r * KS + c8], W2 + (long long)r * C + nt * 64 + c8, 16);
+    }
+    cp_commit();
+  };
+  loadW2(0, 0);
+  u32 hf[L / 16][4];
+#pragma unroll
+  for (int n = 0; n < L / 8; n++) {
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+      const float v = acc[n][u];
+      acc[n][u] = mode == 0 ? tanhf(v) : mode == 1 ? sigmoidf_(v) : v;
+    }
+  }
+#pragma unroll
+  for (int ks = 0; ks < L / 16; ks++) {
+    hf[ks][0] = pack_bf16(acc[2 * ks][0], acc[2 * ks][1]);
+    hf[ks][1] = pack_bf16(acc[2 * ks][2], acc[2 * ks][3]);
+    hf[ks][2] = pack_bf16(acc[2 * ks + 1][0], acc[2 * ks + 1][1]);
+    hf[ks][3] = pack_bf16(acc[2 * ks + 1][2], acc[2 * ks + 1][3]);
+  }
+  const int ra = row0 + warp * 16 + g, rb = ra + 8;
+  for (int nt = 0; nt < nk; nt++) {
+    if (nt + 1 < nk) { loadW2(nt + 1, (nt + 1) & 1); cp_wait1(); } else cp_wait0();
+    __syncthreads();
+    const bf16* ws = W2s + (nt & 1) * L * KS;
+    float o[8][4];
+#pragma unroll
+    for (int n = 0; n < 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+#pragma unroll
+    for (int ks = 0; ks < L / 16; ks++) {
+#pragma unroll
+      for (int np = 0; np < 4; np++) {
+        u32 b0, b1, b2, b3;
+        ldsm_x4_t(b0, b1, b2, b3, ws + (ks * 16 + (mi & 1) * 8 + r8) * KS + (2 * np + (mi >> 1)) * 8);
+        mma16816(o[2 * np], hf[ks], b0, b1);
+        mma16816(o[2 * np + 1], hf[ks], b2, b3);
+      }
+    }
+#pragma unroll
+    for (int n = 0; n < 8; n++) {
+      const int col = nt * 64 + n * 8 + 2 * c4;
+      if (ra < T) *(float2*)(out + (long long)ra * C + col) = make_float2(o[n][0], o[n][1]);
+      if (rb < T) *(float2*)(out + (long long)rb * C + col) = make_float2(o[n][2], o[n][3]);
+    }
+    __syncthreads();
+  }
+}
+extern "C" __global__ void __launch_bounds__(256, 2) lora32(float* out, const bf16* x, const bf16* W1, const bf16* W2, int T, int C, int mode) {
+  lora_body<32>(out, x, W1, W2, T, C, mode);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) lora64(float* out, const bf16* x, const bf16* W1, const bf16* W2, int T, int C, int mode) {
+  lora_body<64>(out, x, W1, W2, T, C, mode);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) lora96(float* out, const bf16* x, const bf16* W1, const bf16* W2, int T, int C, int mode) {
+  lora_body<96>(out, x, W1, W2, T, C, mode);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) lora128(float* out, const bf16* x, const bf16* W1, const bf16* W2, int T, int C, int mode) {
+  lora_body<128>(out, x, W1, W2, T, C, mode);
+}
+
 // Per (token, head), one warp: decay, in-context rate, normalised key, written key, value residual.
 //   w  ← exp(−e^{−½}·σ(w0 + dw))        (dw = tanh(x_w·w1)·w2, float32)
 //   a  ← σ(a0 + da)                       (in place in da)
