@@ -364,7 +364,7 @@ function cpuAttend(q: Float32Array, qOff: number, K: Float32Array, V: Float32Arr
   return o;
 }
 
-test('emulated kernels: the fused training backward (tr_out_bwd_f, tr_tmix_bwd_f, tr_ln_bwd_f, tr_mix_bwd_f) equals the separate passes (kernel + tr_colsum + tr_f2bf): element-wise outputs bit for bit, column sums to rounding', { skip: skip || false }, (t) => {
+test('emulated kernels: the fused training backward (tr_out_bwd_f, tr_tmix_bwd_f, tr_ln_bwd_f, tr_mix_bwd_f) equals the separate passes (kernel + tr_colsum + tr_f2bf): element-wise outputs bit for bit, column sums to rounding; tr_ln_bwd_w to rounding', { skip: skip || false }, (t) => {
   const H = 2, C = 64 * H, Bn = 2, T = 37, R = Bn * T, n = R * C, r = rng(77);
   for (const fp32 of [false, true]) {
     const mod = emuModule('train.cu', fp32 ? ['TR_FP32'] : []);
@@ -423,6 +423,13 @@ test('emulated kernels: the fused training backward (tr_out_bwd_f, tr_tmix_bwd_f
       same(`ln (add ${add}): bf16 dx`, asF(dxB), cast(dxO));
       close(`ln (add ${add}): Σ dout⊙x̂`, gw, colsum(pw, null, 0));
       close(`ln (add ${add}): Σ dout`, gb, colsum(dout, null, 0));
+      // the warp-per-row variant: the same up to the order of its row sums
+      const dxW = dx0.slice(), dxWB = gin(n), gwW = new Float32Array(C), gbW = new Float32Array(C);
+      mod.launch(`tr_ln_bwd_w${C / 128}`, { grid: [Math.ceil(R / 64)], block: [256] }, dxW, dxWB, gwW, gbW, dout, x, w, R, C, add);
+      close(`ln warp (add ${add}): dx`, dxW, dxO);
+      close(`ln warp (add ${add}): bf16 dx`, asF(dxWB), cast(dxO));
+      close(`ln warp (add ${add}): Σ dout⊙x̂`, gwW, colsum(pw, null, 0));
+      close(`ln warp (add ${add}): Σ dout`, gbW, colsum(dout, null, 0));
     }
     for (const M of [1, 6]) {
       // token-shift mixes backward, per sequence

@@ -18,4 +18,4 @@ echo "profile rc=$?"; grep -E '^profile' "$out/profile.log" | cut -c1-1200
 timeout 90 node --import tsx --test test/cuda-train.test.ts > "$out/train-test.log" 2>&1
 echo "train test rc=$?"; grep -E "^# (pass|fail)|^not ok" "$out/train-test.log"
 timeout 100 node --import tsx bench/cuda-train.ts --ctx 4096 --batch 4096:8 --steps 3 --model x --profile 1 > "$out/train.log" 2>&1
-echo "train bench rc=$?"; grep -E '^\| RWKV|tr_act_bwd|total' "$out/train.log"
+echo "train bench rc=$?"; grep -E "^\| RWKV|tr_act_bwd|tr_ln_bwd|total" "$out/train.log"

@@ -198,6 +198,111 @@ extern "C" __global__ void __launch_bounds__(256) tr_ln_bwd_f(float* dx, gin* dx
   }
 }
 
+// tr_ln_bwd_f with a warp per row: lane holds columns 4·lane + 128·j (j < J = C/128) of x, dout and w in
+// registers, so a row is read once and its four reductions are warp shuffles, no barriers. A block takes
+// LNW_ROWS rows (8 warps); its column sums meet in shared memory, then one atomicAdd per column. Why: the
+// block-per-row kernel spent its time in barriers and re-reads (≈ 2.2× its DRAM floor, 2026-12-06). The
+// row statistics sum in another order than ln_stats_block, so dx differs from tr_ln_bwd_f by rounding.
+// One kernel per J (tr_ln_bwd_w1/2/4/6/8), so each has only the registers its C needs.
+#define LNW_ROWS 64
+template <int J>
+__device__ __forceinline__ void ln_bwd_warp_body(float* red, float* dx, gin* dxB, float* gw, float* gb, const float* dout,
+                                                 const float* x, const float* w, int R, int C, int add) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  float4 wv[J], aw[J], ab[J];
+#pragma unroll
+  for (int j = 0; j < J; j++) {
+    wv[j] = *(const float4*)(w + 4 * lane + 128 * j);
+    aw[j] = ab[j] = make_float4(0.f, 0.f, 0.f, 0.f);
+  }
+  const int r1 = min(R, (blockIdx.x + 1) * LNW_ROWS);
+  for (int row = blockIdx.x * LNW_ROWS + warp; row < r1; row += 8) {
+    const i64 o = (i64)row * C + 4 * lane;
+    float4 xv[J], dv[J];
+    float s = 0.f;
+#pragma unroll
+    for (int j = 0; j < J; j++) {
+      xv[j] = *(const float4*)(x + o + 128 * j);
+      dv[j] = *(const float4*)(dout + o + 128 * j);
+      s += (xv[j].x + xv[j].y) + (xv[j].z + xv[j].w);
+    }
+    const float mean = warp_sum(s) / C;
+    float q = 0.f;
+#pragma unroll
+    for (int j = 0; j < J; j++) {
+      xv[j].x -= mean; xv[j].y -= mean; xv[j].z -= mean; xv[j].w -= mean;
+      q += (xv[j].x * xv[j].x + xv[j].y * xv[j].y) + (xv[j].z * xv[j].z + xv[j].w * xv[j].w);
+    }
+    const float inv = rsqrtf(warp_sum(q) / C + 1e-5f);
+    float m1 = 0.f, m2 = 0.f;
+#pragma unroll
+    for (int j = 0; j < J; j++) {
+      xv[j].x *= inv; xv[j].y *= inv; xv[j].z *= inv; xv[j].w *= inv;  // x̂
+      const float g0 = dv[j].x * wv[j].x, g1 = dv[j].y * wv[j].y, g2 = dv[j].z * wv[j].z, g3 = dv[j].w * wv[j].w;
+      m1 += (g0 + g1) + (g2 + g3);
+      m2 += (g0 * xv[j].x + g1 * xv[j].y) + (g2 * xv[j].z + g3 * xv[j].w);
+    }
+    m1 = warp_sum(m1) / C;
+    m2 = warp_sum(m2) / C;
+#pragma unroll
+    for (int j = 0; j < J; j++) {
+      float4 r;
+      r.x = inv * (dv[j].x * wv[j].x - m1 - xv[j].x * m2);
+      r.y = inv * (dv[j].y * wv[j].y - m1 - xv[j].y * m2);
+      r.z = inv * (dv[j].z * wv[j].z - m1 - xv[j].z * m2);
+      r.w = inv * (dv[j].w * wv[j].w - m1 - xv[j].w * m2);
+      float* px = dx + o + 128 * j;
+      if (add) { const float4 p = *(const float4*)px; r.x += p.x; r.y += p.y; r.z += p.z; r.w += p.w; }
+      *(float4*)px = r;
+      if (dxB) {
+        gin* pb = dxB + o + 128 * j;
+        pb[0] = tog(r.x); pb[1] = tog(r.y); pb[2] = tog(r.z); pb[3] = tog(r.w);
+      }
+      aw[j].x += dv[j].x * xv[j].x; aw[j].y += dv[j].y * xv[j].y; aw[j].z += dv[j].z * xv[j].z; aw[j].w += dv[j].w * xv[j].w;
+      ab[j].x += dv[j].x; ab[j].y += dv[j].y; ab[j].z += dv[j].z; ab[j].w += dv[j].w;
+    }
+  }
+  for (int pass = 0; pass < 2; pass++) {
+    float* out = pass ? gb : gw;
+    if (!out) continue;
+#pragma unroll
+    for (int j = 0; j < J; j++) *(float4*)(red + warp * C + 4 * lane + 128 * j) = pass ? ab[j] : aw[j];
+    __syncthreads();
+    for (int i = threadIdx.x; i < C; i += 256) {
+      float t = 0.f;
+#pragma unroll
+      for (int u = 0; u < 8; u++) t += red[u * C + i];
+      atomicAdd(out + i, t);
+    }
+    __syncthreads();
+  }
+}
+extern "C" __global__ void __launch_bounds__(256) tr_ln_bwd_w1(float* dx, gin* dxB, float* gw, float* gb, const float* dout,
+                                                                const float* x, const float* w, int R, int C, int add) {
+  __shared__ __align__(16) float red[8 * 128 * 1];
+  ln_bwd_warp_body<1>(red, dx, dxB, gw, gb, dout, x, w, R, C, add);
+}
+extern "C" __global__ void __launch_bounds__(256) tr_ln_bwd_w2(float* dx, gin* dxB, float* gw, float* gb, const float* dout,
+                                                                const float* x, const float* w, int R, int C, int add) {
+  __shared__ __align__(16) float red[8 * 128 * 2];
+  ln_bwd_warp_body<2>(red, dx, dxB, gw, gb, dout, x, w, R, C, add);
+}
+extern "C" __global__ void __launch_bounds__(256) tr_ln_bwd_w4(float* dx, gin* dxB, float* gw, float* gb, const float* dout,
+                                                                const float* x, const float* w, int R, int C, int add) {
+  __shared__ __align__(16) float red[8 * 128 * 4];
+  ln_bwd_warp_body<4>(red, dx, dxB, gw, gb, dout, x, w, R, C, add);
+}
+extern "C" __global__ void __launch_bounds__(256) tr_ln_bwd_w6(float* dx, gin* dxB, float* gw, float* gb, const float* dout,
+                                                                const float* x, const float* w, int R, int C, int add) {
+  __shared__ __align__(16) float red[8 * 128 * 6];
+  ln_bwd_warp_body<6>(red, dx, dxB, gw, gb, dout, x, w, R, C, add);
+}
+extern "C" __global__ void __launch_bounds__(256) tr_ln_bwd_w8(float* dx, gin* dxB, float* gw, float* gb, const float* dout,
+                                                                const float* x, const float* w, int R, int C, int add) {
+  __shared__ __align__(16) float red[8 * 128 * 8];
+  ln_bwd_warp_body<8>(red, dx, dxB, gw, gb, dout, x, w, R, C, add);
+}
+
 // out[m][t] = x[t] + (x[t−1] − x[t])⊙mu[m] (x[−1] = 0 at each sequence start), M mixes, GEMM inputs
 extern "C" __global__ void tr_mix(gin* out, const float* x, const float* mu, int R, int T, int C, int M) {
   i64 n = (i64)R * C;

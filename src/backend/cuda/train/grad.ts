@@ -195,6 +195,8 @@ export class CudaTrainer {
    * gradient error against the CPU: docs/cuda-training.md.)
    */
   readonly fused: boolean;
+  /** Fused LayerNorm backward with a warp per row (tr_ln_bwd_w1…8, C = 128·{1, 2, 4, 6, 8}); RWKVX_TRAIN_LNBWD=block: tr_ln_bwd_f. */
+  readonly lnWarp = process.env.RWKVX_TRAIN_LNBWD !== 'block';
 
   private mb: MobaTrain | undefined;
   private moba(): MobaTrain {
@@ -362,6 +364,10 @@ export class CudaTrainer {
   /** dx (= or +=) from dout; weight and bias gradients added to gw, gb; fused: dxB ← bf16(dx) when given. */
   private lnBack(dx: number, gw: number, gb: number, dout: number, x: number, w: number, R: number, add: boolean, dxB = 0): void {
     const C = this.cfg.dim;
+    if (this.fused && this.lnWarp && C % 128 === 0 && [1, 2, 4, 6, 8].includes(C / 128)) {
+      this.k(`tr_ln_bwd_w${C / 128}`, [Math.ceil(R / 64)], [256], [dx, dxB, this.want(gw) ? gw : 0, this.want(gb) ? gb : 0, dout, x, w, R, C, add ? 1 : 0]);
+      return;
+    }
     if (this.fused) {
       this.k('tr_ln_bwd_f', [Math.ceil(R / 16)], [256], [dx, dxB, this.want(gw) ? gw : 0, this.want(gb) ? gb : 0, dout, x, w, R, C, add ? 1 : 0]);
       return;
