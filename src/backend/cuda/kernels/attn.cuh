@@ -60,11 +60,13 @@ __device__ __forceinline__ void mma_abt(float (&c)[8][4], const u32 (&af)[4][4],
     }
   }
 }
-// c += A·B: Bs row-major [shared dimension 64][64 columns], transposed on the way by ldmatrix.trans
-__device__ __forceinline__ void mma_ab(float (&c)[8][4], const u32 (&af)[4][4], const bf16* Bs, int lane) {
+// c += A·B: Bs row-major [shared dimension 16·NK (64 by default)][64 columns], transposed on the way by
+// ldmatrix.trans
+template <int NK = 4>
+__device__ __forceinline__ void mma_ab(float (&c)[8][4], const u32 (&af)[NK][4], const bf16* Bs, int lane) {
   const int mi = lane >> 3, r8 = lane & 7;
 #pragma unroll
-  for (int ks = 0; ks < 4; ks++) {
+  for (int ks = 0; ks < NK; ks++) {
 #pragma unroll
     for (int np = 0; np < 4; np++) {
       u32 b0, b1, b2, b3;

@@ -246,16 +246,7 @@ __device__ __forceinline__ void lora_body(float* __restrict__ out, const bf16* _
     float o[8][4];
 #pragma unroll
     for (int n = 0; n < 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
-#pragma unroll
-    for (int ks = 0; ks < L / 16; ks++) {
-#pragma unroll
-      for (int np = 0; np < 4; np++) {
-        u32 b0, b1, b2, b3;
-        ldsm_x4_t(b0, b1, b2, b3, ws + (ks * 16 + (mi & 1) * 8 + r8) * KS + (2 * np + (mi >> 1)) * 8);
-        mma16816(o[2 * np], hf[ks], b0, b1);
-        mma16816(o[2 * np + 1], hf[ks], b2, b3);
-      }
-    }
+    mma_ab<L / 16>(o, hf, ws, lane);
 #pragma unroll
     for (int n = 0; n < 8; n++) {
       const int col = nt * 64 + n * 8 + 2 * c4;
