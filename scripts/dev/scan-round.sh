@@ -3,11 +3,20 @@
 # checked by the GPU inference suites and timed at 128K against the cuBLAS LoRA pair (part 1); the
 # per-launch profile, and training's LayerNorm backward with a warp per row and relu²/tanh/sigmoid
 # backward without the float32 write-back, tested and timed (part 2).
-#   source .dev1/boot.sh && bash scripts/dev/scan-round.sh 1|2
+#   source .dev1/boot.sh && bash scripts/dev/scan-round.sh 1|2|0   (0: the checks of both defaults and their timings, one call)
 set -uo pipefail
 out=${OUT:-gpu-logs}; mkdir -p "$out"
 nvidia-smi --query-gpu=name --format=csv,noheader
-if [ "${1:-1}" = 1 ]; then
+if [ "${1:-1}" = 0 ]; then
+  timeout 200 node --import tsx --test --test-concurrency=1 test/cuda-prefill.test.ts test/cuda.test.ts > "$out/tests.log" 2>&1
+  echo "inference suites (fused LoRA) rc=$?"; grep -E '^# (tests|pass|fail)' "$out/tests.log"; grep -E '^not ok' "$out/tests.log" | head
+  grep -iE 'max.*err' "$out/tests.log" | head -12
+  timeout 120 node --import tsx --test test/cuda-train.test.ts > "$out/train-test.log" 2>&1
+  echo "train test rc=$?"; grep -E "^# (pass|fail)|^not ok" "$out/train-test.log"
+  bash scripts/dev/env-ab.sh rwkvx 131072 "" RWKVX_LORA=cublas
+  timeout 100 node --import tsx bench/cuda-train.ts --ctx 4096 --batch 4096:8 --steps 3 --model x --profile 1 > "$out/train.log" 2>&1
+  echo "train bench rc=$?"; grep -E "^\| RWKV|tr_act_bwd|tr_ln_bwd|total" "$out/train.log"
+elif [ "${1:-1}" = 1 ]; then
   timeout 200 node --import tsx --test --test-concurrency=1 test/cuda-prefill.test.ts test/cuda.test.ts > "$out/tests.log" 2>&1
   echo "inference suites (fused LoRA) rc=$?"; grep -E '^# (tests|pass|fail)' "$out/tests.log"; grep -E '^not ok' "$out/tests.log" | head
   grep -iE 'max.*err' "$out/tests.log" | head -12
