@@ -8,20 +8,23 @@ set -uo pipefail
 out=${OUT:-gpu-logs}; mkdir -p "$out"
 nvidia-smi --query-gpu=name --format=csv,noheader
 if [ "${1:-1}" = 0 ]; then
+  export RWKVX_LORA=fused RWKVX_TRAIN_LNBWD=warp
   timeout 200 node --import tsx --test --test-concurrency=1 test/cuda-prefill.test.ts test/cuda.test.ts > "$out/tests.log" 2>&1
   echo "inference suites (fused LoRA) rc=$?"; grep -E '^# (tests|pass|fail)' "$out/tests.log"; grep -E '^not ok' "$out/tests.log" | head
   grep -iE 'max.*err' "$out/tests.log" | head -12
   timeout 120 node --import tsx --test test/cuda-train.test.ts > "$out/train-test.log" 2>&1
   echo "train test rc=$?"; grep -E "^# (pass|fail)|^not ok" "$out/train-test.log"
-  bash scripts/dev/env-ab.sh rwkvx 131072 "" RWKVX_LORA=cublas
+  bash scripts/dev/env-ab.sh rwkvx 131072 RWKVX_LORA=fused RWKVX_LORA=cublas
   timeout 100 node --import tsx bench/cuda-train.ts --ctx 4096 --batch 4096:8 --steps 3 --model x --profile 1 > "$out/train.log" 2>&1
   echo "train bench rc=$?"; grep -E "^\| RWKV|tr_act_bwd|tr_ln_bwd|total" "$out/train.log"
 elif [ "${1:-1}" = 1 ]; then
+  export RWKVX_LORA=fused
   timeout 200 node --import tsx --test --test-concurrency=1 test/cuda-prefill.test.ts test/cuda.test.ts > "$out/tests.log" 2>&1
   echo "inference suites (fused LoRA) rc=$?"; grep -E '^# (tests|pass|fail)' "$out/tests.log"; grep -E '^not ok' "$out/tests.log" | head
   grep -iE 'max.*err' "$out/tests.log" | head -12
-  bash scripts/dev/env-ab.sh rwkvx 131072 "" RWKVX_LORA=cublas RWKVX_WKV_SCAN=split
+  bash scripts/dev/env-ab.sh rwkvx 131072 RWKVX_LORA=fused RWKVX_LORA=cublas RWKVX_WKV_SCAN=split
 else
+  export RWKVX_LORA=fused RWKVX_TRAIN_LNBWD=warp
   RWKVX_PROFILE=131072 timeout 60 node --import tsx bench/cuda.ts --lengths 131072 --decode 0 --repeat 1 --models rwkvx > "$out/profile.log" 2>&1
   echo "profile rc=$?"; grep -E '^profile' "$out/profile.log" | cut -c1-1200
   RWKVX_WKV_SCAN=split timeout 100 node --import tsx --test --test-concurrency=1 test/cuda-prefill.test.ts > "$out/split-tests.log" 2>&1

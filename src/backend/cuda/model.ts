@@ -157,8 +157,12 @@ export class CudaModel {
   /** Calls of several tokens use ln_mix8 (rows staged in shared memory; RWKVX_LNMIX=warp: ln_mix). */
   lnMixStaged = process.env.RWKVX_LNMIX !== 'warp';
   private lnMixSmemSet = false;
-  /** Time-mix LoRAs as one kernel each (`lora32…128`: the middle stays in registers); RWKVX_LORA=cublas: two GEMMs + act_bf16. */
-  loraFused = process.env.RWKVX_LORA !== 'cublas';
+  /**
+   * Time-mix LoRAs as one kernel each (`lora32…128`: the middle stays in registers) with RWKVX_LORA=fused;
+   * by default two cuBLAS GEMMs + act_bf16 (the fused kernel passes the emulator tests but has not run on
+   * a GPU yet: docs/cuda.md).
+   */
+  loraFused = process.env.RWKVX_LORA === 'fused';
   private loraSmemSet = new Set<number>();
   /** moba prefill chooses chunks with select_chunks_tiled (RWKVX_SELECT=scores: chunk_scores + select_chunks). */
   selectTiled = process.env.RWKVX_SELECT !== 'scores';

@@ -195,8 +195,12 @@ export class CudaTrainer {
    * gradient error against the CPU: docs/cuda-training.md.)
    */
   readonly fused: boolean;
-  /** Fused LayerNorm backward with a warp per row (tr_ln_bwd_w1…8, C = 128·{1, 2, 4, 6, 8}); RWKVX_TRAIN_LNBWD=block: tr_ln_bwd_f. */
-  readonly lnWarp = process.env.RWKVX_TRAIN_LNBWD !== 'block';
+  /**
+   * Fused LayerNorm backward with a warp per row (tr_ln_bwd_w1…8, C = 128·{1, 2, 4, 6, 8}) with
+   * RWKVX_TRAIN_LNBWD=warp; by default tr_ln_bwd_f (the warp kernel passes the emulator tests but has not
+   * run on a GPU yet: docs/cuda-training.md).
+   */
+  readonly lnWarp = process.env.RWKVX_TRAIN_LNBWD === 'warp';
 
   private mb: MobaTrain | undefined;
   private moba(): MobaTrain {
