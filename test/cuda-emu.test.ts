@@ -442,3 +442,28 @@ test('emulated kernels: the fused training backward (tr_out_bwd_f, tr_tmix_bwd_f
     }
   }
 });
+
+test('emulated kernels: cross-entropy with the row kept in shared memory (tr_ce_s) equals tr_ce, loss and gradient, whatever part of the row fits', { skip: skip || false }, () => {
+  const V = 1000, R = 3, r = rng(5);
+  for (const fp32 of [false, true]) {
+    const mod = emuModule('train.cu', fp32 ? ['TR_FP32'] : []);
+    const gin = (len: number) => (fp32 ? new Float32Array(len) : new Uint16Array(len));
+    const asF = (x: Float32Array | Uint16Array) => (x instanceof Uint16Array ? fromBf(x) : x);
+    const logits = gaussArray(R * V, r, 3);
+    logits[V + 17] = 40;  // a clear arg-max in row 1, and a tie (first index wins) in row 2
+    logits[2 * V + 5] = logits[2 * V + 900] = 25;
+    const tg = Int32Array.from([3, 17, 999]), wts = Float32Array.from([1, 0.5, 2]);
+    for (const [weights, l2] of [[null, 0], [wts, 1]] as const) {
+      const dRef = gin(R * V), lRef = new Float32Array(R);
+      mod.launch('tr_ce', { grid: [R], block: [1024] }, logits, dRef, lRef, tg, weights, V, 1 / R, l2);
+      for (const cap of [0, 512, V]) {
+        const d = gin(R * V), l = new Float32Array(R);
+        mod.launch('tr_ce_s', { grid: [R], block: [1024], smem: cap * 4 }, logits, d, l, tg, weights, V, 1 / R, l2, cap);
+        const tag = `${fp32 ? 'fp32' : 'bf16'} cap ${cap} l2wrap ${l2}`;
+        assert.equal(maxDiff(l, lRef), 0, `${tag}: loss`);
+        assert.equal(maxDiff(asF(d), asF(dRef)), 0, `${tag}: gradient`);
+        assert.ok(maxAbs(asF(d)) > 0, `${tag}: a gradient was written`);
+      }
+    }
+  }
+});

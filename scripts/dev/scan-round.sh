@@ -8,15 +8,19 @@ set -uo pipefail
 out=${OUT:-gpu-logs}; mkdir -p "$out"
 nvidia-smi --query-gpu=name --format=csv,noheader
 if [ "${1:-1}" = 0 ]; then
-  export RWKVX_LORA=fused RWKVX_TRAIN_LNBWD=warp
+  export RWKVX_LORA=fused RWKVX_TRAIN_LNBWD=warp RWKVX_TRAIN_CE=smem
   timeout 200 node --import tsx --test --test-concurrency=1 test/cuda-prefill.test.ts test/cuda.test.ts > "$out/tests.log" 2>&1
   echo "inference suites (fused LoRA) rc=$?"; grep -E '^# (tests|pass|fail)' "$out/tests.log"; grep -E '^not ok' "$out/tests.log" | head
   grep -iE 'max.*err' "$out/tests.log" | head -12
   timeout 120 node --import tsx --test test/cuda-train.test.ts > "$out/train-test.log" 2>&1
-  echo "train test rc=$?"; grep -E "^# (pass|fail)|^not ok" "$out/train-test.log"
+  echo "train test (warp LN backward, smem CE) rc=$?"; grep -E "^# (pass|fail)|^not ok" "$out/train-test.log"
   bash scripts/dev/env-ab.sh rwkvx 131072 RWKVX_LORA=fused RWKVX_LORA=cublas
+  for setting in "RWKVX_TRAIN_LNBWD=warp RWKVX_TRAIN_CE=smem" "RWKVX_TRAIN_LNBWD=block RWKVX_TRAIN_CE=twice"; do
+    env $setting timeout 80 node --import tsx bench/cuda-train.ts --ctx 4096 --batch 4096:8 --steps 3 --model x --profile 0 > "$out/train-ab.log" 2>&1
+    echo "train bench [$setting] rc=$?"; grep -E "^\| RWKV" "$out/train-ab.log"
+  done
   timeout 100 node --import tsx bench/cuda-train.ts --ctx 4096 --batch 4096:8 --steps 3 --model x --profile 1 > "$out/train.log" 2>&1
-  echo "train bench rc=$?"; grep -E "^\| RWKV|tr_act_bwd|tr_ln_bwd|total" "$out/train.log"
+  echo "train bench profile rc=$?"; grep -E "^\| RWKV|tr_act_bwd|tr_ln_bwd|tr_ce|total" "$out/train.log"
 elif [ "${1:-1}" = 1 ]; then
   export RWKVX_LORA=fused
   timeout 200 node --import tsx --test --test-concurrency=1 test/cuda-prefill.test.ts test/cuda.test.ts > "$out/tests.log" 2>&1

@@ -815,3 +815,61 @@ extern "C" __global__ void __launch_bounds__(1024) tr_ce(const float* logits, gi
     for (int i = threadIdx.x; i < V; i += blockDim.x) d[i] = tog(grad(x[i], i));
   }
 }
+
+// tr_ce with the row's first `cap` logits (cap % 4 == 0, V % 4 == 0) kept in dynamic shared memory from the
+// first pass, so the second reads the rest only: at V 65536 and 200 KB per block (one block per SM), the
+// DRAM traffic is one fp32 read and one bf16 write of the row instead of two reads, and the uncached tail
+// (132 rows × 56 KB) stays in L2. The gradient goes out 4 values per store.
+__device__ __forceinline__ void store4(gin* d, int i4, float a, float b, float c, float e) {
+#ifdef TR_FP32
+  reinterpret_cast<float4*>(d)[i4] = make_float4(a, b, c, e);
+#else
+  reinterpret_cast<uint2*>(d)[i4] = make_uint2(pack_bf16(a, b), pack_bf16(c, e));
+#endif
+}
+extern "C" __global__ void __launch_bounds__(1024) tr_ce_s(const float* logits, gin* dlogB, float* lossRow, const int* targets,
+                                                           const float* weights, int V, float gscale, int l2wrap, int cap) {
+  extern __shared__ float4 ce_row[];
+  __shared__ float shm[32], shs[32];
+  __shared__ int shi[32];
+  i64 row = blockIdx.x;
+  const float4* x4 = reinterpret_cast<const float4*>(logits + row * V);
+  const int V4 = V >> 2, cap4 = cap >> 2;
+  float m = -INFINITY, s = 0.f;
+  int arg = 0x7fffffff;
+  auto see = [&](float z, int i) {
+    if (z > m) { s = (m == -INFINITY ? 0.f : s * expf(m - z)) + 1.f; m = z; arg = i; }
+    else s += expf(z - m);
+  };
+  for (int i = threadIdx.x; i < V4; i += blockDim.x) {
+    const float4 z = x4[i];
+    if (i < cap4) ce_row[i] = z;  // read back by this same thread
+    see(z.x, 4 * i); see(z.y, 4 * i + 1); see(z.z, 4 * i + 2); see(z.w, 4 * i + 3);
+  }
+  for (int o = 16; o > 0; o >>= 1) {
+    float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
+    int a2 = __shfl_xor_sync(0xffffffffu, arg, o);
+    ce_merge(m, s, arg, m2, s2, a2);
+  }
+  int w = threadIdx.x >> 5, l = threadIdx.x & 31, nw = blockDim.x >> 5;
+  if (l == 0) { shm[w] = m; shs[w] = s; shi[w] = arg; }
+  __syncthreads();
+  m = shm[0]; s = shs[0]; arg = shi[0];
+  for (int k = 1; k < nw; k++) ce_merge(m, s, arg, shm[k], shs[k], shi[k]);
+  const float lse = m + logf(s);
+  const int tgt = targets[row];
+  const float wt = weights ? weights[row] : 1.f;
+  if (threadIdx.x == 0) lossRow[row] = wt * (lse - logits[row * V + tgt]);
+  const float gw = wt * gscale, wrap = l2wrap ? 1e-4f * gscale * m : 0.f;
+  gin* d = dlogB + row * V;
+  auto grad = [&](float z, int i) {
+    float g = gw * expf(z - lse);
+    if (i == tgt) g -= gw;
+    if (i == arg) g += wrap;
+    return g;
+  };
+  for (int i = threadIdx.x; i < V4; i += blockDim.x) {
+    const float4 z = i < cap4 ? ce_row[i] : x4[i];
+    store4(d, i, grad(z.x, 4 * i), grad(z.y, 4 * i + 1), grad(z.z, 4 * i + 2), grad(z.w, 4 * i + 3));
+  }
+}

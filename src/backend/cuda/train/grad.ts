@@ -22,7 +22,7 @@ import { checkTrainingTokens, parameterTensors, type GradOptions, type GradResul
 import { CudaContext, openCudaLibrary } from '../driver.js';
 import { Cublas, DT } from '../cublas.js';
 import { alloc, copyDtoD, copyDtoH, copyHtoD, type DeviceBuffer, toBf16, zero } from '../memory.js';
-import { launch, loadModule, type CudaModule } from '../module-cache.js';
+import { launch, loadModule, setMaxDynamicSmem, type CudaModule } from '../module-cache.js';
 import { Wkv7ChunkedTrain } from './wkv7-chunked.js';
 import { MobaTrain, type MobaSaved, type MobaShape } from './moba.js';
 
@@ -201,6 +201,13 @@ export class CudaTrainer {
    * run on a GPU yet: docs/cuda-training.md).
    */
   readonly lnWarp = process.env.RWKVX_TRAIN_LNBWD === 'warp';
+  /**
+   * Cross-entropy with up to 200 KB of each logit row kept in shared memory between its two passes
+   * (tr_ce_s) with RWKVX_TRAIN_CE=smem; by default tr_ce, which reads the row twice (same results bit for
+   * bit in the emulator; not yet run on a GPU).
+   */
+  readonly ceSmem = process.env.RWKVX_TRAIN_CE === 'smem';
+  private ceSmemSet = false;
 
   private mb: MobaTrain | undefined;
   private moba(): MobaTrain {
@@ -316,6 +323,14 @@ export class CudaTrainer {
     this.ctx.sync();
     this.profile.set(name, (this.profile.get(name) ?? 0) + performance.now() - a);
     this.profileCalls.set(name, (this.profileCalls.get(name) ?? 0) + 1);
+  }
+
+  private ce(logits: number, dlogB: number, loss: number, tg: number, wts: number, V: number, gscale: number, l2wrap: number, m: number): void {
+    if (this.ceSmem && V % 4 === 0) {
+      const cap = Math.min(V, 51200);
+      if (!this.ceSmemSet) { setMaxDynamicSmem(this.mod, 'tr_ce_s', cap * F32); this.ceSmemSet = true; }
+      this.k('tr_ce_s', [m], [1024], [logits, dlogB, loss, tg, wts, V, gscale, l2wrap, cap], cap * F32, 'tr_ce');
+    } else this.k('tr_ce', [m], [1024], [logits, dlogB, loss, tg, wts, V, gscale, l2wrap]);
   }
 
   private k(name: string, grid: [number, number?, number?], block: [number, number?, number?], args: number[], smem = 0, tag = name): void {
@@ -728,7 +743,7 @@ export class CudaTrainer {
       const hs = hOut + s0 * C * F32;
       this.ln(xo, xoB, hs, this.f(`${p}ln_out.weight`), this.f(`${p}ln_out.bias`), m);
       this.gemm('head', logits, false, xoB, false, this.b(`${p}head.weight`), true, m, V, C);
-      this.k('tr_ce', [m], [1024], [logits, dlogB, lossRow + s0 * F32, tg + s0 * 4, wts ? wts + s0 * F32 : 0, V, gscale, opts.l2wrap ? 1 : 0]);
+      this.ce(logits, dlogB, lossRow + s0 * F32, tg + s0 * 4, wts ? wts + s0 * F32 : 0, V, gscale, opts.l2wrap ? 1 : 0, m);
       if (this.want(this.g(`${p}head.weight`))) this.gemm('head dW', this.g(`${p}head.weight`), false, dlogB, true, xoB, false, V, C, m, true);
       this.gemm('head dX', dxo, false, dlogB, false, this.b(`${p}head.weight`), false, m, C, V);
       this.lnBack(dh + s0 * C * F32, this.g(`${p}ln_out.weight`), this.g(`${p}ln_out.bias`), dxo, hs, this.f(`${p}ln_out.weight`), m, false, dhB + s0 * C * this.eb);
