@@ -467,3 +467,43 @@ test('emulated kernels: cross-entropy with the row kept in shared memory (tr_ce_
     }
   }
 });
+
+test('emulated kernels: bf16 projections in the chunked prefill (wkv7_chunk_prep_h, gn_bonus_gate_h, lora…h) equal the fp32 kernels on the same bf16-rounded values', { skip: skip || false }, () => {
+  const mod = emuModule('rwkvx.cu'), r = rng(31);
+  const cfg = shapeConfig({ vocab: 64, dim: 128, nLayer: 2 });
+  const C = cfg.dim, H = cfg.heads, wb = randomWeights(cfg, 6).blocks[1];
+  const rounded = (n: number, s = 1) => { const b = toBf(gaussArray(n, r, s)); return { b, f: fromBf(b) }; };
+  for (const first of [1, 0]) {
+    const T = 37, n = T * C;
+    const [pr, pw, pa, pk, pdv] = [rounded(n), rounded(n, 2), rounded(n), rounded(n), rounded(n)];
+    const v = gaussArray(n, r), vFirst = gaussArray(n, r);
+    const recF = new Float32Array(Math.ceil(T / 16) * H * 4672), kF = pk.f.slice(), vF = v.slice(), vfF = vFirst.slice();
+    mod.launch('wkv7_chunk_prep', { grid: [Math.ceil(T / 16), H], block: [256] },
+      recF, pr.f, pw.f, pa.f, kF, vF, vfF, pdv.f, wb.w0, wb.a0, wb.v0, wb.kk, wb.ka, T, C, first);
+    const recH = new Float32Array(recF.length), kH = pk.b.slice(), vH = v.slice(), vfH = vFirst.slice();
+    mod.launch('wkv7_chunk_prep_h', { grid: [Math.ceil(T / 16), H], block: [256] },
+      recH, pr.b, pw.b, pa.b, kH, vH, vfH, pdv.b, wb.w0, wb.a0, wb.v0, wb.kk, wb.ka, T, C, first);
+    assert.deepEqual(recH, recF, `first ${first}: chunk records differ`);
+    assert.deepEqual(kH, toBf(kF), `first ${first}: k̃ is not the fp32 kernel's, rounded`);
+    assert.deepEqual(vH, vF, `first ${first}: v differs`);
+    assert.deepEqual(vfH, vfF, `first ${first}: vFirst differs`);
+  }
+  {
+    const T = 21, n = T * C, y = gaussArray(n, r, 3), v = gaussArray(n, r);
+    const [pr, pk, pg] = [rounded(n), rounded(n), rounded(n)];
+    const lw = gaussArray(C, r, 0.2).map((q) => 1 + q), lb = gaussArray(C, r, 0.1), rk = gaussArray(C, r, 0.3);
+    const oF = new Uint16Array(n), oH = new Uint16Array(n);
+    mod.launch('gn_bonus_gate', { grid: [Math.ceil((T * H) / 8)], block: [256] }, oF, y, pr.f, pk.f, v, pg.f, lw, lb, rk, T, H);
+    mod.launch('gn_bonus_gate_h', { grid: [Math.ceil((T * H) / 8)], block: [256] }, oH, y, pr.b, pk.b, v, pg.b, lw, lb, rk, T, H);
+    assert.deepEqual(oH, oF, 'gn_bonus_gate_h differs from gn_bonus_gate');
+    assert.ok(oF.some((q) => q !== 0), 'an output was written');
+  }
+  for (const [L, mode] of [[32, -1], [64, 0], [128, 1]] as const) {
+    const T = 130, x = toBf(gaussArray(T * C, r)), W1 = toBf(gaussArray(C * L, r, 0.1)), W2 = toBf(gaussArray(L * C, r, 0.1));
+    const smem = 2 * 128 * 72 * 2 + 2 * 64 * (L + 8) * 2;
+    const oF = new Float32Array(T * C).fill(NaN), oH = new Uint16Array(T * C).fill(0xffff);
+    mod.launch(`lora${L}`, { grid: [Math.ceil(T / 128)], block: [256], smem }, oF, x, W1, W2, T, C, mode);
+    mod.launch(`lora${L}h`, { grid: [Math.ceil(T / 128)], block: [256], smem }, oH, x, W1, W2, T, C, mode);
+    assert.deepEqual(oH, toBf(oF), `lora${L}h is not lora${L} rounded to bf16`);
+  }
+});
