@@ -20,8 +20,6 @@ if [ "${1:-1}" = 0 ]; then
     env $setting timeout 80 node --import tsx bench/cuda-train.ts --ctx 4096 --batch 4096:8 --steps 3 --model x --profile 0 > "$out/train-ab.log" 2>&1
     echo "train bench [$setting] rc=$?"; grep -E "^\| RWKV" "$out/train-ab.log"
   done
-  timeout 100 node --import tsx bench/cuda-train.ts --ctx 4096 --batch 4096:8 --steps 3 --model x --profile 1 > "$out/train.log" 2>&1
-  echo "train bench profile rc=$?"; grep -E "^\| RWKV|tr_act_bwd|tr_ln_bwd|tr_ce|total" "$out/train.log"
 elif [ "${1:-1}" = 1 ]; then
   export RWKVX_LORA=fused
   timeout 200 node --import tsx --test --test-concurrency=1 test/cuda-prefill.test.ts test/cuda.test.ts > "$out/tests.log" 2>&1
