@@ -163,15 +163,7 @@ export class CudaModel {
    * a GPU yet: docs/cuda.md).
    */
   loraFused = process.env.RWKVX_LORA === 'fused';
-  private loraSmemSet = new Set<string>();
-  /**
-   * Chunked prefill with the time mix's projections in bf16 (RWKVX_PREFILL_ACT=bf16): r, k and the decay,
-   * rate, value-residual and gate LoRA outputs leave their GEMMs as bf16 and the chunk prep / GroupNorm
-   * kernels read them so (`wkv7_chunk_prep_h`, `gn_bonus_gate_h`); v, the WKV state and its recurrence
-   * stay fp32. ≈ 30 bytes less traffic per token and channel of every RWKV layer. Off by default until its
-   * logits have been compared with the CPU on a GPU (docs/cuda.md).
-   */
-  act16 = process.env.RWKVX_PREFILL_ACT === 'bf16';
+  private loraSmemSet = new Set<number>();
   /** moba prefill chooses chunks with select_chunks_tiled (RWKVX_SELECT=scores: chunk_scores + select_chunks). */
   selectTiled = process.env.RWKVX_SELECT !== 'scores';
   /** One-token moba steps replay a CUDA graph (RWKVX_CUDA_GRAPH=0 turns it off). */
@@ -587,17 +579,16 @@ export class CudaModel {
     const cfg = this.cfg, C = cfg.dim, H = cfg.heads, w = this.rw[li], blas = this.blas, L = cfg.lora;
     this.lnMix(sc, sc.h, w.ln1w, w.ln1b, st.attX.ptr, w.mu6, 6, n);
     const xm = (m: number) => sc.mix + m * n * C * BF; // r, w, k, v, a, g
-    const chunked = this.wkvChunked && n >= this.wkvChunkMin, h16 = this.act16 && chunked, pt = h16 ? 'bf16' : 'f32';
-    this.gemm('linear', () => blas.linear(sc.r, pt, xm(0), w.Wr, n, C, C));
-    this.gemm('linear', () => blas.linear(sc.k, pt, xm(2), w.Wk, n, C, C));
+    this.gemm('linear', () => blas.linear(sc.r, 'f32', xm(0), w.Wr, n, C, C));
+    this.gemm('linear', () => blas.linear(sc.k, 'f32', xm(2), w.Wk, n, C, C));
     this.gemm('linear', () => blas.linear(sc.v, 'f32', xm(3), w.Wv, n, C, C));
-    this.lora(sc, sc.w, xm(1), w.w1, w.w2, L.w, 0, n, h16);                  // decay: tanh(x_w·w1)·w2
-    this.lora(sc, sc.a, xm(4), w.a1, w.a2, L.a, -1, n, h16);                 // in-context rate: (x_a·a1)·a2
-    if (li > 0) this.lora(sc, sc.dv, xm(3), w.v1, w.v2, L.v, -1, n, h16);    // value residual: (x_v·v1)·v2
-    this.lora(sc, sc.g, xm(5), w.g1, w.g2, L.g, 1, n, h16);                  // gate: σ(x_g·g1)·g2
+    this.lora(sc, sc.w, xm(1), w.w1, w.w2, L.w, 0, n);                  // decay: tanh(x_w·w1)·w2
+    this.lora(sc, sc.a, xm(4), w.a1, w.a2, L.a, -1, n);                 // in-context rate: (x_a·a1)·a2
+    if (li > 0) this.lora(sc, sc.dv, xm(3), w.v1, w.v2, L.v, -1, n);    // value residual: (x_v·v1)·v2
+    this.lora(sc, sc.g, xm(5), w.g1, w.g2, L.g, 1, n);                  // gate: σ(x_g·g1)·g2
     const warps = n * H;
-    this.tmixWkv(sc, li, st.wkv.ptr, n, sc.wkvRec, chunked, li === 0, h16);
-    this.k(h16 ? 'gn_bonus_gate_h' : 'gn_bonus_gate', 'pppppppppii', [Math.ceil(warps / 8)], [256], [sc.yb, sc.y, sc.r, sc.k, sc.v, sc.g, w.lnxw, w.lnxb, w.rk, n, H]);
+    this.tmixWkv(sc, li, st.wkv.ptr, n, sc.wkvRec);
+    this.k('gn_bonus_gate', 'pppppppppii', [Math.ceil(warps / 8)], [256], [sc.yb, sc.y, sc.r, sc.k, sc.v, sc.g, w.lnxw, w.lnxb, w.rk, n, H]);
     this.gemm('linear', () => blas.linear(sc.h, 'f32', sc.yb, w.Wo, n, C, C, true));
     this.channelMix(sc, w.ln2w, w.ln2b, w.ffnXk, w.ffnK, w.ffnV, st.ffnX, cfg.ffn, n);
   }
@@ -609,16 +600,14 @@ export class CudaModel {
    * the recurrence used them (k̃ and the value-mixed v: the bonus term reads them). Chunked path (n ≥
    * wkvChunkMin): `wkv7_chunk_prep` does tmix_prep's work while it builds the chunk records, then
    * `wkv7_chunk_scan`; otherwise `tmix_prep` (io.w, io.a, io.kk overwritten) + the sequential kernel.
-   * `first` overrides whether this is layer 0 (tests). `bf16In`: r, k, w, a, dv are bf16 (chunked only;
-   * k̃ is written back as bf16).
+   * `first` overrides whether this is layer 0 (tests).
    */
   tmixWkv(io: WkvIo, li: number, state: number, n: number, rec: number,
-    chunked = this.wkvChunked && n >= this.wkvChunkMin, first = li === 0, bf16In = false): void {
+    chunked = this.wkvChunked && n >= this.wkvChunkMin, first = li === 0): void {
     const C = this.cfg.dim, H = this.cfg.heads, w = this.rw[li];
-    if (bf16In && !chunked) throw new Error('tmixWkv: bf16 projections need the chunked path');
     if (chunked) {
       const R = this.wkvScanRows;
-      this.k(bf16In ? 'wkv7_chunk_prep_h' : 'wkv7_chunk_prep', 'pppppppppppppiii', [Math.ceil(n / WKV_CL), H], [256],
+      this.k('wkv7_chunk_prep', 'pppppppppppppiii', [Math.ceil(n / WKV_CL), H], [256],
         [rec, io.r, io.w, io.a, io.k, io.v, io.vFirst, io.dv, w.w0, w.a0, w.v0, w.kk, w.ka, n, C, first ? 1 : 0]);
       this.k(`wkv7_chunk_scan${R}${R === 8 && this.wkvScanSplit ? 's' : ''}`, 'ppppii', [H, 64 / R], [16 * R], [io.y, state, rec, io.v, n, C]);
       return;
@@ -630,12 +619,12 @@ export class CudaModel {
       [io.y, state, io.r, io.w, io.k, io.v, io.kk, io.a, n, C]);
   }
 
-  /** out[n, C] (fp32, or bf16 with `bf`) = f(x·W1)·W2, f = tanh (mode 0), σ (1) or the identity (−1); the middle bf16. */
-  private lora(sc: Scratch, out: number, x: number, W1: number, W2: number, rank: number, mode: number, n: number, bf = false): void {
+  /** out[n, C] (fp32) = f(x·W1)·W2, f = tanh (mode 0), σ (1) or the identity (−1); the middle bf16. */
+  private lora(sc: Scratch, out: number, x: number, W1: number, W2: number, rank: number, mode: number, n: number): void {
     const C = this.cfg.dim;
     if (this.loraFused && C % 64 === 0 && rank % 32 === 0 && rank <= 128) {
-      const name = `lora${rank}${bf ? 'h' : ''}`, smem = 2 * 128 * 72 * BF + 2 * 64 * (rank + 8) * BF;
-      if (!this.loraSmemSet.has(name)) { setMaxDynamicSmem(this.mod, name, smem); this.loraSmemSet.add(name); }
+      const name = `lora${rank}`, smem = 2 * 128 * 72 * BF + 2 * 64 * (rank + 8) * BF;
+      if (!this.loraSmemSet.has(rank)) { setMaxDynamicSmem(this.mod, name, smem); this.loraSmemSet.add(rank); }
       this.k(name, 'ppppiii', [Math.ceil(n / 128)], [256], [out, x, W1, W2, n, C, mode], smem);
       return;
     }
@@ -645,7 +634,7 @@ export class CudaModel {
       this.gemm('matmul', () => blas.matmul(sc.lo, 'f32', x, W1, n, C, rank));
       this.act(sc.lob, sc.lo, n * rank, mode);
     }
-    this.gemm('matmul', () => blas.matmul(out, bf ? 'bf16' : 'f32', sc.lob, W2, n, rank, C));
+    this.gemm('matmul', () => blas.matmul(out, 'f32', sc.lob, W2, n, rank, C));
   }
 
   private act(out: number, inp: number, count: number, mode: number): void {

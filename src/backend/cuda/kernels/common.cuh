@@ -26,11 +26,6 @@ __device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
   return r;
 #endif
 }
-// one value of an activation that is float32 or bf16
-__device__ __forceinline__ float tof(float x) { return x; }
-__device__ __forceinline__ float tof(bf16 x) { return bf2f(x); }
-__device__ __forceinline__ void stf(float* p, float x) { *p = x; }
-__device__ __forceinline__ void stf(bf16* p, float x) { *p = f2bf(x); }
 __device__ __forceinline__ float sigmoidf_(float x) { return 1.f / (1.f + expf(-x)); }
 
 __device__ __forceinline__ float warp_sum(float v) {
@@ -109,16 +104,14 @@ __device__ __forceinline__ void cp_wait0() { asm volatile("cp.async.wait_group 0
 struct TmixLane { float w[2], a[2], kn[2], kt[2], v[2]; };
 // the token's activations (its loads, which callers may issue early), then the arithmetic
 struct TmixIn { float k[2], wd[2], da[2], v[2], vf[2], dv[2]; };
-// In: the type the projections k, wd, da, dv arrive in (float, or bf16 with RWKVX_PREFILL_ACT=bf16)
-template <class In>
-__device__ __forceinline__ TmixIn tmix_load(const In* k, const In* wd, const In* da, const float* v,
-    const float* vFirst, const In* dv, int h, int lane, bool first) {
+__device__ __forceinline__ TmixIn tmix_load(const float* k, const float* wd, const float* da, const float* v,
+    const float* vFirst, const float* dv, int h, int lane, bool first) {
   TmixIn in;
 #pragma unroll
   for (int e = 0; e < 2; e++) {
     const int c = h * 64 + lane + 32 * e;
-    in.k[e] = tof(k[c]); in.wd[e] = tof(wd[c]); in.da[e] = tof(da[c]); in.v[e] = v[c];
-    in.vf[e] = first ? 0.f : vFirst[c]; in.dv[e] = first ? 0.f : tof(dv[c]);
+    in.k[e] = k[c]; in.wd[e] = wd[c]; in.da[e] = da[c]; in.v[e] = v[c];
+    in.vf[e] = first ? 0.f : vFirst[c]; in.dv[e] = first ? 0.f : dv[c];
   }
   return in;
 }

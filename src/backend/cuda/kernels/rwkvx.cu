@@ -164,11 +164,8 @@ extern "C" __global__ void relu_sq_bf16(u32* x, int n2) {
 // ran these skinny pairs at ≈ 3.5× their byte floor, plus the middle's round trip and a launch for f.
 // C a multiple of 64, L of 32, L ≤ 128 (the caller falls back to cuBLAS otherwise).
 #define LORA_ROWS 128
-__device__ __forceinline__ void store2(float* p, float a, float b) { *(float2*)p = make_float2(a, b); }
-__device__ __forceinline__ void store2(bf16* p, float a, float b) { *(u32*)p = pack_bf16(a, b); }
-// Out: float, or bf16 (`lora…h`, for RWKVX_PREFILL_ACT=bf16: the output rounded once, as cuBLAS would).
-template <int L, class Out = float>
-__device__ __forceinline__ void lora_body(Out* __restrict__ out, const bf16* __restrict__ x, const bf16* __restrict__ W1,
+template <int L>
+__device__ __forceinline__ void lora_body(float* __restrict__ out, const bf16* __restrict__ x, const bf16* __restrict__ W1,
     const bf16* __restrict__ W2, int T, int C, int mode) {
   extern __shared__ __align__(16) unsigned char lora_smem[];
   constexpr int LS = L + 8;                           // padded W1 row (bf16): ldmatrix rows on distinct banks
@@ -253,8 +250,8 @@ __device__ __forceinline__ void lora_body(Out* __restrict__ out, const bf16* __r
 #pragma unroll
     for (int n = 0; n < 8; n++) {
       const int col = nt * 64 + n * 8 + 2 * c4;
-      if (ra < T) store2(out + (long long)ra * C + col, o[n][0], o[n][1]);
-      if (rb < T) store2(out + (long long)rb * C + col, o[n][2], o[n][3]);
+      if (ra < T) *(float2*)(out + (long long)ra * C + col) = make_float2(o[n][0], o[n][1]);
+      if (rb < T) *(float2*)(out + (long long)rb * C + col) = make_float2(o[n][2], o[n][3]);
     }
     __syncthreads();
   }
@@ -262,26 +259,14 @@ __device__ __forceinline__ void lora_body(Out* __restrict__ out, const bf16* __r
 extern "C" __global__ void __launch_bounds__(256, 2) lora32(float* out, const bf16* x, const bf16* W1, const bf16* W2, int T, int C, int mode) {
   lora_body<32>(out, x, W1, W2, T, C, mode);
 }
-extern "C" __global__ void __launch_bounds__(256, 2) lora32h(bf16* out, const bf16* x, const bf16* W1, const bf16* W2, int T, int C, int mode) {
-  lora_body<32, bf16>(out, x, W1, W2, T, C, mode);
-}
 extern "C" __global__ void __launch_bounds__(256, 2) lora64(float* out, const bf16* x, const bf16* W1, const bf16* W2, int T, int C, int mode) {
   lora_body<64>(out, x, W1, W2, T, C, mode);
-}
-extern "C" __global__ void __launch_bounds__(256, 2) lora64h(bf16* out, const bf16* x, const bf16* W1, const bf16* W2, int T, int C, int mode) {
-  lora_body<64, bf16>(out, x, W1, W2, T, C, mode);
 }
 extern "C" __global__ void __launch_bounds__(256, 2) lora96(float* out, const bf16* x, const bf16* W1, const bf16* W2, int T, int C, int mode) {
   lora_body<96>(out, x, W1, W2, T, C, mode);
 }
-extern "C" __global__ void __launch_bounds__(256, 2) lora96h(bf16* out, const bf16* x, const bf16* W1, const bf16* W2, int T, int C, int mode) {
-  lora_body<96, bf16>(out, x, W1, W2, T, C, mode);
-}
 extern "C" __global__ void __launch_bounds__(256, 2) lora128(float* out, const bf16* x, const bf16* W1, const bf16* W2, int T, int C, int mode) {
   lora_body<128>(out, x, W1, W2, T, C, mode);
-}
-extern "C" __global__ void __launch_bounds__(256, 2) lora128h(bf16* out, const bf16* x, const bf16* W1, const bf16* W2, int T, int C, int mode) {
-  lora_body<128, bf16>(out, x, W1, W2, T, C, mode);
 }
 
 // Per (token, head), one warp: decay, in-context rate, normalised key, written key, value residual.
@@ -414,11 +399,9 @@ extern "C" __global__ void __launch_bounds__(256) wkv7_seq16(float* y, float* st
 // 4 blocks per SM (64 registers): the block's phases are latency-bound, so occupancy is what counts.
 // Both tokens' activations are loaded before either's results are stored (k and v are written in
 // place, so otherwise the second token's loads wait behind the first token's stores).
-// In: the projections' type (r, wd, da, k, dv; k̃ is written back as In): float, or bf16 (`_h`).
-template <class In>
-__device__ __forceinline__ void wkv7_chunk_prep_body(float* __restrict__ rec, const In* __restrict__ r,
-    const In* __restrict__ wd, const In* __restrict__ da, In* __restrict__ k, float* __restrict__ v,
-    float* __restrict__ vFirst, const In* __restrict__ dv, const float* w0, const float* a0, const float* v0,
+extern "C" __global__ void __launch_bounds__(256, 4) wkv7_chunk_prep(float* __restrict__ rec, const float* __restrict__ r,
+    const float* __restrict__ wd, const float* __restrict__ da, float* __restrict__ k, float* __restrict__ v,
+    float* __restrict__ vFirst, const float* __restrict__ dv, const float* w0, const float* a0, const float* v0,
     const float* kkw, const float* ka, int T, int C, int first) {
   // rows padded to 65 floats: the (t, s) dot products read 16 different rows per warp conflict-free
   __shared__ float sA[WKV_CL][65], sB[WKV_CL][65], sK[WKV_CL][65], sR[WKV_CL][65], sW[WKV_CL][65];
@@ -433,7 +416,7 @@ __device__ __forceinline__ void wkv7_chunk_prep_body(float* __restrict__ rec, co
       if (tok < T) {
         const long long row = (long long)tok * C;
         in[rr] = tmix_load(k + row, wd + row, da + row, v + row, vFirst + row, dv + row, h, lane, first);
-        rv[rr][0] = tof(r[row + h * 64 + lane]); rv[rr][1] = tof(r[row + h * 64 + lane + 32]);
+        rv[rr][0] = r[row + h * 64 + lane]; rv[rr][1] = r[row + h * 64 + lane + 32];
       }
     }
 #pragma unroll
@@ -447,7 +430,7 @@ __device__ __forceinline__ void wkv7_chunk_prep_body(float* __restrict__ rec, co
         const int j = lane + 32 * e;
         const long long idx = row + h * 64 + j;
         if (first) vFirst[idx] = o.v[e]; else v[idx] = o.v[e];
-        stf(k + idx, o.kt[e]);
+        k[idx] = o.kt[e];
         sW[t][j] = o.w[e]; sA[t][j] = -o.kn[e]; sB[t][j] = o.kn[e] * o.a[e]; sK[t][j] = o.kt[e]; sR[t][j] = rv[rr][e];
       }
     } else {
@@ -519,16 +502,6 @@ __device__ __forceinline__ void wkv7_chunk_prep_body(float* __restrict__ rec, co
       o[4 + e] = make_float4(q[4 * e], q[4 * e + 1], q[4 * e + 2], q[4 * e + 3]);
     }
   }
-}
-extern "C" __global__ void __launch_bounds__(256, 4) wkv7_chunk_prep(float* __restrict__ rec, const float* __restrict__ r,
-    const float* __restrict__ wd, const float* __restrict__ da, float* __restrict__ k, float* __restrict__ v, float* __restrict__ vFirst,
-    const float* __restrict__ dv, const float* w0, const float* a0, const float* v0, const float* kkw, const float* ka, int T, int C, int first) {
-  wkv7_chunk_prep_body<float>(rec, r, wd, da, k, v, vFirst, dv, w0, a0, v0, kkw, ka, T, C, first);
-}
-extern "C" __global__ void __launch_bounds__(256, 4) wkv7_chunk_prep_h(float* __restrict__ rec, const bf16* __restrict__ r,
-    const bf16* __restrict__ wd, const bf16* __restrict__ da, bf16* __restrict__ k, float* __restrict__ v, float* __restrict__ vFirst,
-    const bf16* __restrict__ dv, const float* w0, const float* a0, const float* v0, const float* kkw, const float* ka, int T, int C, int first) {
-  wkv7_chunk_prep_body<bf16>(rec, r, wd, da, k, v, vFirst, dv, w0, a0, v0, kkw, ka, T, C, first);
 }
 
 
@@ -654,8 +627,7 @@ extern "C" __global__ void __launch_bounds__(128) wkv7_chunk_scan8s(float* y, fl
 }
 
 // GroupNorm per head (eps 64e-5) + bonus (Σ r⊙k⊙r_k)·v, times the gate; bf16 out. One warp per (t, head).
-template <class In>
-__device__ __forceinline__ void gn_bonus_gate_body(bf16* out, const float* y, const In* r, const In* k, const float* v, const In* g,
+extern "C" __global__ void gn_bonus_gate(bf16* out, const float* y, const float* r, const float* k, const float* v, const float* g,
     const float* lw, const float* lb, const float* rk, int T, int H) {
   int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
   if (warp >= T * H) return;
@@ -666,18 +638,9 @@ __device__ __forceinline__ void gn_bonus_gate_body(bf16* out, const float* y, co
   float d0 = e0 - mean, d1 = e1 - mean;
   float inv = rsqrtf(warp_sum(d0 * d0 + d1 * d1) * (1.f / 64.f) + 64e-5f);
   int c0 = h * 64 + lane, c1 = c0 + 32;
-  float bs = warp_sum(tof(r[base + lane]) * tof(k[base + lane]) * rk[c0] + tof(r[base + lane + 32]) * tof(k[base + lane + 32]) * rk[c1]);
-  out[base + lane] = f2bf((d0 * inv * lw[c0] + lb[c0] + bs * v[base + lane]) * tof(g[base + lane]));
-  out[base + lane + 32] = f2bf((d1 * inv * lw[c1] + lb[c1] + bs * v[base + lane + 32]) * tof(g[base + lane + 32]));
-}
-extern "C" __global__ void gn_bonus_gate(bf16* out, const float* y, const float* r, const float* k, const float* v, const float* g,
-    const float* lw, const float* lb, const float* rk, int T, int H) {
-  gn_bonus_gate_body<float>(out, y, r, k, v, g, lw, lb, rk, T, H);
-}
-// r, k̃ and g in bf16 (RWKVX_PREFILL_ACT=bf16)
-extern "C" __global__ void gn_bonus_gate_h(bf16* out, const float* y, const bf16* r, const bf16* k, const float* v, const bf16* g,
-    const float* lw, const float* lb, const float* rk, int T, int H) {
-  gn_bonus_gate_body<bf16>(out, y, r, k, v, g, lw, lb, rk, T, H);
+  float bs = warp_sum(r[base + lane] * k[base + lane] * rk[c0] + r[base + lane + 32] * k[base + lane + 32] * rk[c1]);
+  out[base + lane] = f2bf((d0 * inv * lw[c0] + lb[c0] + bs * v[base + lane]) * g[base + lane]);
+  out[base + lane + 32] = f2bf((d1 * inv * lw[c1] + lb[c1] + bs * v[base + lane + 32]) * g[base + lane + 32]);
 }
 
 // Mean key of chunks [first, first + gridDim.x): means[c, :] = mean of K rows c·B … c·B + B − 1 (bf16 → f32)

@@ -198,75 +198,85 @@ extern "C" __global__ void __launch_bounds__(256) tr_ln_bwd_f(float* dx, gin* dx
   }
 }
 
-// tr_ln_bwd_f with a warp per row: lane holds columns 4·lane + 128·j (j < J = C/128) of x, dout and w in
-// registers, so a row is read once and its four reductions are warp shuffles, no barriers. A block takes
+// tr_ln_bwd_f with a warp per row: lane holds columns lane + 32·m (m < M = C/32) of x, dout and w in
+// registers, so a row is read once and its reductions are warp shuffles, no barriers. A block takes
 // LNW_ROWS rows (8 warps); its column sums meet in shared memory, then one atomicAdd per column. Why: the
-// block-per-row kernel spent its time in barriers and re-reads (≈ 2.2× its DRAM floor, 2026-12-06). The
-// row statistics sum in another order than ln_stats_block, so dx differs from tr_ln_bwd_f by rounding.
-// One kernel per J (tr_ln_bwd_w1/2/4/6/8), so each has only the registers its C needs.
+// block-per-row kernel spent its time in barriers and re-reads (≈ 2.2× its DRAM floor, 2026-12-06).
+// The four row sums go in block_sum's order for 256 threads (thread 32u + lane adds columns
+// 32u + lane + 256k in k's order; a shuffle tree per u; then u = 0 … 7 in turn), so dx is bit for bit
+// tr_ln_bwd_f's: a first version summed in its own order, and the bf16 roundings it flipped moved the
+// ill-conditioned fixture's gradients past the GPU tests' bounds. C = 128, 256, 512 or 768 (M = 4, 8, 16, 24;
+// for M < 8 the partials of "threads" past C are 0, as in block_sum).
 #define LNW_ROWS 64
-template <int J>
+// the per-"thread" partials part[u] (u < 8) of one row → block_sum's total: a shuffle tree per u, then u in turn
+__device__ __forceinline__ float ln_tree8(float (&part)[8]) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+    for (int u = 0; u < 8; u++) part[u] += __shfl_xor_sync(0xffffffffu, part[u], o);
+  float t = 0.f;
+#pragma unroll
+  for (int u = 0; u < 8; u++) t += part[u];
+  return t;
+}
+// The partial sums are written as tr_ln_bwd_f / ln_stats_block write theirs (same expressions, same
+// accumulation), so the compiler's multiply-add contractions are the same too.
+template <int M>
 __device__ __forceinline__ void ln_bwd_warp_body(float* red, float* dx, gin* dxB, float* gw, float* gb, const float* dout,
                                                  const float* x, const float* w, int R, int C, int add) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  float4 wv[J], aw[J], ab[J];
+  float wv[M], aw[M], ab[M];
 #pragma unroll
-  for (int j = 0; j < J; j++) {
-    wv[j] = *(const float4*)(w + 4 * lane + 128 * j);
-    aw[j] = ab[j] = make_float4(0.f, 0.f, 0.f, 0.f);
-  }
+  for (int m = 0; m < M; m++) { wv[m] = w[lane + 32 * m]; aw[m] = ab[m] = 0.f; }
   const int r1 = min(R, (blockIdx.x + 1) * LNW_ROWS);
   for (int row = blockIdx.x * LNW_ROWS + warp; row < r1; row += 8) {
-    const i64 o = (i64)row * C + 4 * lane;
-    float4 xv[J], dv[J];
-    float s = 0.f;
+    const i64 o = (i64)row * C + lane;
+    float xv[M], dv[M], p1[8], p2[8];
 #pragma unroll
-    for (int j = 0; j < J; j++) {
-      xv[j] = *(const float4*)(x + o + 128 * j);
-      dv[j] = *(const float4*)(dout + o + 128 * j);
-      s += (xv[j].x + xv[j].y) + (xv[j].z + xv[j].w);
+    for (int m = 0; m < M; m++) { xv[m] = x[o + 32 * m]; dv[m] = dout[o + 32 * m]; }
+#pragma unroll
+    for (int u = 0; u < 8; u++) {
+      float s = 0.f;
+#pragma unroll
+      for (int m = u; m < M; m += 8) s += xv[m];
+      p1[u] = s;
     }
-    const float mean = warp_sum(s) / C;
-    float q = 0.f;
+    const float mean = ln_tree8(p1) / C;
 #pragma unroll
-    for (int j = 0; j < J; j++) {
-      xv[j].x -= mean; xv[j].y -= mean; xv[j].z -= mean; xv[j].w -= mean;
-      q += (xv[j].x * xv[j].x + xv[j].y * xv[j].y) + (xv[j].z * xv[j].z + xv[j].w * xv[j].w);
+    for (int u = 0; u < 8; u++) {
+      float q = 0.f;
+#pragma unroll
+      for (int m = u; m < M; m += 8) { float d = xv[m] - mean; q += d * d; }
+      p1[u] = q;
     }
-    const float inv = rsqrtf(warp_sum(q) / C + 1e-5f);
-    float m1 = 0.f, m2 = 0.f;
+    const float inv = rsqrtf(ln_tree8(p1) / C + 1e-5f);
 #pragma unroll
-    for (int j = 0; j < J; j++) {
-      xv[j].x *= inv; xv[j].y *= inv; xv[j].z *= inv; xv[j].w *= inv;  // x̂
-      const float g0 = dv[j].x * wv[j].x, g1 = dv[j].y * wv[j].y, g2 = dv[j].z * wv[j].z, g3 = dv[j].w * wv[j].w;
-      m1 += (g0 + g1) + (g2 + g3);
-      m2 += (g0 * xv[j].x + g1 * xv[j].y) + (g2 * xv[j].z + g3 * xv[j].w);
-    }
-    m1 = warp_sum(m1) / C;
-    m2 = warp_sum(m2) / C;
+    for (int u = 0; u < 8; u++) {
+      float m1 = 0.f, m2 = 0.f;
 #pragma unroll
-    for (int j = 0; j < J; j++) {
-      float4 r;
-      r.x = inv * (dv[j].x * wv[j].x - m1 - xv[j].x * m2);
-      r.y = inv * (dv[j].y * wv[j].y - m1 - xv[j].y * m2);
-      r.z = inv * (dv[j].z * wv[j].z - m1 - xv[j].z * m2);
-      r.w = inv * (dv[j].w * wv[j].w - m1 - xv[j].w * m2);
-      float* px = dx + o + 128 * j;
-      if (add) { const float4 p = *(const float4*)px; r.x += p.x; r.y += p.y; r.z += p.z; r.w += p.w; }
-      *(float4*)px = r;
-      if (dxB) {
-        gin* pb = dxB + o + 128 * j;
-        pb[0] = tog(r.x); pb[1] = tog(r.y); pb[2] = tog(r.z); pb[3] = tog(r.w);
+      for (int m = u; m < M; m += 8) {
+        float xh = (xv[m] - mean) * inv, gv = dv[m] * wv[m];
+        m1 += gv; m2 += gv * xh;
       }
-      aw[j].x += dv[j].x * xv[j].x; aw[j].y += dv[j].y * xv[j].y; aw[j].z += dv[j].z * xv[j].z; aw[j].w += dv[j].w * xv[j].w;
-      ab[j].x += dv[j].x; ab[j].y += dv[j].y; ab[j].z += dv[j].z; ab[j].w += dv[j].w;
+      p1[u] = m1; p2[u] = m2;
+    }
+    const float m1 = ln_tree8(p1) / C, m2 = ln_tree8(p2) / C;
+#pragma unroll
+    for (int m = 0; m < M; m++) {
+      float xh = (xv[m] - mean) * inv, d = dv[m], gv = d * wv[m];
+      float r = inv * (gv - m1 - xh * m2);
+      if (add) r += dx[o + 32 * m];
+      dx[o + 32 * m] = r;
+      if (dxB) dxB[o + 32 * m] = tog(r);
+      aw[m] += d * xh;
+      ab[m] += d;
     }
   }
   for (int pass = 0; pass < 2; pass++) {
     float* out = pass ? gb : gw;
     if (!out) continue;
 #pragma unroll
-    for (int j = 0; j < J; j++) *(float4*)(red + warp * C + 4 * lane + 128 * j) = pass ? ab[j] : aw[j];
+    for (int m = 0; m < M; m++) red[warp * C + lane + 32 * m] = pass ? ab[m] : aw[m];
     __syncthreads();
     for (int i = threadIdx.x; i < C; i += 256) {
       float t = 0.f;
@@ -277,30 +287,25 @@ __device__ __forceinline__ void ln_bwd_warp_body(float* red, float* dx, gin* dxB
     __syncthreads();
   }
 }
-extern "C" __global__ void __launch_bounds__(256) tr_ln_bwd_w1(float* dx, gin* dxB, float* gw, float* gb, const float* dout,
-                                                                const float* x, const float* w, int R, int C, int add) {
-  __shared__ __align__(16) float red[8 * 128 * 1];
-  ln_bwd_warp_body<1>(red, dx, dxB, gw, gb, dout, x, w, R, C, add);
-}
-extern "C" __global__ void __launch_bounds__(256) tr_ln_bwd_w2(float* dx, gin* dxB, float* gw, float* gb, const float* dout,
-                                                                const float* x, const float* w, int R, int C, int add) {
-  __shared__ __align__(16) float red[8 * 128 * 2];
-  ln_bwd_warp_body<2>(red, dx, dxB, gw, gb, dout, x, w, R, C, add);
-}
 extern "C" __global__ void __launch_bounds__(256) tr_ln_bwd_w4(float* dx, gin* dxB, float* gw, float* gb, const float* dout,
-                                                                const float* x, const float* w, int R, int C, int add) {
-  __shared__ __align__(16) float red[8 * 128 * 4];
+                                                               const float* x, const float* w, int R, int C, int add) {
+  __shared__ float red[8 * 32 * 4];
   ln_bwd_warp_body<4>(red, dx, dxB, gw, gb, dout, x, w, R, C, add);
-}
-extern "C" __global__ void __launch_bounds__(256) tr_ln_bwd_w6(float* dx, gin* dxB, float* gw, float* gb, const float* dout,
-                                                                const float* x, const float* w, int R, int C, int add) {
-  __shared__ __align__(16) float red[8 * 128 * 6];
-  ln_bwd_warp_body<6>(red, dx, dxB, gw, gb, dout, x, w, R, C, add);
 }
 extern "C" __global__ void __launch_bounds__(256) tr_ln_bwd_w8(float* dx, gin* dxB, float* gw, float* gb, const float* dout,
                                                                 const float* x, const float* w, int R, int C, int add) {
-  __shared__ __align__(16) float red[8 * 128 * 8];
+  __shared__ float red[8 * 32 * 8];
   ln_bwd_warp_body<8>(red, dx, dxB, gw, gb, dout, x, w, R, C, add);
+}
+extern "C" __global__ void __launch_bounds__(256) tr_ln_bwd_w16(float* dx, gin* dxB, float* gw, float* gb, const float* dout,
+                                                                const float* x, const float* w, int R, int C, int add) {
+  __shared__ float red[8 * 32 * 16];
+  ln_bwd_warp_body<16>(red, dx, dxB, gw, gb, dout, x, w, R, C, add);
+}
+extern "C" __global__ void __launch_bounds__(256) tr_ln_bwd_w24(float* dx, gin* dxB, float* gw, float* gb, const float* dout,
+                                                                const float* x, const float* w, int R, int C, int add) {
+  __shared__ float red[8 * 32 * 24];
+  ln_bwd_warp_body<24>(red, dx, dxB, gw, gb, dout, x, w, R, C, add);
 }
 
 // out[m][t] = x[t] + (x[t−1] − x[t])⊙mu[m] (x[−1] = 0 at each sequence start), M mixes, GEMM inputs
@@ -813,63 +818,5 @@ extern "C" __global__ void __launch_bounds__(1024) tr_ce(const float* logits, gi
     }
   } else {
     for (int i = threadIdx.x; i < V; i += blockDim.x) d[i] = tog(grad(x[i], i));
-  }
-}
-
-// tr_ce with the row's first `cap` logits (cap % 4 == 0, V % 4 == 0) kept in dynamic shared memory from the
-// first pass, so the second reads the rest only: at V 65536 and 200 KB per block (one block per SM), the
-// DRAM traffic is one fp32 read and one bf16 write of the row instead of two reads, and the uncached tail
-// (132 rows × 56 KB) stays in L2. The gradient goes out 4 values per store.
-__device__ __forceinline__ void store4(gin* d, int i4, float a, float b, float c, float e) {
-#ifdef TR_FP32
-  reinterpret_cast<float4*>(d)[i4] = make_float4(a, b, c, e);
-#else
-  reinterpret_cast<uint2*>(d)[i4] = make_uint2(pack_bf16(a, b), pack_bf16(c, e));
-#endif
-}
-extern "C" __global__ void __launch_bounds__(1024) tr_ce_s(const float* logits, gin* dlogB, float* lossRow, const int* targets,
-                                                           const float* weights, int V, float gscale, int l2wrap, int cap) {
-  extern __shared__ float4 ce_row[];
-  __shared__ float shm[32], shs[32];
-  __shared__ int shi[32];
-  i64 row = blockIdx.x;
-  const float4* x4 = reinterpret_cast<const float4*>(logits + row * V);
-  const int V4 = V >> 2, cap4 = cap >> 2;
-  float m = -INFINITY, s = 0.f;
-  int arg = 0x7fffffff;
-  auto see = [&](float z, int i) {
-    if (z > m) { s = (m == -INFINITY ? 0.f : s * expf(m - z)) + 1.f; m = z; arg = i; }
-    else s += expf(z - m);
-  };
-  for (int i = threadIdx.x; i < V4; i += blockDim.x) {
-    const float4 z = x4[i];
-    if (i < cap4) ce_row[i] = z;  // read back by this same thread
-    see(z.x, 4 * i); see(z.y, 4 * i + 1); see(z.z, 4 * i + 2); see(z.w, 4 * i + 3);
-  }
-  for (int o = 16; o > 0; o >>= 1) {
-    float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
-    int a2 = __shfl_xor_sync(0xffffffffu, arg, o);
-    ce_merge(m, s, arg, m2, s2, a2);
-  }
-  int w = threadIdx.x >> 5, l = threadIdx.x & 31, nw = blockDim.x >> 5;
-  if (l == 0) { shm[w] = m; shs[w] = s; shi[w] = arg; }
-  __syncthreads();
-  m = shm[0]; s = shs[0]; arg = shi[0];
-  for (int k = 1; k < nw; k++) ce_merge(m, s, arg, shm[k], shs[k], shi[k]);
-  const float lse = m + logf(s);
-  const int tgt = targets[row];
-  const float wt = weights ? weights[row] : 1.f;
-  if (threadIdx.x == 0) lossRow[row] = wt * (lse - logits[row * V + tgt]);
-  const float gw = wt * gscale, wrap = l2wrap ? 1e-4f * gscale * m : 0.f;
-  gin* d = dlogB + row * V;
-  auto grad = [&](float z, int i) {
-    float g = gw * expf(z - lse);
-    if (i == tgt) g -= gw;
-    if (i == arg) g += wrap;
-    return g;
-  };
-  for (int i = threadIdx.x; i < V4; i += blockDim.x) {
-    const float4 z = i < cap4 ? ce_row[i] : x4[i];
-    store4(d, i, grad(z.x, 4 * i), grad(z.y, 4 * i + 1), grad(z.z, 4 * i + 2), grad(z.w, 4 * i + 3));
   }
 }

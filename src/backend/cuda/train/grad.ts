@@ -22,7 +22,7 @@ import { checkTrainingTokens, parameterTensors, type GradOptions, type GradResul
 import { CudaContext, openCudaLibrary } from '../driver.js';
 import { Cublas, DT } from '../cublas.js';
 import { alloc, copyDtoD, copyDtoH, copyHtoD, type DeviceBuffer, toBf16, zero } from '../memory.js';
-import { launch, loadModule, setMaxDynamicSmem, type CudaModule } from '../module-cache.js';
+import { launch, loadModule, type CudaModule } from '../module-cache.js';
 import { Wkv7ChunkedTrain } from './wkv7-chunked.js';
 import { MobaTrain, type MobaSaved, type MobaShape } from './moba.js';
 
@@ -196,18 +196,11 @@ export class CudaTrainer {
    */
   readonly fused: boolean;
   /**
-   * Fused LayerNorm backward with a warp per row (tr_ln_bwd_w1…8, C = 128·{1, 2, 4, 6, 8}) with
-   * RWKVX_TRAIN_LNBWD=warp; by default tr_ln_bwd_f (the warp kernel passes the emulator tests but has not
-   * run on a GPU yet: docs/cuda-training.md).
+   * Fused LayerNorm backward with a warp per row (tr_ln_bwd_w4/8/16/24, C = 128, 256, 512, 768; same sums in the
+   * same order as tr_ln_bwd_f, so the same bits) by default; RWKVX_TRAIN_LNBWD=block: tr_ln_bwd_f
+   * (every C). docs/cuda-training.md.
    */
-  readonly lnWarp = process.env.RWKVX_TRAIN_LNBWD === 'warp';
-  /**
-   * Cross-entropy with up to 200 KB of each logit row kept in shared memory between its two passes
-   * (tr_ce_s) with RWKVX_TRAIN_CE=smem; by default tr_ce, which reads the row twice (same results bit for
-   * bit in the emulator; not yet run on a GPU).
-   */
-  readonly ceSmem = process.env.RWKVX_TRAIN_CE === 'smem';
-  private ceSmemSet = false;
+  readonly lnWarp = process.env.RWKVX_TRAIN_LNBWD !== 'block';
 
   private mb: MobaTrain | undefined;
   private moba(): MobaTrain {
@@ -325,14 +318,6 @@ export class CudaTrainer {
     this.profileCalls.set(name, (this.profileCalls.get(name) ?? 0) + 1);
   }
 
-  private ce(logits: number, dlogB: number, loss: number, tg: number, wts: number, V: number, gscale: number, l2wrap: number, m: number): void {
-    if (this.ceSmem && V % 4 === 0) {
-      const cap = Math.min(V, 51200);
-      if (!this.ceSmemSet) { setMaxDynamicSmem(this.mod, 'tr_ce_s', cap * F32); this.ceSmemSet = true; }
-      this.k('tr_ce_s', [m], [1024], [logits, dlogB, loss, tg, wts, V, gscale, l2wrap, cap], cap * F32, 'tr_ce');
-    } else this.k('tr_ce', [m], [1024], [logits, dlogB, loss, tg, wts, V, gscale, l2wrap]);
-  }
-
   private k(name: string, grid: [number, number?, number?], block: [number, number?, number?], args: number[], smem = 0, tag = name): void {
     const sig = this.mod.sigs.get(name);
     if (sig === undefined) throw new Error(`internal: no kernel ${name} in train.cu`);
@@ -383,8 +368,8 @@ export class CudaTrainer {
   /** dx (= or +=) from dout; weight and bias gradients added to gw, gb; fused: dxB ← bf16(dx) when given. */
   private lnBack(dx: number, gw: number, gb: number, dout: number, x: number, w: number, R: number, add: boolean, dxB = 0): void {
     const C = this.cfg.dim;
-    if (this.fused && this.lnWarp && C % 128 === 0 && [1, 2, 4, 6, 8].includes(C / 128)) {
-      this.k(`tr_ln_bwd_w${C / 128}`, [Math.ceil(R / 64)], [256], [dx, dxB, this.want(gw) ? gw : 0, this.want(gb) ? gb : 0, dout, x, w, R, C, add ? 1 : 0]);
+    if (this.fused && this.lnWarp && [128, 256, 512, 768].includes(C)) {
+      this.k(`tr_ln_bwd_w${C / 32}`, [Math.ceil(R / 64)], [256], [dx, dxB, this.want(gw) ? gw : 0, this.want(gb) ? gb : 0, dout, x, w, R, C, add ? 1 : 0]);
       return;
     }
     if (this.fused) {
@@ -743,7 +728,7 @@ export class CudaTrainer {
       const hs = hOut + s0 * C * F32;
       this.ln(xo, xoB, hs, this.f(`${p}ln_out.weight`), this.f(`${p}ln_out.bias`), m);
       this.gemm('head', logits, false, xoB, false, this.b(`${p}head.weight`), true, m, V, C);
-      this.ce(logits, dlogB, lossRow + s0 * F32, tg + s0 * 4, wts ? wts + s0 * F32 : 0, V, gscale, opts.l2wrap ? 1 : 0, m);
+      this.k('tr_ce', [m], [1024], [logits, dlogB, lossRow + s0 * F32, tg + s0 * 4, wts ? wts + s0 * F32 : 0, V, gscale, opts.l2wrap ? 1 : 0]);
       if (this.want(this.g(`${p}head.weight`))) this.gemm('head dW', this.g(`${p}head.weight`), false, dlogB, true, xoB, false, V, C, m, true);
       this.gemm('head dX', dxo, false, dlogB, false, this.b(`${p}head.weight`), false, m, C, V);
       this.lnBack(dh + s0 * C * F32, this.g(`${p}ln_out.weight`), this.g(`${p}ln_out.bias`), dxo, hs, this.f(`${p}ln_out.weight`), m, false, dhB + s0 * C * this.eb);
