@@ -9,6 +9,7 @@ set -uo pipefail
 out=${OUT:-gpu-logs}; mkdir -p "$out"
 nvidia-smi --query-gpu=name --format=csv,noheader
 if [ "${1:-1}" = 0 ]; then
+  {
   timeout 150 node --import tsx --test test/cuda-train.test.ts > "$out/train-test.log" 2>&1
   echo "train test rc=$?"; grep -E "^# (pass|fail)|^not ok|error:|relative error" "$out/train-test.log" | cut -c1-220
   for pass in 1 2; do
@@ -17,12 +18,13 @@ if [ "${1:-1}" = 0 ]; then
       echo "train bench [$setting] rc=$? $(grep -E "^\| RWKV" "$out/train-ab.log" | head -1)"
     done
   done
-  timeout 90 node --import tsx bench/cuda-train.ts --ctx 4096 --batch 4096:8 --steps 3 --model x --profile 1 > "$out/train.log" 2>&1
-  echo "train bench profile rc=$?"; grep -vE "^\s*$" "$out/train.log" | tail -45
-  # and the split-phase scan, never run yet: the prefill suite with it, then 128K against the default
+  # the split-phase scan, never run yet: the prefill suite with it, then 128K against the default
   RWKVX_WKV_SCAN=split timeout 100 node --import tsx --test --test-concurrency=1 test/cuda-prefill.test.ts > "$out/split-tests.log" 2>&1
   echo "prefill suite (split scan) rc=$?"; grep -E '^# (tests|pass|fail)' "$out/split-tests.log"; grep -E '^not ok' "$out/split-tests.log" | head
   bash scripts/dev/env-ab.sh rwkvx 131072 "" RWKVX_WKV_SCAN=split
+  timeout 90 node --import tsx bench/cuda-train.ts --ctx 4096 --batch 4096:8 --steps 3 --model x --profile 1 > "$out/train.log" 2>&1
+  echo "train bench profile rc=$?"; grep -vE "^\s*$" "$out/train.log" | tail -45
+  } 2>&1 | tee "$out/summary.log"
 elif [ "${1:-1}" = 1 ]; then
   export RWKVX_LORA=fused
   timeout 200 node --import tsx --test --test-concurrency=1 test/cuda-prefill.test.ts test/cuda.test.ts > "$out/tests.log" 2>&1
