@@ -159,8 +159,8 @@ export class CudaModel {
   private lnMixSmemSet = false;
   /**
    * Time-mix LoRAs as one kernel each (`lora32…128`: the middle stays in registers) with RWKVX_LORA=fused;
-   * by default two cuBLAS GEMMs + act_bf16 (the fused kernel passes the emulator tests but has not run on
-   * a GPU yet: docs/cuda.md).
+   * by default two cuBLAS GEMMs + act_bf16 (the fused kernel passes the GPU suites but was no faster at
+   * 128K on the H100: docs/cuda.md).
    */
   loraFused = process.env.RWKVX_LORA === 'fused';
   private loraSmemSet = new Set<number>();
