@@ -1,6 +1,6 @@
 #!/bin/bash
-# Development (device): part 0 checks and times training's LayerNorm backward with a warp per row (the
-# default; its sums in tr_ln_bwd_f's order) against tr_ln_bwd_f, then the per-op profile of the step.
+# Development (device): part 0 checks and times training's LayerNorm backward with a warp per row
+# (RWKVX_TRAIN_LNBWD=warp; its sums in tr_ln_bwd_f's order) against tr_ln_bwd_f, then the per-op profile of the step.
 # Part 1: the fused time-mix LoRA (RWKVX_LORA=fused) and the split-phase scan (RWKVX_WKV_SCAN=split)
 # through the GPU inference suites and timed at 128K; part 2: the per-launch prefill profile and the
 # split scan's prefill suite.
@@ -10,9 +10,9 @@ out=${OUT:-gpu-logs}; mkdir -p "$out"
 nvidia-smi --query-gpu=name --format=csv,noheader
 if [ "${1:-1}" = 0 ]; then
   {
-  timeout 150 node --import tsx --test test/cuda-train.test.ts > "$out/train-test.log" 2>&1
-  echo "train test rc=$?"; grep -E "^# (pass|fail)|^not ok|error:|relative error" "$out/train-test.log" | cut -c1-220
-  for pass in 1 2; do
+  RWKVX_TRAIN_LNBWD=warp timeout 150 node --import tsx --test test/cuda-train.test.ts > "$out/train-test.log" 2>&1
+  echo "train test (warp LN backward) rc=$?"; grep -E "^# (pass|fail)|^not ok|error:|relative error" "$out/train-test.log" | cut -c1-220
+  for pass in 1; do
     for setting in RWKVX_TRAIN_LNBWD=warp RWKVX_TRAIN_LNBWD=block; do
       env $setting timeout 60 node --import tsx bench/cuda-train.ts --ctx 4096 --batch 4096:8 --steps 3 --model x --profile 0 > "$out/train-ab.log" 2>&1
       echo "train bench [$setting] rc=$? $(grep -E "^\| RWKV" "$out/train-ab.log" | head -1)"
@@ -22,7 +22,7 @@ if [ "${1:-1}" = 0 ]; then
   RWKVX_WKV_SCAN=split timeout 100 node --import tsx --test --test-concurrency=1 test/cuda-prefill.test.ts > "$out/split-tests.log" 2>&1
   echo "prefill suite (split scan) rc=$?"; grep -E '^# (tests|pass|fail)' "$out/split-tests.log"; grep -E '^not ok' "$out/split-tests.log" | head
   bash scripts/dev/env-ab.sh rwkvx 131072 "" RWKVX_WKV_SCAN=split
-  timeout 90 node --import tsx bench/cuda-train.ts --ctx 4096 --batch 4096:8 --steps 3 --model x --profile 1 > "$out/train.log" 2>&1
+  RWKVX_TRAIN_LNBWD=warp timeout 90 node --import tsx bench/cuda-train.ts --ctx 4096 --batch 4096:8 --steps 3 --model x --profile 1 > "$out/train.log" 2>&1
   echo "train bench profile rc=$?"; grep -vE "^\s*$" "$out/train.log" | tail -45
   } 2>&1 | tee "$out/summary.log"
 elif [ "${1:-1}" = 1 ]; then

@@ -196,11 +196,11 @@ export class CudaTrainer {
    */
   readonly fused: boolean;
   /**
-   * Fused LayerNorm backward with a warp per row (tr_ln_bwd_w4/8/16/24, C = 128, 256, 512, 768; same sums in the
-   * same order as tr_ln_bwd_f, so the same bits) by default; RWKVX_TRAIN_LNBWD=block: tr_ln_bwd_f
-   * (every C). docs/cuda-training.md.
+   * Fused LayerNorm backward with a warp per row (tr_ln_bwd_w4/8/16/24, C = 128, 256, 512, 768; the same
+   * sums in the same order as tr_ln_bwd_f, so the same bits in the emulator) with RWKVX_TRAIN_LNBWD=warp;
+   * by default tr_ln_bwd_f until this version has passed the GPU tests (docs/cuda-training.md).
    */
-  readonly lnWarp = process.env.RWKVX_TRAIN_LNBWD !== 'block';
+  readonly lnWarp = process.env.RWKVX_TRAIN_LNBWD === 'warp';
 
   private mb: MobaTrain | undefined;
   private moba(): MobaTrain {
