@@ -4,7 +4,7 @@
 # Part 1: the fused time-mix LoRA (RWKVX_LORA=fused) and the split-phase scan (RWKVX_WKV_SCAN=split)
 # through the GPU inference suites and timed at 128K; part 2: the per-launch prefill profile and the
 # split scan's prefill suite.
-#   source .dev1/boot.sh && bash scripts/dev/scan-round.sh 0|1|2
+#   source .dev1/boot.sh && bash scripts/dev/scan-round.sh 0|1|2|4   (4: part 0's LN check alone)
 set -uo pipefail
 out=${OUT:-gpu-logs}; mkdir -p "$out"
 nvidia-smi --query-gpu=name --format=csv,noheader
@@ -25,6 +25,14 @@ if [ "${1:-1}" = 0 ]; then
   RWKVX_TRAIN_LNBWD=warp timeout 90 node --import tsx bench/cuda-train.ts --ctx 4096 --batch 4096:8 --steps 3 --model x --profile 1 > "$out/train.log" 2>&1
   echo "train bench profile rc=$?"; grep -vE "^\s*$" "$out/train.log" | tail -45
   } 2>&1 | tee "$out/summary.log"
+elif [ "${1:-1}" = 4 ]; then
+  # part 0's first half only (little device time left): the warp LN backward's GPU tests and one A/B pass
+  RWKVX_TRAIN_LNBWD=warp timeout 100 node --import tsx --test test/cuda-train.test.ts > "$out/train-test.log" 2>&1
+  echo "train test (warp LN backward) rc=$?"; grep -E "^# (pass|fail)|^not ok|error:|relative error" "$out/train-test.log" | cut -c1-220
+  for setting in RWKVX_TRAIN_LNBWD=warp RWKVX_TRAIN_LNBWD=block; do
+    env $setting timeout 40 node --import tsx bench/cuda-train.ts --ctx 4096 --batch 4096:8 --steps 3 --model x --profile 0 > "$out/train-ab.log" 2>&1
+    echo "train bench [$setting] rc=$? $(grep -E "^\| RWKV" "$out/train-ab.log" | head -1)"
+  done
 elif [ "${1:-1}" = 1 ]; then
   export RWKVX_LORA=fused
   timeout 200 node --import tsx --test --test-concurrency=1 test/cuda-prefill.test.ts test/cuda.test.ts > "$out/tests.log" 2>&1
