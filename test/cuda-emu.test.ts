@@ -364,7 +364,7 @@ function cpuAttend(q: Float32Array, qOff: number, K: Float32Array, V: Float32Arr
   return o;
 }
 
-test('emulated kernels: the fused training backward (tr_out_bwd_f, tr_tmix_bwd_f, tr_ln_bwd_f, tr_mix_bwd_f) equals the separate passes (kernel + tr_colsum + tr_f2bf): element-wise outputs bit for bit, column sums to rounding; tr_ln_bwd_w the same', { skip: skip || false }, (t) => {
+test('emulated kernels: the fused training backward (tr_out_bwd_f, tr_tmix_bwd_f, tr_ln_bwd_f, tr_mix_bwd_f) equals the separate passes (kernel + tr_colsum + tr_f2bf): element-wise outputs bit for bit, column sums to rounding; tr_ln_bwd_w / tr_ln_w the same as tr_ln_bwd_f / tr_ln', { skip: skip || false }, (t) => {
   const H = 2, C = 64 * H, Bn = 2, T = 37, R = Bn * T, n = R * C, r = rng(77);
   for (const fp32 of [false, true]) {
     const mod = emuModule('train.cu', fp32 ? ['TR_FP32'] : []);
@@ -431,14 +431,21 @@ test('emulated kernels: the fused training backward (tr_out_bwd_f, tr_tmix_bwd_f
       close(`ln warp (add ${add}): Σ dout⊙x̂`, gwW, colsum(pw, null, 0));
       close(`ln warp (add ${add}): Σ dout`, gbW, colsum(dout, null, 0));
     }
-    for (const C2 of [256, 768]) {
-      // the warp variant's other widths (M = C/32 = 8, 24) against tr_ln_bwd_f
-      const R2 = 11, n2 = R2 * C2, x = gaussArray(n2, r, 2), dout = gaussArray(n2, r), w = gaussArray(C2, r, 0.3).map((q) => 1 + q);
+    for (const C2 of [128, 256, 768]) {
+      // the warp variants at each width class (M = C/32 = 4, 8, 24): backward against tr_ln_bwd_f, forward
+      // (tr_ln_w) against tr_ln
+      const R2 = 11, n2 = R2 * C2, x = gaussArray(n2, r, 2).map((v, i) => v + (i % 5) - 2), dout = gaussArray(n2, r);
+      const w = gaussArray(C2, r, 0.3).map((q) => 1 + q), b = gaussArray(C2, r, 0.1);
       const dxF = new Float32Array(n2), dxB = gin(n2), dxW = new Float32Array(n2), dxWB = gin(n2);
       mod.launch('tr_ln_bwd_f', { grid: [Math.ceil(R2 / 16)], block: [256] }, dxF, dxB, null, null, dout, x, w, R2, C2, 0);
       mod.launch(`tr_ln_bwd_w${C2 / 32}`, { grid: [Math.ceil(R2 / 64)], block: [256] }, dxW, dxWB, null, null, dout, x, w, R2, C2, 0);
       same(`ln warp C ${C2}: dx`, dxW, dxF);
       same(`ln warp C ${C2}: bf16 dx`, asF(dxWB), asF(dxB));
+      const yF = new Float32Array(n2), yB = gin(n2), yWF = new Float32Array(n2).fill(NaN), yWB = gin(n2);
+      mod.launch('tr_ln', { grid: [R2], block: [256] }, yF, yB, x, w, b, C2);
+      mod.launch(`tr_ln_w${C2 / 32}`, { grid: [Math.ceil(R2 / 8)], block: [256] }, yWF, yWB, x, w, b, R2, C2);
+      same(`ln forward warp C ${C2}: y`, yWF, yF);
+      same(`ln forward warp C ${C2}: bf16 y`, asF(yWB), asF(yB));
     }
     for (const M of [1, 6]) {
       // token-shift mixes backward, per sequence

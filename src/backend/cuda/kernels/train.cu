@@ -287,6 +287,52 @@ __device__ __forceinline__ void ln_bwd_warp_body(float* red, float* dx, gin* dxB
     __syncthreads();
   }
 }
+// tr_ln with a warp per row (8 rows per block of 256 threads), the row in registers and read once; its
+// statistics in ln_stats_block's order (see ln_tree8), so the same bits as tr_ln. C = 128 … 768 as above.
+template <int M>
+__device__ __forceinline__ void ln_fwd_warp_body(float* outF, gin* outB, const float* x, const float* w, const float* b, int R, int C) {
+  const int row = blockIdx.x * 8 + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+  if (row >= R) return;
+  const i64 o = (i64)row * C + lane;
+  float xv[M], p[8];
+#pragma unroll
+  for (int m = 0; m < M; m++) xv[m] = x[o + 32 * m];
+#pragma unroll
+  for (int u = 0; u < 8; u++) {
+    float s = 0.f;
+#pragma unroll
+    for (int m = u; m < M; m += 8) s += xv[m];
+    p[u] = s;
+  }
+  const float mean = ln_tree8(p) / C;
+#pragma unroll
+  for (int u = 0; u < 8; u++) {
+    float q = 0.f;
+#pragma unroll
+    for (int m = u; m < M; m += 8) { float d = xv[m] - mean; q += d * d; }
+    p[u] = q;
+  }
+  const float inv = rsqrtf(ln_tree8(p) / C + 1e-5f);
+#pragma unroll
+  for (int m = 0; m < M; m++) {
+    const int i = lane + 32 * m;
+    float y = (xv[m] - mean) * inv * w[i] + b[i];
+    if (outF) outF[o + 32 * m] = y;
+    if (outB) outB[o + 32 * m] = tog(y);
+  }
+}
+extern "C" __global__ void __launch_bounds__(256) tr_ln_w4(float* outF, gin* outB, const float* x, const float* w, const float* b, int R, int C) {
+  ln_fwd_warp_body<4>(outF, outB, x, w, b, R, C);
+}
+extern "C" __global__ void __launch_bounds__(256) tr_ln_w8(float* outF, gin* outB, const float* x, const float* w, const float* b, int R, int C) {
+  ln_fwd_warp_body<8>(outF, outB, x, w, b, R, C);
+}
+extern "C" __global__ void __launch_bounds__(256) tr_ln_w16(float* outF, gin* outB, const float* x, const float* w, const float* b, int R, int C) {
+  ln_fwd_warp_body<16>(outF, outB, x, w, b, R, C);
+}
+extern "C" __global__ void __launch_bounds__(256) tr_ln_w24(float* outF, gin* outB, const float* x, const float* w, const float* b, int R, int C) {
+  ln_fwd_warp_body<24>(outF, outB, x, w, b, R, C);
+}
 extern "C" __global__ void __launch_bounds__(256) tr_ln_bwd_w4(float* dx, gin* dxB, float* gw, float* gb, const float* dout,
                                                                const float* x, const float* w, int R, int C, int add) {
   __shared__ float red[8 * 32 * 4];

@@ -26,6 +26,9 @@ import { launch, loadModule, type CudaModule } from '../module-cache.js';
 import { Wkv7ChunkedTrain } from './wkv7-chunked.js';
 import { MobaTrain, type MobaSaved, type MobaShape } from './moba.js';
 
+/** Model widths with warp-per-row LayerNorm kernels (tr_ln_w{C/32}, tr_ln_bwd_w{C/32}). */
+const WARP_LN_DIMS = [128, 256, 512, 768];
+
 const F32 = 4;
 const WKV_EVERY = 16, WR = 8;
 const MAX_SEL = 8;
@@ -196,11 +199,12 @@ export class CudaTrainer {
    */
   readonly fused: boolean;
   /**
-   * Fused LayerNorm backward with a warp per row (tr_ln_bwd_w4/8/16/24, C = 128, 256, 512, 768; the same
-   * sums in the same order as tr_ln_bwd_f, so the same bits in the emulator) with RWKVX_TRAIN_LNBWD=warp;
-   * by default tr_ln_bwd_f until this version has passed the GPU tests (docs/cuda-training.md).
+   * LayerNorm forward and fused backward with a warp per row (tr_ln_w / tr_ln_bwd_w 4, 8, 16, 24 for
+   * C = 128, 256, 512, 768; the same sums in the same order as tr_ln / tr_ln_bwd_f, so the same bits in the
+   * emulator) with RWKVX_TRAIN_LN=warp; by default the block-per-row kernels until these have passed the GPU
+   * tests (docs/cuda-training.md).
    */
-  readonly lnWarp = process.env.RWKVX_TRAIN_LNBWD === 'warp';
+  readonly lnWarp = process.env.RWKVX_TRAIN_LN === 'warp';
 
   private mb: MobaTrain | undefined;
   private moba(): MobaTrain {
@@ -363,12 +367,14 @@ export class CudaTrainer {
     this.k('tr_colsum', [Math.ceil(C / 32), Math.min(128, Math.ceil(R / 8))], [32, 8], [out, x, y, R, C, this.T, mode]);
   }
   private ln(outF: number, outB: number, x: number, w: number, b: number, R: number): void {
-    this.k('tr_ln', [R], [256], [outF, outB, x, w, b, this.cfg.dim]);
+    const C = this.cfg.dim;
+    if (this.lnWarp && WARP_LN_DIMS.includes(C)) this.k(`tr_ln_w${C / 32}`, [Math.ceil(R / 8)], [256], [outF, outB, x, w, b, R, C]);
+    else this.k('tr_ln', [R], [256], [outF, outB, x, w, b, C]);
   }
   /** dx (= or +=) from dout; weight and bias gradients added to gw, gb; fused: dxB ← bf16(dx) when given. */
   private lnBack(dx: number, gw: number, gb: number, dout: number, x: number, w: number, R: number, add: boolean, dxB = 0): void {
     const C = this.cfg.dim;
-    if (this.fused && this.lnWarp && [128, 256, 512, 768].includes(C)) {
+    if (this.fused && this.lnWarp && WARP_LN_DIMS.includes(C)) {
       this.k(`tr_ln_bwd_w${C / 32}`, [Math.ceil(R / 64)], [256], [dx, dxB, this.want(gw) ? gw : 0, this.want(gb) ? gb : 0, dout, x, w, R, C, add ? 1 : 0]);
       return;
     }
