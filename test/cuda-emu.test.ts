@@ -364,7 +364,7 @@ function cpuAttend(q: Float32Array, qOff: number, K: Float32Array, V: Float32Arr
   return o;
 }
 
-test('emulated kernels: the fused training backward (tr_out_bwd_f, tr_tmix_bwd_f, tr_ln_bwd_f, tr_mix_bwd_f) equals the separate passes (kernel + tr_colsum + tr_f2bf): element-wise outputs bit for bit, column sums to rounding; tr_ln_bwd_w / tr_ln_w the same as tr_ln_bwd_f / tr_ln', { skip: skip || false }, (t) => {
+test('emulated kernels: the fused training backward (tr_out_bwd_f, tr_tmix_bwd_f, tr_ln_bwd_f, tr_mix_bwd_f) equals the separate passes (kernel + tr_colsum + tr_f2bf): element-wise outputs bit for bit, column sums to rounding; tr_ln_bwd_w / tr_ln_w / tr_mix_rows the same as tr_ln_bwd_f / tr_ln / tr_mix', { skip: skip || false }, (t) => {
   const H = 2, C = 64 * H, Bn = 2, T = 37, R = Bn * T, n = R * C, r = rng(77);
   for (const fp32 of [false, true]) {
     const mod = emuModule('train.cu', fp32 ? ['TR_FP32'] : []);
@@ -454,6 +454,12 @@ test('emulated kernels: the fused training backward (tr_out_bwd_f, tr_tmix_bwd_f
       mod.launch('tr_mix_bwd', { grid: [8], block: [256] }, dxO, dmix, mu, R, T, C, M, 0);
       mod.launch('tr_mix_bwd_f', { grid: [Math.ceil(C / 32), Math.min(128, Math.ceil(R / 8))], block: [32, 8] }, dxF, gmu, dmix, mu, x, R, T, C, M, 0);
       same(`mix (M ${M}): dx`, dxF, dxO);
+      // the forward mixes: tr_mix_rows (a block per row) against the grid-stride tr_mix, sequence starts included
+      const oG = gin(M * n), oR = gin(M * n);
+      mod.launch('tr_mix', { grid: [7], block: [256] }, oG, x, mu, R, T, C, M);
+      mod.launch('tr_mix_rows', { grid: [R], block: [C / 4] }, oR, x, mu, R, T, C, M);
+      same(`mix forward (M ${M})`, asF(oR), asF(oG));
+      assert.ok(asF(oG).some((q) => q !== 0), 'mixes were written');
       for (let m = 0; m < M; m++) close(`mix (M ${M}): Σ μ_${m}`, gmu.subarray(m * C, (m + 1) * C), colsum(dmix.subarray(m * n, (m + 1) * n), x, 2));
     }
   }

@@ -365,6 +365,31 @@ extern "C" __global__ void tr_mix(gin* out, const float* x, const float* mu, int
   }
 }
 
+// tr_mix with a block per row and 4 channels per thread (blockDim = C/4, C % 4 == 0, C ≤ 4096): 16-byte loads
+// of the row and the one before, 8-byte stores of the bf16 mixes, and no 64-bit division per element (the
+// grid-stride tr_mix pays an i64 e / C and e % C for each). The same arithmetic, so the same bits.
+__device__ __forceinline__ void st4g(gin* p, float a, float b, float c, float d) {
+#ifdef TR_FP32
+  *(float4*)p = make_float4(a, b, c, d);
+#else
+  u32* q = (u32*)p;
+  q[0] = (u32)f2bf(a) | ((u32)f2bf(b) << 16);
+  q[1] = (u32)f2bf(c) | ((u32)f2bf(d) << 16);
+#endif
+}
+extern "C" __global__ void tr_mix_rows(gin* out, const float* x, const float* mu, int R, int T, int C, int M) {
+  const int t = blockIdx.x, i = 4 * threadIdx.x;
+  if (i >= C) return;
+  const i64 n = (i64)R * C, e = (i64)t * C + i;
+  const float4 xv = *(const float4*)(x + e);
+  const float4 pv = t % T > 0 ? *(const float4*)(x + e - C) : make_float4(0.f, 0.f, 0.f, 0.f);
+  const float d0 = pv.x - xv.x, d1 = pv.y - xv.y, d2 = pv.z - xv.z, d3 = pv.w - xv.w;
+  for (int m = 0; m < M; m++) {
+    const float4 mv = *(const float4*)(mu + m * C + i);
+    st4g(out + m * n + e, xv.x + d0 * mv.x, xv.y + d1 * mv.y, xv.z + d2 * mv.z, xv.w + d3 * mv.w);
+  }
+}
+
 // Backward of tr_mix: dx (= or +=) = Σ_m dmix_m − dd[t] + dd[t+1], dd = Σ_m dmix_m⊙mu_m. dmix float32 [M, T, C].
 extern "C" __global__ void tr_mix_bwd(float* dx, const float* dmix, const float* mu, int R, int T, int C, int M, int add) {
   i64 n = (i64)R * C;

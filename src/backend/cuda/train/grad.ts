@@ -205,6 +205,12 @@ export class CudaTrainer {
    * tests (docs/cuda-training.md).
    */
   readonly lnWarp = process.env.RWKVX_TRAIN_LN === 'warp';
+  /**
+   * Token-shift mixes with a block per row (tr_mix_rows: 16-byte loads, no 64-bit division per element;
+   * the same bits as tr_mix in the emulator) with RWKVX_TRAIN_MIX=rows; by default tr_mix until it has run
+   * on a GPU.
+   */
+  readonly mixRows = process.env.RWKVX_TRAIN_MIX === 'rows';
 
   private mb: MobaTrain | undefined;
   private moba(): MobaTrain {
@@ -371,6 +377,12 @@ export class CudaTrainer {
     if (this.lnWarp && WARP_LN_DIMS.includes(C)) this.k(`tr_ln_w${C / 32}`, [Math.ceil(R / 8)], [256], [outF, outB, x, w, b, R, C]);
     else this.k('tr_ln', [R], [256], [outF, outB, x, w, b, C]);
   }
+  /** The M token-shift mixes of x [R, C] → out [M, R, C] (GEMM inputs). */
+  private mix(out: number, x: number, mu: number, R: number, M: number): void {
+    const C = this.cfg.dim;
+    if (this.mixRows && C % 4 === 0 && C <= 4096) this.k('tr_mix_rows', [R], [C / 4], [out, x, mu, R, this.T, C, M], 0, 'tr_mix');
+    else this.k('tr_mix', this.ew(R * C), [256], [out, x, mu, R, this.T, C, M]);
+  }
   /** dx (= or +=) from dout; weight and bias gradients added to gw, gb; fused: dxB ← bf16(dx) when given. */
   private lnBack(dx: number, gw: number, gb: number, dout: number, x: number, w: number, R: number, add: boolean, dxB = 0): void {
     const C = this.cfg.dim;
@@ -395,7 +407,7 @@ export class CudaTrainer {
   private cmForward(pfx: string, x2: number, F: number, R: number, h: number, A: Act): void {
     const C = this.cfg.dim;
     const xk = A('cm.xk', R * C * this.eb), pre = A('cm.pre', R * F * F32), hid = A('cm.hid', R * F * this.eb);
-    this.k('tr_mix', this.ew(R * C), [256], [xk, x2, this.f(`${pfx}ffn.x_k`), R, this.T, C, 1]);
+    this.mix(xk, x2, this.f(`${pfx}ffn.x_k`), R, 1);
     this.lin(pre, xk, this.b(`${pfx}ffn.key.weight`), R, C, F);
     this.k('tr_act', this.ew(R * F), [256], [0, hid, pre, R * F, 2], 0, 'tr_act relu2');
     this.lin(h, hid, this.b(`${pfx}ffn.value.weight`), R, F, C, true);
@@ -444,7 +456,7 @@ export class CudaTrainer {
     const x1 = A('tm.x1', n * F32), mix = A('tm.mix', 6 * n * this.eb);
     const xm = (m: number) => mix + m * n * this.eb; // r, w, k, v, a, g
     this.ln(x1, 0, h, this.f(`${p}ln1.weight`), this.f(`${p}ln1.bias`), R);
-    this.k('tr_mix', this.ew(n), [256], [mix, x1, a('x_r'), R, this.T, C, 6]);
+    this.mix(mix, x1, a('x_r'), R, 6);
     const r = A('tm.r', n * F32), k = A('tm.k', n * F32), vraw = A('tm.vraw', n * F32);
     this.lin(r, xm(0), ab('receptance.weight'), R, C, C);
     this.lin(k, xm(2), ab('key.weight'), R, C, C);
