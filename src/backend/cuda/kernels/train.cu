@@ -219,6 +219,27 @@ __device__ __forceinline__ float ln_tree8(float (&part)[8]) {
   for (int u = 0; u < 8; u++) t += part[u];
   return t;
 }
+// LayerNorm statistics (eps 1e-5) of a row held as xv[m] = column lane + 32·m, in ln_stats_block's order
+template <int M>
+__device__ __forceinline__ void ln_stats_lanes(const float (&xv)[M], int C, float& mean, float& inv) {
+  float p[8];
+#pragma unroll
+  for (int u = 0; u < 8; u++) {
+    float s = 0.f;
+#pragma unroll
+    for (int m = u; m < M; m += 8) s += xv[m];
+    p[u] = s;
+  }
+  mean = ln_tree8(p) / C;
+#pragma unroll
+  for (int u = 0; u < 8; u++) {
+    float q = 0.f;
+#pragma unroll
+    for (int m = u; m < M; m += 8) { float d = xv[m] - mean; q += d * d; }
+    p[u] = q;
+  }
+  inv = rsqrtf(ln_tree8(p) / C + 1e-5f);
+}
 // The partial sums are written as tr_ln_bwd_f / ln_stats_block write theirs (same expressions, same
 // accumulation), so the compiler's multiply-add contractions are the same too.
 template <int M>
@@ -234,22 +255,8 @@ __device__ __forceinline__ void ln_bwd_warp_body(float* red, float* dx, gin* dxB
     float xv[M], dv[M], p1[8], p2[8];
 #pragma unroll
     for (int m = 0; m < M; m++) { xv[m] = x[o + 32 * m]; dv[m] = dout[o + 32 * m]; }
-#pragma unroll
-    for (int u = 0; u < 8; u++) {
-      float s = 0.f;
-#pragma unroll
-      for (int m = u; m < M; m += 8) s += xv[m];
-      p1[u] = s;
-    }
-    const float mean = ln_tree8(p1) / C;
-#pragma unroll
-    for (int u = 0; u < 8; u++) {
-      float q = 0.f;
-#pragma unroll
-      for (int m = u; m < M; m += 8) { float d = xv[m] - mean; q += d * d; }
-      p1[u] = q;
-    }
-    const float inv = rsqrtf(ln_tree8(p1) / C + 1e-5f);
+    float mean, inv;
+    ln_stats_lanes<M>(xv, C, mean, inv);
 #pragma unroll
     for (int u = 0; u < 8; u++) {
       float m1 = 0.f, m2 = 0.f;
@@ -294,25 +301,10 @@ __device__ __forceinline__ void ln_fwd_warp_body(float* outF, gin* outB, const f
   const int row = blockIdx.x * 8 + (threadIdx.x >> 5), lane = threadIdx.x & 31;
   if (row >= R) return;
   const i64 o = (i64)row * C + lane;
-  float xv[M], p[8];
+  float xv[M], mean, inv;
 #pragma unroll
   for (int m = 0; m < M; m++) xv[m] = x[o + 32 * m];
-#pragma unroll
-  for (int u = 0; u < 8; u++) {
-    float s = 0.f;
-#pragma unroll
-    for (int m = u; m < M; m += 8) s += xv[m];
-    p[u] = s;
-  }
-  const float mean = ln_tree8(p) / C;
-#pragma unroll
-  for (int u = 0; u < 8; u++) {
-    float q = 0.f;
-#pragma unroll
-    for (int m = u; m < M; m += 8) { float d = xv[m] - mean; q += d * d; }
-    p[u] = q;
-  }
-  const float inv = rsqrtf(ln_tree8(p) / C + 1e-5f);
+  ln_stats_lanes<M>(xv, C, mean, inv);
 #pragma unroll
   for (int m = 0; m < M; m++) {
     const int i = lane + 32 * m;
