@@ -553,7 +553,7 @@ template <class X, bool REG> __host__ __device__ void wkt_grad_body(GradSm& s, c
   });
   // token of slot k of a thread with token group tq in the last two product phases
   auto tok_of = [](int tq, int k) { return REG ? 4 * tq + k : tq + 4 * k; };
-  // the state parts of the factor gradients and of dV; thread: channel (or row) cc, tokens tq, tq + 4, …
+  // the state parts of the factor gradients and of dV; thread: channel (or row) cc, tokens tok_of(tq, 0 … 3)
   typename X::template Local<GradRegs> regs;
   X::each([&](int tid) {
     GradRegs& rg = regs[tid];
