@@ -6,7 +6,6 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
 import { emuModule, emuSkipReason } from './cuda-emu/emu.js';
 import { randomWeights, shapeConfig } from '../src/model/random.js';
 import { wkv7 } from '../src/backend/cpu/wkv7.js';
@@ -309,13 +308,8 @@ test('emulated kernels: training WKV-7 — chunked (wkt_prep/scan/chain/grad) an
       chunkedMod.launch('wkt_scan', { grid: [H, 8, Bn], block: [128] }, y, ckpt, null, rec, v, T, C);
       const d = Array.from({ length: 6 }, () => new Float32Array(n)), gend = new Float32Array(ckpt.length);
       chunkedMod.launch('wkt_chain', { grid: [H, 8, Bn], block: [128] }, gend, null, rec, dy, T, C);
-      const gradSmem = Number(/#define WKT_GRAD_SMEM (\d+)/.exec(readFileSync(new URL('../src/backend/cuda/kernels/wkv7-train.cu', import.meta.url), 'utf8'))![1]);
-      chunkedMod.launch('wkt_grad', { grid: [nch, H, Bn], block: [256], smem: gradSmem }, d[0], d[1], d[2], d[3], d[4], d[5], dy, rr, om, kt, v, kh, a, ckpt, gend, T, C);
+      chunkedMod.launch('wkt_grad', { grid: [nch, H, Bn], block: [256], smem: 99840 }, d[0], d[1], d[2], d[3], d[4], d[5], dy, rr, om, kt, v, kh, a, ckpt, gend, T, C);
       check('chunked', y, d);
-      // wkt_grad_r: the same sums in the same order, so the same bits
-      const dR = Array.from({ length: 6 }, () => new Float32Array(n));
-      chunkedMod.launch('wkt_grad_r', { grid: [nch, H, Bn], block: [256], smem: gradSmem }, dR[0], dR[1], dR[2], dR[3], dR[4], dR[5], dy, rr, om, kt, v, kh, a, ckpt, gend, T, C);
-      dR.forEach((x, q) => assert.ok(x.every((e, i) => Object.is(e, d[q][i])), `Bn=${Bn} T=${T}: wkt_grad_r's ${names[q]} differs from wkt_grad's`));
     }
     {
       const y = new Float32Array(n).fill(NaN), ckpt = new Float32Array(Bn * nch * H * 4096);

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Development (device): part 0 checks and times training's LayerNorm backward with a warp per row
-# and forward (RWKVX_TRAIN_LN=warp; sums in tr_ln_bwd_f's / tr_ln's order), the row-wise token-shift mixes
-# (RWKVX_TRAIN_MIX=rows) and wkt_grad_r (RWKVX_WKV_GRAD=reg) against the defaults, then the per-op profile.
+# and forward (RWKVX_TRAIN_LN=warp; sums in tr_ln_bwd_f's / tr_ln's order) and the row-wise token-shift mixes
+# (RWKVX_TRAIN_MIX=rows) against the defaults, then the per-op profile.
 # Part 1: the fused time-mix LoRA (RWKVX_LORA=fused) and the split-phase scan (RWKVX_WKV_SCAN=split)
 # through the GPU inference suites and timed at 128K; part 2: the per-launch prefill profile and the
 # split scan's prefill suite.
@@ -11,9 +11,9 @@ out=${OUT:-gpu-logs}; mkdir -p "$out"
 nvidia-smi --query-gpu=name --format=csv,noheader
 # the GPU training tests with the opt-in kernels, then the 8 × 4K step under each setting
 train_check() {
-  RWKVX_TRAIN_LN=warp RWKVX_TRAIN_MIX=rows RWKVX_WKV_GRAD=reg timeout 150 node --import tsx --test test/cuda-train.test.ts > "$out/train-test.log" 2>&1
-  echo "train test (warp LN, row mixes, wkt_grad_r) rc=$?"; grep -E "^# (pass|fail)|^not ok|error:|relative error" "$out/train-test.log" | cut -c1-220
-  for setting in "RWKVX_TRAIN_LN=warp RWKVX_TRAIN_MIX=rows RWKVX_WKV_GRAD=reg" "RWKVX_TRAIN_LN=warp RWKVX_TRAIN_MIX=rows" "RWKVX_TRAIN_LN=warp" "RWKVX_TRAIN_LN=block"; do
+  RWKVX_TRAIN_LN=warp RWKVX_TRAIN_MIX=rows timeout 150 node --import tsx --test test/cuda-train.test.ts > "$out/train-test.log" 2>&1
+  echo "train test (warp LN, row mixes) rc=$?"; grep -E "^# (pass|fail)|^not ok|error:|relative error" "$out/train-test.log" | cut -c1-220
+  for setting in "RWKVX_TRAIN_LN=warp RWKVX_TRAIN_MIX=rows" "RWKVX_TRAIN_LN=warp" "RWKVX_TRAIN_LN=block"; do
     env $setting timeout 60 node --import tsx bench/cuda-train.ts --ctx 4096 --batch 4096:8 --steps 3 --model x --profile 0 > "$out/train-ab.log" 2>&1
     echo "train bench [$setting] rc=$? $(grep -E "^\| RWKV" "$out/train-ab.log" | head -1)"
   done
@@ -25,7 +25,7 @@ if [ "${1:-1}" = 0 ]; then
   RWKVX_WKV_SCAN=split timeout 100 node --import tsx --test --test-concurrency=1 test/cuda-prefill.test.ts > "$out/split-tests.log" 2>&1
   echo "prefill suite (split scan) rc=$?"; grep -E '^# (tests|pass|fail)' "$out/split-tests.log"; grep -E '^not ok' "$out/split-tests.log" | head
   bash scripts/dev/env-ab.sh rwkvx 131072 "" RWKVX_WKV_SCAN=split
-  RWKVX_TRAIN_LN=warp RWKVX_TRAIN_MIX=rows RWKVX_WKV_GRAD=reg timeout 90 node --import tsx bench/cuda-train.ts --ctx 4096 --batch 4096:8 --steps 3 --model x --profile 1 > "$out/train.log" 2>&1
+  RWKVX_TRAIN_LN=warp RWKVX_TRAIN_MIX=rows timeout 90 node --import tsx bench/cuda-train.ts --ctx 4096 --batch 4096:8 --steps 3 --model x --profile 1 > "$out/train.log" 2>&1
   echo "train bench profile rc=$?"; grep -vE "^\s*$" "$out/train.log" | tail -45
   } 2>&1 | tee "$out/summary.log"
 elif [ "${1:-1}" = 4 ]; then

@@ -47,7 +47,7 @@ typedef long long i64;
 #ifndef WKT_ROWS
 #define WKT_ROWS 8      // state rows per block of wkt_scan / wkt_chain (8 or 16: two record buffers fit 48 KB; 8 is faster at 16K × 4)
 #endif
-#define WKT_GRAD_SMEM 104960
+#define WKT_GRAD_SMEM 99840
 
 struct DevExec {
   template <class T> struct Local {
@@ -433,7 +433,6 @@ struct __align__(16) GradSm {
   float gam[17][64], tail[16][64], w[16][64];
   float v[16][68], dy[16][68], u[16][68], dz[16][68];
   float A[16][16], Ak[16][16], Bm[16][16], Bk[16][16], dA[16][16], dAk[16][16], dBm[16][16], dBk[16][16];
-  float dAT[16][20], dAkT[16][20], dBmT[16][20], dBkT[16][20];  // transposes (wkt_grad_r); rows of 20: 2-way stores
   float dgn[64];
   float quarter[4][64];  // per channel, one value per quarter of the chunk (4 tokens): products or sums
   GradX x;
@@ -446,15 +445,8 @@ struct GradArgs {
 };
 // what a thread of wkt_grad keeps between its product phase and writing the factor gradients
 struct GradRegs { float at[4], rt[4], bh[4], kh[4], p[4], q[4], dv[4]; };
-HD float f4at(const float4& v, int k) { return k == 0 ? v.x : k == 1 ? v.y : k == 2 ? v.z : v.w; }
 
-// REG = false: wkt_grad; REG = true: wkt_grad_r, the same sums in the same order (so the same bits) with
-// fewer shared-memory loads in the L×L parts of the factor gradients (≈ 256 instead of ≈ 576 per warp):
-// each thread takes tokens 4tq … 4tq + 3 (not tq, tq + 4, …), so one pass over q reads each column value
-// once for all four tokens and the matrix entries as 16-byte loads (rows of dA … Bk directly, their
-// columns from the transposes dAT … dBkT). (Keeping the substitutions' rows in registers, fully unrolled,
-// spilled at the 128-register bound.)
-template <class X, bool REG> __host__ __device__ void wkt_grad_body(GradSm& s, const GradArgs& g) {
+template <class X> __host__ __device__ void wkt_grad_body(GradSm& s, const GradArgs& g) {
   const int T = g.T, C = g.C, h = g.h, t0 = g.c * WKT_L;
   const i64 so = (i64)g.b * T * C, blk = ((i64)g.b * g.nch + g.c) * g.H + h;
   const float* ck = g.ckpt + blk * 4096;
@@ -546,14 +538,8 @@ template <class X, bool REG> __host__ __device__ void wkt_grad_body(GradSm& s, c
     }
     s.dA[t][q] = q < t ? zu : 0.f; s.dAk[t][q] = q < t ? zv : 0.f;
     s.dBm[t][q] = q <= t ? yu : 0.f; s.dBk[t][q] = q <= t ? yv : 0.f;
-    if constexpr (REG) {
-      s.dAT[q][t] = q < t ? zu : 0.f; s.dAkT[q][t] = q < t ? zv : 0.f;
-      s.dBmT[q][t] = q <= t ? yu : 0.f; s.dBkT[q][t] = q <= t ? yv : 0.f;
-    }
   });
-  // token of slot k of a thread with token group tq in the last two product phases
-  auto tok_of = [](int tq, int k) { return REG ? 4 * tq + k : tq + 4 * k; };
-  // the state parts of the factor gradients and of dV; thread: channel (or row) cc, tokens tok_of(tq, 0 … 3)
+  // the state parts of the factor gradients and of dV; thread: channel (or row) cc, tokens tq, tq + 4, …
   typename X::template Local<GradRegs> regs;
   X::each([&](int tid) {
     GradRegs& rg = regs[tid];
@@ -567,7 +553,7 @@ template <class X, bool REG> __host__ __device__ void wkt_grad_body(GradSm& s, c
       dgn = fma4(s0, gg, dgn);
 #pragma unroll
       for (int k = 0; k < 4; k++) {
-        const int t = tok_of(tq, k);
+        const int t = tq + 4 * k;
         rg.at[k] = fma4(ld4(&s.dz[t][i]), s0, rg.at[k]); rg.rt[k] = fma4(ld4(&s.dy[t][i]), s0, rg.rt[k]);
         rg.p[k] = fma4(ld4(&s.u[t][i]), gg, rg.p[k]); rg.q[k] = fma4(ld4(&s.v[t][i]), gg, rg.q[k]);
       }
@@ -577,7 +563,7 @@ template <class X, bool REG> __host__ __device__ void wkt_grad_body(GradSm& s, c
     for (int j = 0; j < 64; j += 4) {
       const float4 gg = ld4(&s.x.m.G[cc][j]);
 #pragma unroll
-      for (int k = 0; k < 4; k++) rg.dv[k] = fma4(ld4(&s.qq[tok_of(tq, k)][j]), gg, rg.dv[k]);
+      for (int k = 0; k < 4; k++) rg.dv[k] = fma4(ld4(&s.qq[tq + 4 * k][j]), gg, rg.dv[k]);
     }
   });
   // S0 and G are dead: the L×L parts of the factor gradients and of dV, then the factor gradients take S0's
@@ -585,32 +571,6 @@ template <class X, bool REG> __host__ __device__ void wkt_grad_body(GradSm& s, c
   X::each([&](int tid) {
     GradRegs& rg = regs[tid];
     const int cc = tid & 63, tq = tid >> 6;
-    if constexpr (REG) {
-      // pass A, q ascending: at (q < t), rt (q ≤ t) and the q > t parts of bh, kh, dv; pass B: their q ≥ t
-      // parts — per output the terms of wkt_grad's loops in their order
-#pragma unroll
-      for (int q = 0; q < WKT_L; q++) {
-        const float bq = s.bh[q][cc], kq = s.kh[q][cc], aq = s.at[q][cc], zq = s.dz[q][cc];
-        const float4 dAt = ld4(&s.dAT[q][4 * tq]), dAkt = ld4(&s.dAkT[q][4 * tq]);
-        const float4 dBmt = ld4(&s.dBmT[q][4 * tq]), dBkt = ld4(&s.dBkT[q][4 * tq]);
-        const float4 dAq = ld4(&s.dA[q][4 * tq]), dAkq = ld4(&s.dAk[q][4 * tq]), Akq = ld4(&s.Ak[q][4 * tq]);
-#pragma unroll
-        for (int k = 0; k < 4; k++) {
-          const int t = 4 * tq + k;
-          if (q < t) rg.at[k] += f4at(dAt, k) * bq + f4at(dAkt, k) * kq;
-          if (q <= t) rg.rt[k] += f4at(dBmt, k) * bq + f4at(dBkt, k) * kq;
-          if (q > t) { rg.bh[k] += f4at(dAq, k) * aq; rg.kh[k] += f4at(dAkq, k) * aq; rg.dv[k] += f4at(Akq, k) * zq; }
-        }
-      }
-#pragma unroll
-      for (int q = 0; q < WKT_L; q++) {
-        const float rq = s.rt[q][cc], yq = s.dy[q][cc];
-        const float4 dBmq = ld4(&s.dBm[q][4 * tq]), dBkq = ld4(&s.dBk[q][4 * tq]), Bkq = ld4(&s.Bk[q][4 * tq]);
-#pragma unroll
-        for (int k = 0; k < 4; k++)
-          if (q >= 4 * tq + k) { rg.bh[k] += f4at(dBmq, k) * rq; rg.kh[k] += f4at(dBkq, k) * rq; rg.dv[k] += f4at(Bkq, k) * yq; }
-      }
-    } else {
 #pragma unroll
     for (int k = 0; k < 4; k++) {
       const int t = tq + 4 * k;
@@ -627,16 +587,15 @@ template <class X, bool REG> __host__ __device__ void wkt_grad_body(GradSm& s, c
       }
       rg.at[k] = at; rg.rt[k] = rt; rg.bh[k] = bh; rg.kh[k] = kh; rg.dv[k] = dv;
     }
-    }
     float old[4];  // the four loads of dv before any store (the compiler cannot reorder them past a store)
 #pragma unroll
     for (int k = 0; k < 4; k++) {
-      const int tok = t0 + tok_of(tq, k);
+      const int tok = t0 + tq + 4 * k;
       old[k] = tok < T ? g.dv[so + (i64)tok * C + h * 64 + cc] : 0.f;
     }
 #pragma unroll
     for (int k = 0; k < 4; k++) {
-      const int t = tok_of(tq, k), tok = t0 + t;
+      const int t = tq + 4 * k, tok = t0 + t;
       s.x.fg[0][t][cc] = rg.at[k]; s.x.fg[1][t][cc] = rg.rt[k]; s.x.fg[2][t][cc] = rg.bh[k];
       s.x.fg[3][t][cc] = rg.kh[k]; s.x.fg[4][t][cc] = rg.p[k]; s.x.fg[5][t][cc] = rg.q[k];
       if (tok < T) g.dv[so + (i64)tok * C + h * 64 + cc] = old[k] + rg.dv[k];
@@ -705,22 +664,13 @@ template <class X, bool REG> __host__ __device__ void wkt_grad_body(GradSm& s, c
   });
 }
 
-template <bool REG> __device__ __forceinline__ void wkt_grad_entry(float* dr, float* dom, float* dkt, float* dv, float* dkk,
-    float* db, const float* dy, const float* r, const float* om, const float* kt, const float* v, const float* kh,
-    const float* a, const float* ckpt, const float* gend, int T, int C) {
+extern "C" __global__ void __launch_bounds__(256, 2) wkt_grad(float* dr, float* dom, float* dkt, float* dv, float* dkk, float* db,
+                                                           const float* dy, const float* r, const float* om, const float* kt,
+                                                           const float* v, const float* kh, const float* a, const float* ckpt,
+                                                           const float* gend, int T, int C) {
   extern __shared__ float4 wkt_dyn[];
   GradSm& sm = *reinterpret_cast<GradSm*>(wkt_dyn);
   GradArgs g{dr, dom, dkt, dv, dkk, db, dy, r, om, kt, v, kh, a, ckpt, gend,
              T, C, C / 64, (T + WKT_L - 1) / WKT_L, (int)blockIdx.z, (int)blockIdx.x, (int)blockIdx.y};
-  wkt_grad_body<DevExec, REG>(sm, g);
-}
-extern "C" __global__ void __launch_bounds__(256, 2) wkt_grad(float* dr, float* dom, float* dkt, float* dv, float* dkk, float* db,
-    const float* dy, const float* r, const float* om, const float* kt, const float* v, const float* kh, const float* a,
-    const float* ckpt, const float* gend, int T, int C) {
-  wkt_grad_entry<false>(dr, dom, dkt, dv, dkk, db, dy, r, om, kt, v, kh, a, ckpt, gend, T, C);
-}
-extern "C" __global__ void __launch_bounds__(256, 2) wkt_grad_r(float* dr, float* dom, float* dkt, float* dv, float* dkk, float* db,
-    const float* dy, const float* r, const float* om, const float* kt, const float* v, const float* kh, const float* a,
-    const float* ckpt, const float* gend, int T, int C) {
-  wkt_grad_entry<true>(dr, dom, dkt, dv, dkk, db, dy, r, om, kt, v, kh, a, ckpt, gend, T, C);
+  wkt_grad_body<DevExec>(sm, g);
 }

@@ -38,14 +38,8 @@ export class Wkv7ChunkedTrain {
     const opt = options.map((o) => /^-DWKT_ROWS=(\d+)$/.exec(o)).find((m) => m);
     this.rows = opt ? Number(opt[1]) : defined('WKT_ROWS');
     if (![8, 16].includes(this.rows)) throw new Error(`internal: WKT_ROWS ${this.rows} (8 or 16)`);
-    setMaxDynamicSmem(this.mod, this.gradKernel, this.gradSmem);
+    setMaxDynamicSmem(this.mod, 'wkt_grad', this.gradSmem);
   }
-
-  /**
-   * wkt_grad_r (RWKVX_WKV_GRAD=reg): wkt_grad with fewer shared-memory loads in its L×L phase, the same
-   * bits in the emulator; opt-in until it has passed the GPU training tests and been timed.
-   */
-  private readonly gradKernel = process.env.RWKVX_WKV_GRAD === 'reg' ? 'wkt_grad_r' : 'wkt_grad';
 
   static chunks(T: number): number { return Math.ceil(T / WKT_L); }
   /** Bytes of the record scratch (forward → backward). */
@@ -81,6 +75,6 @@ export class Wkv7ChunkedTrain {
     if (T <= 0 || Bn <= 0) return;
     const H = C / 64, nch = Wkv7ChunkedTrain.chunks(T);
     this.k('wkt_chain', [H, 64 / this.rows, Bn], 16 * this.rows, 0, [gend, dsin, rec, dy, T, C]);
-    this.k(this.gradKernel, [nch, H, Bn], 256, this.gradSmem, [dr, dom, dkt, dv, dkk, db, dy, r, om, kt, v, kh, a, ckpt, gend, T, C]);
+    this.k('wkt_grad', [nch, H, Bn], 256, this.gradSmem, [dr, dom, dkt, dv, dkk, db, dy, r, om, kt, v, kh, a, ckpt, gend, T, C]);
   }
 }
