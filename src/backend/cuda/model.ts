@@ -146,8 +146,6 @@ export class CudaModel {
   wkvChunkMin = 64;
   /** State rows per block of `wkv7_chunk_scan` (4, 8 or 16; RWKVX_WKV_ROWS). */
   wkvScanRows = [4, 8, 16].includes(Number(process.env.RWKVX_WKV_ROWS)) ? Number(process.env.RWKVX_WKV_ROWS) : 8;
-  /** 8 rows with one shared-memory buffer per phase (`wkv7_chunk_scan8s`, 22.8 instead of 41.5 KB; RWKVX_WKV_SCAN=split). */
-  wkvScanSplit = process.env.RWKVX_WKV_SCAN === 'split';
   /**
    * moba prefill attention on Hopper's warpgroup MMA (kernels/attn-sm90.cu, compiled for sm_90a): keys per
    * tile, 128 or 64; 0 = the mma.sync kernels of rwkvx.cu (always on other GPUs). RWKVX_ATTN_WG.
@@ -609,7 +607,7 @@ export class CudaModel {
       const R = this.wkvScanRows;
       this.k('wkv7_chunk_prep', 'pppppppppppppiii', [Math.ceil(n / WKV_CL), H], [256],
         [rec, io.r, io.w, io.a, io.k, io.v, io.vFirst, io.dv, w.w0, w.a0, w.v0, w.kk, w.ka, n, C, first ? 1 : 0]);
-      this.k(`wkv7_chunk_scan${R}${R === 8 && this.wkvScanSplit ? 's' : ''}`, 'ppppii', [H, 64 / R], [16 * R], [io.y, state, rec, io.v, n, C]);
+      this.k(`wkv7_chunk_scan${R}`, 'ppppii', [H, 64 / R], [16 * R], [io.y, state, rec, io.v, n, C]);
       return;
     }
     this.k('tmix_prep', 'ppppppppppppiii', [Math.ceil((n * H) / 8)], [256],

@@ -511,16 +511,12 @@ extern "C" __global__ void __launch_bounds__(256, 4) wkv7_chunk_prep(float* __re
 // thread updates 4 state values of row tid/16 — the same two rows per warp, so the phases hand over
 // by __syncwarp and a chunk has one block barrier (the record's buffer handover): the scan is a chain
 // of T/16 steps whose latency the wavefront does not always hide (3 barriers per chunk: ≈ 1% slower).
-//
-// SPLIT (RWKVX_WKV_SCAN=split): one buffer per phase instead of two whole records — phase 1's part (Wc/Q,
-// M1/M2: 10 KB) of chunk c + 1 loads during phase 2 of chunk c and phase 2's part (final-state weights,
-// Γ_L: 8.25 KB) of chunk c during phase 1, at the cost of a second barrier per chunk. The block's shared
-// memory drops from 41.5 KB to 22.8 KB, so the scan's blocks crowd out fewer GEMM tiles on their SMs.
-// Same arithmetic in the same order: bit-identical to the double-buffered layout.
-template <int R, bool SPLIT = false>
+// (A split-phase variant with one buffer per phase, 22.8 instead of 41.5 KB, ran 3–6% slower at 128K on an
+// H200 and was dropped, 2026-12-07: docs/cuda.md.)
+template <int R>
 __device__ __forceinline__ void wkv7_chunk_scan_body(float* y, float* state, const float* rec, const float* v, int T, int C) {
-  constexpr int NT = 16 * R, RQ = R / 4, P1 = 2048 + 512, P2 = 2048 + 64;
-  __shared__ __align__(16) float sRec[SPLIT ? P1 + P2 : 2 * WKV_REC];
+  constexpr int NT = 16 * R, RQ = R / 4;
+  __shared__ __align__(16) float sRec[2 * WKV_REC];
   __shared__ __align__(16) float sV[2][WKV_CL * R];
   __shared__ __align__(16) float sS[R][64];
   __shared__ float sUY[2 * WKV_CL][R];
@@ -539,19 +535,11 @@ __device__ __forceinline__ void wkv7_chunk_scan_body(float* y, float* state, con
     }
   };
   auto recAt = [&](int c) { return rec + ((long long)c * H + h) * WKV_REC; };
-  // the whole record of chunk c into buffer b, or (SPLIT) phase 1's part: Wc/Q, then M1/M2
+  // the whole record of chunk c into buffer b
   auto issue = [&](int c, int b) {
     const float* rc = recAt(c);
-    if (SPLIT) {
-      for (int e = tid; e < P1 / 4; e += NT) cp16(&sRec[e * 4], rc + (e < 512 ? e * 4 : 4160 + (e - 512) * 4), 16);
-    } else {
-      for (int e = tid; e < WKV_REC / 4; e += NT) cp16(&sRec[b * WKV_REC + e * 4], rc + e * 4, 16);
-    }
+    for (int e = tid; e < WKV_REC / 4; e += NT) cp16(&sRec[b * WKV_REC + e * 4], rc + e * 4, 16);
     issueV(c, b);
-  };
-  auto issue2 = [&](int c) {  // SPLIT: phase 2's part, final-state weights and Γ_L (contiguous in the record)
-    const float* rc = recAt(c) + 2048;
-    for (int e = tid; e < P2 / 4; e += NT) cp16(&sRec[P1 + e * 4], rc + e * 4, 16);
   };
   issue(0, 0);
   cp_commit();
@@ -560,11 +548,10 @@ __device__ __forceinline__ void wkv7_chunk_scan_body(float* y, float* state, con
     const int b = c & 1;
     cp_wait0();
     __syncthreads();  // chunk c is in; every warp is done with chunk c − 1's buffer
-    if (SPLIT) issue2(c);
-    else if (c + 1 < nch) issue(c + 1, b ^ 1);
+    if (c + 1 < nch) issue(c + 1, b ^ 1);
     cp_commit();
     {
-      const float* M = SPLIT ? sRec : sRec + b * WKV_REC;
+      const float* M = sRec + b * WKV_REC;
       float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
 #pragma unroll 4
       for (int j = 0; j < 64; j += 4) {
@@ -574,7 +561,7 @@ __device__ __forceinline__ void wkv7_chunk_scan_body(float* y, float* state, con
         a2 += m0 * s1.x + m1 * s1.y; a3 += m2 * s1.z + m3 * s1.w;
       }
       // + (M1·V)[lane] (u) or (M2·V)[lane − 16] (y), for the 2 rows
-      const float* MT = M + (SPLIT ? 2048 : 4160);
+      const float* MT = M + 4160;
       float e0 = 0.f, e1 = 0.f;
 #pragma unroll
       for (int s = 0; s < WKV_CL; s++) {
@@ -588,16 +575,9 @@ __device__ __forceinline__ void wkv7_chunk_scan_body(float* y, float* state, con
         if (tok < T) *(float2*)&y[(long long)tok * C + h * 64 + g0 + i0] = make_float2(o0, o1);
       }
     }
-    if (SPLIT) {
-      cp_wait0();
-      __syncthreads();  // phase 2's part of chunk c is in; every warp is done with phase 1's buffer
-      if (c + 1 < nch) issue(c + 1, b ^ 1);
-      cp_commit();
-    } else {
-      __syncwarp();
-    }
+    __syncwarp();
     {
-      const float* BK = SPLIT ? sRec + P1 : sRec + b * WKV_REC + 2048;
+      const float* BK = sRec + b * WKV_REC + 2048;
       float4 gl = *(const float4*)&BK[2048 + cj];
       s.x *= gl.x; s.y *= gl.y; s.z *= gl.z; s.w *= gl.w;
 #pragma unroll 4
@@ -621,9 +601,6 @@ extern "C" __global__ void __launch_bounds__(128) wkv7_chunk_scan8(float* y, flo
 }
 extern "C" __global__ void __launch_bounds__(256) wkv7_chunk_scan16(float* y, float* state, const float* rec, const float* v, int T, int C) {
   wkv7_chunk_scan_body<16>(y, state, rec, v, T, C);
-}
-extern "C" __global__ void __launch_bounds__(128) wkv7_chunk_scan8s(float* y, float* state, const float* rec, const float* v, int T, int C) {
-  wkv7_chunk_scan_body<8, true>(y, state, rec, v, T, C);
 }
 
 // GroupNorm per head (eps 64e-5) + bonus (Σ r⊙k⊙r_k)·v, times the gate; bf16 out. One warp per (t, head).
