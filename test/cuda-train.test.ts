@@ -186,6 +186,73 @@ test('a micro-batch of 3 sequences equals 3 accumulated single-sequence calls (R
   }
 });
 
+// The kernels that must agree bit for bit (the emulator checks their arithmetic, but only the device's
+// compiler decides what it fuses): the LayerNorm backward (separate tr_ln_bwd, fused tr_ln_bwd_f and the
+// warp-per-row tr_ln_bwd_w*), the forward (tr_ln, tr_ln_w*) and the token-shift mixes (tr_mix, tr_mix_rows).
+test('GPU kernels: the warp-per-row LayerNorm and the row-wise mixes give the block kernels\' bits on the device', { skip }, async (t) => {
+  const { CudaContext } = await import('../src/backend/cuda/driver.js');
+  const { loadModule, launch } = await import('../src/backend/cuda/module-cache.js');
+  const mem = await import('../src/backend/cuda/memory.js');
+  const ctx = CudaContext.get();
+  let seed = 12345;
+  const u = () => { seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0; return seed / 2 ** 32; };
+  const g = () => Math.sqrt(-2 * Math.log(u() + 1e-12)) * Math.cos(2 * Math.PI * u());
+  const gauss = (n: number, s = 1, off = 0) => Float32Array.from({ length: n }, (_, i) => s * g() + (off ? (i % 7) * off : 0));
+  for (const fp32 of [false, true]) {
+    const mod = loadModule(ctx, 'train.cu', fp32 ? ['-DTR_FP32'] : []);
+    const bufs: InstanceType<typeof mem.DeviceBuffer>[] = [];
+    const dev = (a: Float32Array | Uint16Array | number) => { const b = typeof a === 'number' ? mem.alloc(ctx, a) : mem.upload(ctx, a); bufs.push(b); return b.ptr; };
+    const k = (name: string, grid: [number, number?], block: [number, number?], args: number[]) => launch(ctx, mod, name, mod.sigs.get(name)!, grid, block, 0, args);
+    /** n elements' bits (a GEMM-input buffer: bf16, or float32 in the fp32 build) */
+    const bits = (ptr: number, n: number, gin = false) => {
+      ctx.sync();
+      const o = gin && !fp32 ? new Uint16Array(n) : new Uint32Array(n);
+      mem.copyDtoH(o, ptr);
+      return o;
+    };
+    const back = (ptr: number, n: number) => new Float32Array(bits(ptr, n).buffer);
+    /** the number of elements whose bits differ */
+    const diff = (x: Uint16Array | Uint32Array, y: Uint16Array | Uint32Array) => { let d = 0; for (let i = 0; i < x.length; i++) if (x[i] !== y[i]) d++; return d; };
+    const eb = fp32 ? 4 : 2, tag = fp32 ? 'fp32' : 'bf16';
+    try {
+      for (const C of [256, 768]) {
+        const R = 200, n = R * C, T = 50;
+        const x = dev(gauss(n, 2, 0.5)), dout = dev(gauss(n)), w = dev(gauss(C, 0.3).map((q) => 1 + q)), b = dev(gauss(C, 0.1));
+        const dx0 = gauss(n);
+        for (const add of [0, 1]) {
+          const dxS = dev(dx0), pw = dev(n * 4), dxF = dev(dx0), dxFB = dev(n * eb), dxW = dev(dx0), dxWB = dev(n * eb);
+          const gw = [dev(C * 4), dev(C * 4)], gb = [dev(C * 4), dev(C * 4)];
+          for (const p of [...gw, ...gb]) mem.zero(ctx, p, C * 4);
+          k('tr_ln_bwd', [R], [256], [dxS, pw, dout, x, w, C, add]);
+          k('tr_ln_bwd_f', [Math.ceil(R / 16)], [256], [dxF, dxFB, gw[0], gb[0], dout, x, w, R, C, add]);
+          k(`tr_ln_bwd_w${C / 32}`, [Math.ceil(R / 64)], [256], [dxW, dxWB, gw[1], gb[1], dout, x, w, R, C, add]);
+          const s = bits(dxS, n), f = bits(dxF, n), wv = bits(dxW, n);
+          const nd = [diff(f, s), diff(wv, f), diff(bits(dxWB, n, true), bits(dxFB, n, true))];
+          t.diagnostic(`${tag} C ${C} add ${add}: dx bits differing, fused vs separate ${nd[0]}, warp vs fused ${nd[1]}, bf16 copies ${nd[2]} of ${n}`);
+          assert.deepEqual(nd, [0, 0, 0], `${tag} C ${C} add ${add}: LayerNorm backward kernels differ`);
+          const [gw0, gw1] = [back(gw[0], C), back(gw[1], C)];
+          const rel = gw0.reduce((m, v, i) => Math.max(m, Math.abs(v - gw1[i])), 0) / maxAbs(gw0);
+          assert.ok(rel < 1e-5, `${tag} C ${C}: Σ dout⊙x̂ warp vs fused ${rel}`);
+        }
+        const yF = dev(n * 4), yB = dev(n * eb), yWF = dev(n * 4), yWB = dev(n * eb);
+        k('tr_ln', [R], [256], [yF, yB, x, w, b, C]);
+        k(`tr_ln_w${C / 32}`, [Math.ceil(R / 8)], [256], [yWF, yWB, x, w, b, R, C]);
+        const nf = [diff(bits(yWF, n), bits(yF, n)), diff(bits(yWB, n, true), bits(yB, n, true))];
+        t.diagnostic(`${tag} C ${C}: LayerNorm forward bits differing, warp vs block ${nf[0]}, bf16 ${nf[1]} of ${n}`);
+        assert.deepEqual(nf, [0, 0], `${tag} C ${C}: LayerNorm forward kernels differ`);
+        const M = 6, mu = dev(Float32Array.from({ length: M * C }, () => u())), oG = dev(M * n * eb), oR = dev(M * n * eb);
+        k('tr_mix', [97], [256], [oG, x, mu, R, T, C, M]);
+        k('tr_mix_rows', [R], [C / 4], [oR, x, mu, R, T, C, M]);
+        const nm = diff(bits(oR, M * n, true), bits(oG, M * n, true));
+        t.diagnostic(`${tag} C ${C}: token-shift mix bits differing, rows vs grid ${nm} of ${M * n}`);
+        assert.equal(nm, 0, `${tag} C ${C}: tr_mix_rows and tr_mix differ`);
+      }
+    } finally {
+      for (const q of bufs) q.free();
+    }
+  }
+});
+
 test('kept activations (no recompute) and the fused element-wise backward change nothing but rounding (fp32 mode RWKV-X; bf16 RWKV-7)', { skip }, () => {
   for (const [file, fp32, tol] of [['rwkvx.pth', true, 1e-5], ['rwkv7.pth', false, 1e-4]] as const) {
     const model = () => loadTrainModel(A(file), { chunk: CHUNK, topk: TOPK });

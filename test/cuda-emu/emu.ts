@@ -87,7 +87,7 @@ export function emuModule(file: string, defines: string[] = []): EmuModule {
     writeFileSync(cpp, full);
     const tmp = `${so}.${process.pid}.tmp`;
     try {
-      execFileSync(CXX, ['-std=c++17', '-O1', '-U_FORTIFY_SOURCE', '-shared', '-fPIC', '-w', '-o', tmp, cpp], { stdio: ['ignore', 'ignore', 'pipe'] });
+      execFileSync(CXX, ['-std=c++17', '-O1', '-ffp-contract=off', '-U_FORTIFY_SOURCE', '-shared', '-fPIC', '-w', '-o', tmp, cpp], { stdio: ['ignore', 'ignore', 'pipe'] });
     } catch (e) {
       const msg = (e as { stderr?: Buffer }).stderr?.toString() ?? String(e);
       throw new Error(`building the emulated ${file} failed:\n${msg.split('\n').slice(0, 30).join('\n')}`);

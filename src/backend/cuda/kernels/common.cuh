@@ -46,13 +46,14 @@ __device__ float block_sum(float v, float* sh) {
   return s;
 }
 
-// LayerNorm statistics (eps 1e-5) of one row of C by the whole block, in block_sum's order
+// LayerNorm statistics (eps 1e-5) of one row of C by the whole block, in block_sum's order (training's
+// LayerNorm kernels; rounded as written, see train.cu's ln_xhat)
 __device__ __forceinline__ void ln_stats_block(const float* x, int C, float* sh, float& mean, float& inv) {
   float s = 0.f;
   for (int i = threadIdx.x; i < C; i += blockDim.x) s += x[i];
   mean = block_sum(s, sh) / C;
   float q = 0.f;
-  for (int i = threadIdx.x; i < C; i += blockDim.x) { float d = x[i] - mean; q += d * d; }
+  for (int i = threadIdx.x; i < C; i += blockDim.x) { float d = __fsub_rn(x[i], mean); q = fmaf(d, d, q); }
   inv = rsqrtf(block_sum(q, sh) / C + 1e-5f);
 }
 

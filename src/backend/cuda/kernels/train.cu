@@ -116,6 +116,23 @@ extern "C" __global__ void tr_scatter_add(float* demb, const float* de, const in
   for (int i = threadIdx.x; i < C; i += blockDim.x) atomicAdd(e + i, de[t * C + i]);
 }
 
+// The LayerNorm kernels' per-element arithmetic, each operation rounded as written (the _rn intrinsics
+// and fmaf are never contracted or split by NVVM or ptxas). Why: the block- and warp-per-row kernels
+// must give the same bits, and with plain a * b - c the compiler fused products differently in each
+// (a GPU run of 2026-12-07 moved bf16 gradients by 2e-3 where the emulator, which never fuses, saw none).
+__device__ __forceinline__ float ln_xhat(float x, float mean, float inv) { return __fmul_rn(__fsub_rn(x, mean), inv); }
+__device__ __forceinline__ float ln_y(float x, float mean, float inv, float w, float b) { return fmaf(ln_xhat(x, mean, inv), w, b); }
+// the backward's row sums: m1 += dout⊙w, m2 += dout⊙w⊙x̂
+__device__ __forceinline__ void ln_bwd_sums(float x, float d, float w, float mean, float inv, float& m1, float& m2) {
+  const float gv = __fmul_rn(d, w);
+  m1 = __fadd_rn(m1, gv);
+  m2 = fmaf(gv, ln_xhat(x, mean, inv), m2);
+}
+// dx = inv·(dout⊙w − m1 − x̂·m2)
+__device__ __forceinline__ float ln_dx(float d, float w, float xh, float m1, float m2, float inv) {
+  return __fmul_rn(inv, __fsub_rn(__fsub_rn(__fmul_rn(d, w), m1), __fmul_rn(xh, m2)));
+}
+
 // LayerNorm over rows of C (eps 1e-5); float32 and/or bf16 output (either may be null)
 extern "C" __global__ void tr_ln(float* outF, gin* outB, const float* x, const float* w, const float* b, int C) {
   __shared__ float sh[32];
@@ -123,7 +140,7 @@ extern "C" __global__ void tr_ln(float* outF, gin* outB, const float* x, const f
   float mean, inv;
   ln_stats_block(x + o, C, sh, mean, inv);
   for (int i = threadIdx.x; i < C; i += blockDim.x) {
-    float y = (x[o + i] - mean) * inv * w[i] + b[i];
+    float y = ln_y(x[o + i], mean, inv, w[i], b[i]);
     if (outF) outF[o + i] = y;
     if (outB) outB[o + i] = tog(y);
   }
@@ -137,17 +154,13 @@ extern "C" __global__ void tr_ln_bwd(float* dx, float* pw, const float* dout, co
   float mean, inv;
   ln_stats_block(x + o, C, sh, mean, inv);
   float m1 = 0.f, m2 = 0.f;
-  for (int i = threadIdx.x; i < C; i += blockDim.x) {
-    float xh = (x[o + i] - mean) * inv, gw = dout[o + i] * w[i];
-    m1 += gw; m2 += gw * xh;
-  }
+  for (int i = threadIdx.x; i < C; i += blockDim.x) ln_bwd_sums(x[o + i], dout[o + i], w[i], mean, inv, m1, m2);
   m1 = block_sum(m1, sh) / C;
   m2 = block_sum(m2, sh) / C;
   for (int i = threadIdx.x; i < C; i += blockDim.x) {
-    float xh = (x[o + i] - mean) * inv, d = dout[o + i], gw = d * w[i];
-    float r = inv * (gw - m1 - xh * m2);
-    dx[o + i] = add ? dx[o + i] + r : r;
-    pw[o + i] = d * xh;
+    float xh = ln_xhat(x[o + i], mean, inv), d = dout[o + i], r = ln_dx(d, w[i], xh, m1, m2, inv);
+    dx[o + i] = add ? __fadd_rn(r, dx[o + i]) : r;
+    pw[o + i] = __fmul_rn(d, xh);
   }
 }
 
@@ -168,23 +181,19 @@ extern "C" __global__ void __launch_bounds__(256) tr_ln_bwd_f(float* dx, gin* dx
     float mean, inv;
     ln_stats_block(x + o, C, sh, mean, inv);
     float m1 = 0.f, m2 = 0.f;
-    for (int i = threadIdx.x; i < C; i += blockDim.x) {
-      float xh = (x[o + i] - mean) * inv, gv = dout[o + i] * w[i];
-      m1 += gv; m2 += gv * xh;
-    }
+    for (int i = threadIdx.x; i < C; i += blockDim.x) ln_bwd_sums(x[o + i], dout[o + i], w[i], mean, inv, m1, m2);
     m1 = block_sum(m1, sh) / C;
     m2 = block_sum(m2, sh) / C;
 #pragma unroll
     for (int j = 0; j < LNB_MAXJ; j++) {
       const int i = threadIdx.x + j * 256;
       if (i < C) {
-        float xh = (x[o + i] - mean) * inv, d = dout[o + i], gv = d * w[i];
-        float r = inv * (gv - m1 - xh * m2);
-        if (add) r += dx[o + i];
+        float xh = ln_xhat(x[o + i], mean, inv), d = dout[o + i], r = ln_dx(d, w[i], xh, m1, m2, inv);
+        if (add) r = __fadd_rn(r, dx[o + i]);
         dx[o + i] = r;
         if (dxB) dxB[o + i] = tog(r);
-        aw[j] += d * xh;
-        ab[j] += d;
+        aw[j] = fmaf(d, xh, aw[j]);
+        ab[j] = __fadd_rn(ab[j], d);
       }
     }
   }
@@ -235,7 +244,7 @@ __device__ __forceinline__ void ln_stats_lanes(const float (&xv)[M], int C, floa
   for (int u = 0; u < 8; u++) {
     float q = 0.f;
 #pragma unroll
-    for (int m = u; m < M; m += 8) { float d = xv[m] - mean; q += d * d; }
+    for (int m = u; m < M; m += 8) { float d = __fsub_rn(xv[m], mean); q = fmaf(d, d, q); }
     p[u] = q;
   }
   inv = rsqrtf(ln_tree8(p) / C + 1e-5f);
@@ -261,22 +270,18 @@ __device__ __forceinline__ void ln_bwd_warp_body(float* red, float* dx, gin* dxB
     for (int u = 0; u < 8; u++) {
       float m1 = 0.f, m2 = 0.f;
 #pragma unroll
-      for (int m = u; m < M; m += 8) {
-        float xh = (xv[m] - mean) * inv, gv = dv[m] * wv[m];
-        m1 += gv; m2 += gv * xh;
-      }
+      for (int m = u; m < M; m += 8) ln_bwd_sums(xv[m], dv[m], wv[m], mean, inv, m1, m2);
       p1[u] = m1; p2[u] = m2;
     }
     const float m1 = ln_tree8(p1) / C, m2 = ln_tree8(p2) / C;
 #pragma unroll
     for (int m = 0; m < M; m++) {
-      float xh = (xv[m] - mean) * inv, d = dv[m], gv = d * wv[m];
-      float r = inv * (gv - m1 - xh * m2);
-      if (add) r += dx[o + 32 * m];
+      float xh = ln_xhat(xv[m], mean, inv), d = dv[m], r = ln_dx(d, wv[m], xh, m1, m2, inv);
+      if (add) r = __fadd_rn(r, dx[o + 32 * m]);
       dx[o + 32 * m] = r;
       if (dxB) dxB[o + 32 * m] = tog(r);
-      aw[m] += d * xh;
-      ab[m] += d;
+      aw[m] = fmaf(d, xh, aw[m]);
+      ab[m] = __fadd_rn(ab[m], d);
     }
   }
   for (int pass = 0; pass < 2; pass++) {
@@ -308,7 +313,7 @@ __device__ __forceinline__ void ln_fwd_warp_body(float* outF, gin* outB, const f
 #pragma unroll
   for (int m = 0; m < M; m++) {
     const int i = lane + 32 * m;
-    float y = (xv[m] - mean) * inv * w[i] + b[i];
+    float y = ln_y(xv[m], mean, inv, w[i], b[i]);
     if (outF) outF[o + 32 * m] = y;
     if (outB) outB[o + 32 * m] = tog(y);
   }
