@@ -249,15 +249,18 @@ __device__ __forceinline__ void ln_stats_lanes(const float (&xv)[M], int C, floa
   }
   inv = rsqrtf(ln_tree8(p) / C + 1e-5f);
 }
-// The partial sums are written as tr_ln_bwd_f / ln_stats_block write theirs (same expressions, same
-// accumulation), so the compiler's multiply-add contractions are the same too.
+// The column sums Σ dout⊙x̂ and Σ dout of a warp's rows accumulate in its own slice of shared memory
+// (red [8 warps][2][C]), not in registers: with them in registers the kernel took 170 registers at C = 768,
+// one block (8 warps) per SM, too few loads in flight for its bytes. Same additions in the same order.
 template <int M>
 __device__ __forceinline__ void ln_bwd_warp_body(float* red, float* dx, gin* dxB, float* gw, float* gb, const float* dout,
                                                  const float* x, const float* w, int R, int C, int add) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  float wv[M], aw[M], ab[M];
+  float* aw = red + warp * 2 * C + lane;
+  float* ab = aw + C;
+  float wv[M];
 #pragma unroll
-  for (int m = 0; m < M; m++) { wv[m] = w[lane + 32 * m]; aw[m] = ab[m] = 0.f; }
+  for (int m = 0; m < M; m++) { wv[m] = w[lane + 32 * m]; aw[32 * m] = 0.f; ab[32 * m] = 0.f; }
   const int r1 = min(R, (blockIdx.x + 1) * LNW_ROWS);
   for (int row = blockIdx.x * LNW_ROWS + warp; row < r1; row += 8) {
     const i64 o = (i64)row * C + lane;
@@ -280,23 +283,17 @@ __device__ __forceinline__ void ln_bwd_warp_body(float* red, float* dx, gin* dxB
       if (add) r = __fadd_rn(r, dx[o + 32 * m]);
       dx[o + 32 * m] = r;
       if (dxB) dxB[o + 32 * m] = tog(r);
-      aw[m] = fmaf(d, xh, aw[m]);
-      ab[m] = __fadd_rn(ab[m], d);
+      aw[32 * m] = fmaf(d, xh, aw[32 * m]);
+      ab[32 * m] = __fadd_rn(ab[32 * m], d);
     }
   }
-  for (int pass = 0; pass < 2; pass++) {
-    float* out = pass ? gb : gw;
-    if (!out) continue;
+  __syncthreads();
+  for (int i = threadIdx.x; i < C; i += 256) {
+    float tw = 0.f, tb = 0.f;
 #pragma unroll
-    for (int m = 0; m < M; m++) red[warp * C + lane + 32 * m] = pass ? ab[m] : aw[m];
-    __syncthreads();
-    for (int i = threadIdx.x; i < C; i += 256) {
-      float t = 0.f;
-#pragma unroll
-      for (int u = 0; u < 8; u++) t += red[u * C + i];
-      atomicAdd(out + i, t);
-    }
-    __syncthreads();
+    for (int u = 0; u < 8; u++) { tw += red[u * 2 * C + i]; tb += red[u * 2 * C + C + i]; }
+    if (gw) atomicAdd(gw + i, tw);
+    if (gb) atomicAdd(gb + i, tb);
   }
 }
 // tr_ln with a warp per row (8 rows per block of 256 threads), the row in registers and read once; its
@@ -330,24 +327,24 @@ extern "C" __global__ void __launch_bounds__(256) tr_ln_w16(float* outF, gin* ou
 extern "C" __global__ void __launch_bounds__(256) tr_ln_w24(float* outF, gin* outB, const float* x, const float* w, const float* b, int R, int C) {
   ln_fwd_warp_body<24>(outF, outB, x, w, b, R, C);
 }
-extern "C" __global__ void __launch_bounds__(256) tr_ln_bwd_w4(float* dx, gin* dxB, float* gw, float* gb, const float* dout,
+extern "C" __global__ void __launch_bounds__(256, 2) tr_ln_bwd_w4(float* dx, gin* dxB, float* gw, float* gb, const float* dout,
                                                                const float* x, const float* w, int R, int C, int add) {
-  __shared__ float red[8 * 32 * 4];
+  __shared__ float red[8 * 2 * 32 * 4];
   ln_bwd_warp_body<4>(red, dx, dxB, gw, gb, dout, x, w, R, C, add);
 }
-extern "C" __global__ void __launch_bounds__(256) tr_ln_bwd_w8(float* dx, gin* dxB, float* gw, float* gb, const float* dout,
+extern "C" __global__ void __launch_bounds__(256, 2) tr_ln_bwd_w8(float* dx, gin* dxB, float* gw, float* gb, const float* dout,
                                                                 const float* x, const float* w, int R, int C, int add) {
-  __shared__ float red[8 * 32 * 8];
+  __shared__ float red[8 * 2 * 32 * 8];
   ln_bwd_warp_body<8>(red, dx, dxB, gw, gb, dout, x, w, R, C, add);
 }
-extern "C" __global__ void __launch_bounds__(256) tr_ln_bwd_w16(float* dx, gin* dxB, float* gw, float* gb, const float* dout,
+extern "C" __global__ void __launch_bounds__(256, 2) tr_ln_bwd_w16(float* dx, gin* dxB, float* gw, float* gb, const float* dout,
                                                                 const float* x, const float* w, int R, int C, int add) {
-  __shared__ float red[8 * 32 * 16];
+  __shared__ float red[8 * 2 * 32 * 16];
   ln_bwd_warp_body<16>(red, dx, dxB, gw, gb, dout, x, w, R, C, add);
 }
-extern "C" __global__ void __launch_bounds__(256) tr_ln_bwd_w24(float* dx, gin* dxB, float* gw, float* gb, const float* dout,
+extern "C" __global__ void __launch_bounds__(256, 2) tr_ln_bwd_w24(float* dx, gin* dxB, float* gw, float* gb, const float* dout,
                                                                 const float* x, const float* w, int R, int C, int add) {
-  __shared__ float red[8 * 32 * 24];
+  __shared__ float red[8 * 2 * 32 * 24];
   ln_bwd_warp_body<24>(red, dx, dxB, gw, gb, dout, x, w, R, C, add);
 }
 
