@@ -200,17 +200,16 @@ export class CudaTrainer {
   readonly fused: boolean;
   /**
    * LayerNorm forward and fused backward with a warp per row (tr_ln_w / tr_ln_bwd_w 4, 8, 16, 24 for
-   * C = 128, 256, 512, 768; the same sums in the same order as tr_ln / tr_ln_bwd_f, so the same bits in the
-   * emulator) with RWKVX_TRAIN_LN=warp; by default the block-per-row kernels until these have passed the GPU
-   * tests (docs/cuda-training.md).
+   * C = 128, 256, 512, 768): the same sums in the same order and the same rounded-as-written arithmetic as
+   * tr_ln / tr_ln_bwd_f, so the same bits (a GPU test compares them). RWKVX_TRAIN_LN=block: the
+   * block-per-row kernels (other widths always use them).
    */
-  readonly lnWarp = process.env.RWKVX_TRAIN_LN === 'warp';
+  readonly lnWarp = process.env.RWKVX_TRAIN_LN !== 'block';
   /**
    * Token-shift mixes with a block per row (tr_mix_rows: 16-byte loads, no 64-bit division per element;
-   * the same bits as tr_mix in the emulator) with RWKVX_TRAIN_MIX=rows; by default tr_mix until it has run
-   * on a GPU.
+   * the same bits as tr_mix, a GPU test compares them). RWKVX_TRAIN_MIX=grid: the grid-stride tr_mix.
    */
-  readonly mixRows = process.env.RWKVX_TRAIN_MIX === 'rows';
+  readonly mixRows = process.env.RWKVX_TRAIN_MIX !== 'grid';
 
   private mb: MobaTrain | undefined;
   private moba(): MobaTrain {
