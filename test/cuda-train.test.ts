@@ -37,6 +37,7 @@ import { expectedTensors } from '../src/model/weights.js';
 import { shutdownPool } from '../src/backend/cpu/matmul.js';
 import { A, expectedTokens } from './helpers/vectors.js';
 import { writeToyCorpus } from './helpers/toy-corpus.js';
+import { rel, rng } from './helpers/numeric.js';
 import { assertOnlyAttentionMoved } from './helpers/stage1.js';
 
 const REL_TOL = 5e-2, LOSS_TOL = 1e-2;
@@ -194,8 +195,7 @@ test('GPU kernels: the warp-per-row LayerNorm and the row-wise mixes give the bl
   const { loadModule, launch } = await import('../src/backend/cuda/module-cache.js');
   const mem = await import('../src/backend/cuda/memory.js');
   const ctx = CudaContext.get();
-  let seed = 12345;
-  const u = () => { seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0; return seed / 2 ** 32; };
+  const u = rng(12345);
   const g = () => Math.sqrt(-2 * Math.log(u() + 1e-12)) * Math.cos(2 * Math.PI * u());
   const gauss = (n: number, s = 1, off = 0) => Float32Array.from({ length: n }, (_, i) => s * g() + (off ? (i % 7) * off : 0));
   for (const fp32 of [false, true]) {
@@ -230,9 +230,8 @@ test('GPU kernels: the warp-per-row LayerNorm and the row-wise mixes give the bl
           const nd = [diff(f, s), diff(wv, f), diff(bits(dxWB, n, true), bits(dxFB, n, true))];
           t.diagnostic(`${tag} C ${C} add ${add}: dx bits differing, fused vs separate ${nd[0]}, warp vs fused ${nd[1]}, bf16 copies ${nd[2]} of ${n}`);
           assert.deepEqual(nd, [0, 0, 0], `${tag} C ${C} add ${add}: LayerNorm backward kernels differ`);
-          const [gw0, gw1] = [back(gw[0], C), back(gw[1], C)];
-          const rel = gw0.reduce((m, v, i) => Math.max(m, Math.abs(v - gw1[i])), 0) / maxAbs(gw0);
-          assert.ok(rel < 1e-5, `${tag} C ${C}: Σ dout⊙x̂ warp vs fused ${rel}`);
+          const e = rel(back(gw[1], C), back(gw[0], C));
+          assert.ok(e < 1e-5, `${tag} C ${C}: Σ dout⊙x̂ warp vs fused ${e}`);
         }
         const yF = dev(n * 4), yB = dev(n * eb), yWF = dev(n * 4), yWB = dev(n * eb);
         k('tr_ln', [R], [256], [yF, yB, x, w, b, C]);
