@@ -180,6 +180,8 @@ export class CudaModel {
   private gen = 0;
   private tmpBufs = new Map<string, DeviceBuffer>();
   private kvPager: KvPager | undefined;
+  /** Development and tests: at most this many segments alive at once in the wavefront (default: as memory allows). */
+  wavefrontLive: number | undefined;
   /** Segments of a long prefill in flight at once (RWKVX_WAVEFRONT; 1 = one after the other). */
   wavefront = Number.isInteger(Number(process.env.RWKVX_WAVEFRONT)) && Number(process.env.RWKVX_WAVEFRONT) >= 1 ? Number(process.env.RWKVX_WAVEFRONT) : 4;
   private slots: Slot[] = [];
@@ -449,35 +451,62 @@ export class CudaModel {
    * their own streams, scratch and cuBLAS handles. The WKV-7 scan of one segment (a long chain of
    * small steps that leaves most of the GPU idle) then overlaps other segments' GEMMs and attention.
    * The kernels and their inputs are those of the one-segment-after-another order: same results.
+   *
+   * A slot's scratch is free again after each (segment, layer) task (its stream runs them in turn), but
+   * a segment's residual stream h and value-residual input vFirst (layer 0 writes it, every later layer
+   * reads it) live from its first layer to its last, and segments s and s + K share a slot while both
+   * are alive: each live segment has its own pair (`wavefrontLive` of them, reused in turn, a segment
+   * admitted only once the pair's previous owner has finished).
    */
   private forwardWavefront(tokens: ArrayLike<number>, state: CudaState, mode: 'all' | 'last' | 'none', segLen: number, fit: number): Float32Array {
-    const cfg = this.cfg, V = cfg.vocab, T = tokens.length, L = this.order.length;
-    const nSeg = Math.ceil(T / segLen), K = Math.min(this.wavefront, nSeg, fit), P0 = state.pos;
+    const cfg = this.cfg, V = cfg.vocab, C = cfg.dim, T = tokens.length, L = this.order.length;
+    const nSeg = Math.ceil(T / segLen), P0 = state.pos;
+    const pairBytes = 2 * segLen * C * F32;
+    const R = Math.max(1, Math.min(nSeg, L, this.wavefrontLive ?? Infinity, Math.floor(this.ctx.info.totalMem / 8 / pairBytes)));
+    const K = Math.min(this.wavefront, nSeg, fit, R);
     // size everything first: no buffer may move while several streams use it
     for (const a of state.attn) { this.reserveKv(a, P0 + T); this.reserveMeans(a, Math.floor((P0 + T) / cfg.chunk)); }
     const slots = this.slotsFor(K, segLen);
     const toks = this.tmp('wavefront tokens', T * 4);
+    const live = Array.from({ length: R }, (_, b) => ({
+      h: this.tmp(`wavefront h ${b}`, segLen * C * F32), vFirst: this.tmp(`wavefront vFirst ${b}`, segLen * C * F32),
+    }));
     copyHtoD(toks, Int32Array.from(tokens));
-    while (this.events.length < L + 1) this.events.push(new StreamEvent());
-    const ready = this.events[L];
+    while (this.events.length < L + 1 + R) this.events.push(new StreamEvent());
+    const ready = this.events[L], freed = this.events.slice(L + 1, L + 1 + R);
     ready.record(this.ctx.stream);
     for (const sl of slots) ready.waitOn(sl.stream);
     const out = new Float32Array(mode === 'all' ? T * V : mode === 'last' ? V : 0);
-    for (let tau = 0; tau < nSeg + L - 1; tau++) {
-      for (let s = Math.max(0, tau - L + 1); s <= Math.min(nSeg - 1, tau); s++) {
-        const l = tau - s, slot = slots[s % K], sc = slot.scratch, e = this.order[l];
-        const P = P0 + s * segLen, n = Math.min(segLen, T - s * segLen);
-        this.onSlot(slot, () => {
-          if (l === 0) this.k('embed', 'pppi', [n], [256], [sc.h, this.emb, toks + s * segLen * 4, cfg.dim]);
-          if (s > 0) this.events[l].waitOn(slot.stream);
-          if (e.kind === 'rwkv') this.rwkvBlock(sc, e.index, state.rwkv[e.index], n);
-          else { this.attnBlock(sc, e.index, state.attn[e.index], P, n); state.attn[e.index].len = P + n; }
-          this.events[l].record(slot.stream);
-          if (l === L - 1) {
-            if (mode === 'all') this.head(sc, out.subarray(s * segLen * V, (s * segLen + n) * V), 0, n);
-            else if (mode === 'last' && s === nSeg - 1) this.head(sc, out, n - 1, 1);
-          }
-        });
+    const task = (s: number, l: number) => {
+      const slot = slots[s % K], e = this.order[l], pair = live[s % R];
+      const sc: Scratch = Object.assign(Object.create(Scratch.prototype), slot.scratch, pair);
+      const P = P0 + s * segLen, n = Math.min(segLen, T - s * segLen);
+      this.onSlot(slot, () => {
+        if (l === 0) {
+          if (s >= R) freed[s % R].waitOn(slot.stream);
+          this.k('embed', 'pppi', [n], [256], [sc.h, this.emb, toks + s * segLen * 4, C]);
+        }
+        if (s > 0) this.events[l].waitOn(slot.stream);
+        if (e.kind === 'rwkv') this.rwkvBlock(sc, e.index, state.rwkv[e.index], n);
+        else { this.attnBlock(sc, e.index, state.attn[e.index], P, n); state.attn[e.index].len = P + n; }
+        this.events[l].record(slot.stream);
+        if (l === L - 1) {
+          if (mode === 'all') this.head(sc, out.subarray(s * segLen * V, (s * segLen + n) * V), 0, n);
+          else if (mode === 'last' && s === nSeg - 1) this.head(sc, out, n - 1, 1);
+          freed[s % R].record(slot.stream);
+        }
+      });
+    };
+    // rounds of the diagonal order: in each, every segment whose inputs were queued before the round
+    // queues its next layer (segment s − 1 has queued that layer; a new segment needs a free pair)
+    const next = new Array<number>(nSeg).fill(0);
+    for (let left = nSeg * L; left > 0;) {
+      const was = next.slice();
+      for (let s = 0; s < nSeg; s++) {
+        const l = was[s];
+        if (l >= L || (s > 0 && was[s - 1] <= l) || (l === 0 && s >= R && was[s - R] < L)) continue;
+        task(s, l);
+        next[s]++; left--;
       }
     }
     for (const sl of slots) { ready.record(sl.stream); ready.waitOn(this.ctx.stream); }
