@@ -50,8 +50,6 @@ const F32 = 4, BF = 2;
 const WKV_CL = 16, WKV_REC = 4672;
 /** Bytes of the chunked WKV-7 records for a call of n tokens (the `rec` argument of CudaModel.tmixWkv). */
 export function wkvRecordBytes(n: number, heads: number): number { return Math.ceil(n / WKV_CL) * heads * WKV_REC * F32; }
-/** Dynamic shared memory of `wkv7_chunk_scan<R>`: two records, two chunks of v, R state rows, the padded u/y rows. */
-const wkvScanSmem = (R: number) => (2 * WKV_REC + 2 * WKV_CL * R + 64 * R + 2 * WKV_CL * (R + 1)) * F32;
 
 interface RwkvW {
   ln1w: number; ln1b: number; ln2w: number; ln2b: number;
@@ -146,8 +144,8 @@ export class CudaModel {
    */
   wkvChunked = process.env.RWKVX_WKV !== 'seq';
   wkvChunkMin = 64;
-  /** State rows per block of `wkv7_chunk_scan` (4, 8, 16, 32 or 64; RWKVX_WKV_ROWS). */
-  wkvScanRows = [4, 8, 16, 32, 64].includes(Number(process.env.RWKVX_WKV_ROWS)) ? Number(process.env.RWKVX_WKV_ROWS) : 8;
+  /** State rows per block of `wkv7_chunk_scan` (4, 8 or 16; RWKVX_WKV_ROWS). */
+  wkvScanRows = [4, 8, 16].includes(Number(process.env.RWKVX_WKV_ROWS)) ? Number(process.env.RWKVX_WKV_ROWS) : 8;
   /**
    * moba prefill attention on Hopper's warpgroup MMA (kernels/attn-sm90.cu, compiled for sm_90a): keys per
    * tile, 128 or 64; 0 = the mma.sync kernels of rwkvx.cu (always on other GPUs). RWKVX_ATTN_WG.
@@ -157,7 +155,6 @@ export class CudaModel {
   /** Calls of several tokens use ln_mix8 (rows staged in shared memory; RWKVX_LNMIX=warp: ln_mix). */
   lnMixStaged = process.env.RWKVX_LNMIX !== 'warp';
   private lnMixSmemSet = false;
-  private smemRaised = new Set<string>();
   /**
    * Time-mix LoRAs as one kernel each (`lora32…128`: the middle stays in registers) with RWKVX_LORA=fused;
    * by default two cuBLAS GEMMs + act_bf16 (the fused kernel passes the GPU suites but was no faster at
@@ -199,9 +196,7 @@ export class CudaModel {
     if (cfg.headSize !== 64) fail(`the CUDA backend needs head size 64 (this model has ${cfg.headSize})`);
     if (cfg.topk - 1 > MAXSEL || (attention === 'official' && cfg.topk > MAXSEL)) fail(`the CUDA backend supports top-k up to ${MAXSEL} (got ${cfg.topk})`);
     this.ctx = CudaContext.get(device);
-    // RWKVX_WKV_PF: chunks the WKV-7 scan prefetches into L2 ahead (kernels/rwkvx.cu WKV_PF; development A/B)
-    const pf = process.env.RWKVX_WKV_PF;
-    this.mod = loadModule(this.ctx, 'rwkvx.cu', pf !== undefined && /^\d$/.test(pf) ? [`-DWKV_PF=${pf}`] : []);
+    this.mod = loadModule(this.ctx, 'rwkvx.cu');
     if (this.ctx.arch !== 'sm_90') this.attnWg = 0;
     this.blas = new Cublas(this.ctx);
     this.graph = new CudaGraph(this.ctx);
@@ -641,9 +636,7 @@ export class CudaModel {
       const R = this.wkvScanRows;
       this.k('wkv7_chunk_prep', 'pppppppppppppiii', [Math.ceil(n / WKV_CL), H], [256],
         [rec, io.r, io.w, io.a, io.k, io.v, io.vFirst, io.dv, w.w0, w.a0, w.v0, w.kk, w.ka, n, C, first ? 1 : 0]);
-      const name = `wkv7_chunk_scan${R}`, smem = wkvScanSmem(R);
-      if (smem > 48 * 1024 && !this.smemRaised.has(name)) { setMaxDynamicSmem(this.mod, name, smem); this.smemRaised.add(name); }
-      this.k(name, 'ppppii', [H, 64 / R], [16 * R], [io.y, state, rec, io.v, n, C], smem);
+      this.k(`wkv7_chunk_scan${R}`, 'ppppii', [H, 64 / R], [16 * R], [io.y, state, rec, io.v, n, C]);
       return;
     }
     this.k('tmix_prep', 'ppppppppppppiii', [Math.ceil((n * H) / 8)], [256],

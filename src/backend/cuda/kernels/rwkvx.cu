@@ -511,36 +511,15 @@ extern "C" __global__ void __launch_bounds__(256, 4) wkv7_chunk_prep(float* __re
 // thread updates 4 state values of row tid/16 — the same two rows per warp, so the phases hand over
 // by __syncwarp and a chunk has one block barrier (the record's buffer handover): the scan is a chain
 // of T/16 steps whose latency the wavefront does not always hide (3 barriers per chunk: ≈ 1% slower).
-// Per thread the work of a step is the same for every R; a larger R takes fewer SMs for the same chain
-// (R = 64: one block of 1024 threads per head, each loading the record once instead of 64/R times),
-// which leaves more of the GPU to the other segments' GEMMs in the wavefront.
-// Dynamic shared memory: wkv7ScanSmem(R) bytes (over 48 KB from R = 32: the caller raises the limit).
 // (A split-phase variant with one buffer per phase, 22.8 instead of 41.5 KB, ran 3–6% slower at 128K on an
 // H200 and was dropped, 2026-12-07: docs/cuda.md.)
-// The scan's step is otherwise about one DRAM round trip long: chunk c + 1's record is copied one step
-// ahead, and the prep wrote it long before (evicted from L2). So each block also asks L2 for its slice of
-// chunk c + WKV_PF's record (block 0 of the head for its v rows too): the copies then hit L2.
-// WKV_PF 0 turns this off (-DWKV_PF=…, RWKVX_WKV_PF: development A/B).
-#ifndef WKV_PF
-#define WKV_PF 2
-#endif
-__device__ __forceinline__ void prefetch_l2_block(const float* p, int bytes, int tid, int nt) {
-#if defined(RWKVX_EMU)
-  (void)p; (void)bytes; (void)tid; (void)nt;
-#elif __CUDA_ARCH__ >= 900
-  if (tid == 0) asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" :: "l"(p), "r"(bytes) : "memory");
-#else
-  for (int o = tid * 128; o < bytes; o += nt * 128) asm volatile("prefetch.global.L2 [%0];" :: "l"((const char*)p + o));
-#endif
-}
 template <int R>
 __device__ __forceinline__ void wkv7_chunk_scan_body(float* y, float* state, const float* rec, const float* v, int T, int C) {
-  constexpr int NT = 16 * R, RQ = R / 4, UY = R + 1;  // sUY rows padded: phase 1's lanes store to distinct banks
-  extern __shared__ __align__(16) float wkvScanSmem[];
-  float* sRec = wkvScanSmem;                                             // [2][WKV_REC]
-  float (*sV)[WKV_CL * R] = (float (*)[WKV_CL * R])(sRec + 2 * WKV_REC);  // [2][WKV_CL·R]
-  float (*sS)[64] = (float (*)[64])(sRec + 2 * WKV_REC + 2 * WKV_CL * R);  // [R][64]
-  float* sUY = sRec + 2 * WKV_REC + 2 * WKV_CL * R + 64 * R;              // [2·WKV_CL][UY]
+  constexpr int NT = 16 * R, RQ = R / 4;
+  __shared__ __align__(16) float sRec[2 * WKV_REC];
+  __shared__ __align__(16) float sV[2][WKV_CL * R];
+  __shared__ __align__(16) float sS[R][64];
+  __shared__ float sUY[2 * WKV_CL][R];
   const int h = blockIdx.x, H = gridDim.x, g0 = blockIdx.y * R, tid = threadIdx.x;
   const int nch = (T + WKV_CL - 1) / WKV_CL;
   const int ri = tid >> 4, cj = (tid & 15) * 4;
@@ -562,18 +541,6 @@ __device__ __forceinline__ void wkv7_chunk_scan_body(float* y, float* state, con
     for (int e = tid; e < WKV_REC / 4; e += NT) cp16(&sRec[b * WKV_REC + e * 4], rc + e * 4, 16);
     issueV(c, b);
   };
-  // this block's slice of chunk c's record (16-byte multiples: WKV_REC·4/(64/R) bytes) and, for block 0,
-  // chunk c's v rows of the head (16 tokens × 256 bytes)
-  auto prefetch = [&](int c) {
-    if (WKV_PF == 0 || c >= nch) return;
-    const int slice = WKV_REC / gridDim.y;
-    prefetch_l2_block(recAt(c) + blockIdx.y * slice, slice * 4, tid, NT);
-    if (blockIdx.y == 0 && tid < 2 * WKV_CL) {
-      const int tok = c * WKV_CL + tid / 2;
-      if (tok < T) prefetch_l2_block(v + (long long)tok * C + h * 64 + (tid & 1) * 32, 128, 0, 1);
-    }
-  };
-  for (int d = 1; d <= WKV_PF; d++) prefetch(d);
   issue(0, 0);
   cp_commit();
   const int lane = tid & 31, i0 = (tid >> 5) * 2;
@@ -583,7 +550,6 @@ __device__ __forceinline__ void wkv7_chunk_scan_body(float* y, float* state, con
     __syncthreads();  // chunk c is in; every warp is done with chunk c − 1's buffer
     if (c + 1 < nch) issue(c + 1, b ^ 1);
     cp_commit();
-    prefetch(c + 1 + WKV_PF);
     {
       const float* M = sRec + b * WKV_REC;
       float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
@@ -603,7 +569,7 @@ __device__ __forceinline__ void wkv7_chunk_scan_body(float* y, float* state, con
         e0 += m * sV[b][s * R + i0]; e1 += m * sV[b][s * R + i0 + 1];
       }
       const float o0 = (a0 + a1) + e0, o1 = (a2 + a3) + e1;
-      sUY[lane * UY + i0] = o0; sUY[lane * UY + i0 + 1] = o1;
+      sUY[lane][i0] = o0; sUY[lane][i0 + 1] = o1;
       if (lane >= WKV_CL) {
         const int tok = c * WKV_CL + lane - WKV_CL;
         if (tok < T) *(float2*)&y[(long long)tok * C + h * 64 + g0 + i0] = make_float2(o0, o1);
@@ -616,7 +582,7 @@ __device__ __forceinline__ void wkv7_chunk_scan_body(float* y, float* state, con
       s.x *= gl.x; s.y *= gl.y; s.z *= gl.z; s.w *= gl.w;
 #pragma unroll 4
       for (int t = 0; t < WKV_CL; t++) {
-        float u = sUY[t * UY + ri], vv = sV[b][t * R + ri];
+        float u = sUY[t][ri], vv = sV[b][t * R + ri];
         float4 bh = *(const float4*)&BK[t * 64 + cj], kh = *(const float4*)&BK[(WKV_CL + t) * 64 + cj];
         s.x += u * bh.x + vv * kh.x; s.y += u * bh.y + vv * kh.y;
         s.z += u * bh.z + vv * kh.z; s.w += u * bh.w + vv * kh.w;
@@ -635,12 +601,6 @@ extern "C" __global__ void __launch_bounds__(128) wkv7_chunk_scan8(float* y, flo
 }
 extern "C" __global__ void __launch_bounds__(256) wkv7_chunk_scan16(float* y, float* state, const float* rec, const float* v, int T, int C) {
   wkv7_chunk_scan_body<16>(y, state, rec, v, T, C);
-}
-extern "C" __global__ void __launch_bounds__(512) wkv7_chunk_scan32(float* y, float* state, const float* rec, const float* v, int T, int C) {
-  wkv7_chunk_scan_body<32>(y, state, rec, v, T, C);
-}
-extern "C" __global__ void __launch_bounds__(1024) wkv7_chunk_scan64(float* y, float* state, const float* rec, const float* v, int T, int C) {
-  wkv7_chunk_scan_body<64>(y, state, rec, v, T, C);
 }
 
 // GroupNorm per head (eps 64e-5) + bonus (Σ r⊙k⊙r_k)·v, times the gate; bf16 out. One warp per (t, head).
