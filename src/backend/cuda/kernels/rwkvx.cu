@@ -603,6 +603,86 @@ extern "C" __global__ void __launch_bounds__(256) wkv7_chunk_scan16(float* y, fl
   wkv7_chunk_scan_body<16>(y, state, rec, v, T, C);
 }
 
+// One warp per state row: R rows of one head per block (grid (H, 64/R)), 32·R threads. Warp w owns row
+// g0 + w: in phase 1 lane p computes u_p (p < 16) or y_{p−16} of that row, in phase 2 it updates the row's
+// state values 2·lane and 2·lane + 1. Half the instructions per thread of wkv7_chunk_scan8 (two rows per
+// warp there): the scan runs one warp per scheduler, so a chunk step — the link of the scan's chain, which
+// the overlapped prefill waits on (left out, 128K RWKV-X took 175 ms instead of 249) — is that much
+// shorter. Same arithmetic, in the same order, as wkv7_chunk_scan_body: the same bits.
+template <int R>
+__device__ __forceinline__ void wkv7_chunk_scanw_body(float* y, float* state, const float* rec, const float* v, int T, int C) {
+  constexpr int NT = 32 * R, RQ = R / 4;
+  __shared__ __align__(16) float sRec[2 * WKV_REC];
+  __shared__ __align__(16) float sV[2][WKV_CL * R];
+  __shared__ __align__(16) float sS[R][64];
+  __shared__ float sUY[2 * WKV_CL][R + 1];  // padded: phase 1's 32 lanes store to distinct banks
+  const int h = blockIdx.x, H = gridDim.x, g0 = blockIdx.y * R, tid = threadIdx.x;
+  const int nch = (T + WKV_CL - 1) / WKV_CL;
+  const int w = tid >> 5, lane = tid & 31, cj = lane * 2;
+  float* Sg = state + (long long)h * 4096 + (g0 + w) * 64 + cj;
+  float2 s = *(float2*)Sg;
+  *(float2*)&sS[w][cj] = s;
+  auto issue = [&](int c, int b) {
+    const float* rc = rec + ((long long)c * H + h) * WKV_REC;
+    for (int e = tid; e < WKV_REC / 4; e += NT) cp16(&sRec[b * WKV_REC + e * 4], rc + e * 4, 16);
+    for (int e = tid; e < WKV_CL * RQ; e += NT) {
+      const int t = e / RQ, q = (e % RQ) * 4, tok = c * WKV_CL + t;
+      const bool in = tok < T;
+      cp16(&sV[b][t * R + q], v + (long long)(in ? tok : 0) * C + h * 64 + g0 + q, in ? 16 : 0);
+    }
+  };
+  issue(0, 0);
+  cp_commit();
+  for (int c = 0; c < nch; c++) {
+    const int b = c & 1;
+    cp_wait0();
+    __syncthreads();  // chunk c is in; every warp is done with chunk c − 1's buffer
+    if (c + 1 < nch) issue(c + 1, b ^ 1);
+    cp_commit();
+    {
+      const float* M = sRec + b * WKV_REC;
+      float a0 = 0.f, a1 = 0.f;
+#pragma unroll 4
+      for (int j = 0; j < 64; j += 4) {
+        const float4 s0 = *(const float4*)&sS[w][j];
+        const float m0 = M[(j + 0) * 32 + lane], m1 = M[(j + 1) * 32 + lane], m2 = M[(j + 2) * 32 + lane], m3 = M[(j + 3) * 32 + lane];
+        a0 += m0 * s0.x + m1 * s0.y; a1 += m2 * s0.z + m3 * s0.w;
+      }
+      const float* MT = M + 4160;
+      float e0 = 0.f;
+#pragma unroll
+      for (int t = 0; t < WKV_CL; t++) e0 += MT[t * 32 + lane] * sV[b][t * R + w];
+      const float o = (a0 + a1) + e0;
+      sUY[lane][w] = o;
+      if (lane >= WKV_CL) {
+        const int tok = c * WKV_CL + lane - WKV_CL;
+        if (tok < T) y[(long long)tok * C + h * 64 + g0 + w] = o;
+      }
+    }
+    __syncwarp();
+    {
+      const float* BK = sRec + b * WKV_REC + 2048;
+      const float2 gl = *(const float2*)&BK[2048 + cj];
+      s.x *= gl.x; s.y *= gl.y;
+#pragma unroll 4
+      for (int t = 0; t < WKV_CL; t++) {
+        const float u = sUY[t][w], vv = sV[b][t * R + w];
+        const float2 bh = *(const float2*)&BK[t * 64 + cj], kh = *(const float2*)&BK[(WKV_CL + t) * 64 + cj];
+        s.x += u * bh.x + vv * kh.x; s.y += u * bh.y + vv * kh.y;
+      }
+      *(float2*)&sS[w][cj] = s;
+    }
+    __syncwarp();
+  }
+  *(float2*)Sg = s;
+}
+extern "C" __global__ void __launch_bounds__(128) wkv7_chunk_scanw4(float* y, float* state, const float* rec, const float* v, int T, int C) {
+  wkv7_chunk_scanw_body<4>(y, state, rec, v, T, C);
+}
+extern "C" __global__ void __launch_bounds__(256) wkv7_chunk_scanw8(float* y, float* state, const float* rec, const float* v, int T, int C) {
+  wkv7_chunk_scanw_body<8>(y, state, rec, v, T, C);
+}
+
 // GroupNorm per head (eps 64e-5) + bonus (Σ r⊙k⊙r_k)·v, times the gate; bf16 out. One warp per (t, head).
 extern "C" __global__ void gn_bonus_gate(bf16* out, const float* y, const float* r, const float* k, const float* v, const float* g,
     const float* lw, const float* lb, const float* rk, int T, int H) {
