@@ -147,10 +147,6 @@ export class CudaModel {
   /** State rows per block of `wkv7_chunk_scan` (4, 8 or 16; RWKVX_WKV_ROWS). */
   wkvScanRows = [4, 8, 16].includes(Number(process.env.RWKVX_WKV_ROWS)) ? Number(process.env.RWKVX_WKV_ROWS) : 8;
   /**
-   * `wkv7_chunk_scanw<R>` instead (one warp per state row, R rows per block; 0 = off): RWKVX_WKV_SCAN=w4|w8.
-   */
-  wkvScanWarp = ({ w4: 4, w8: 8 } as Record<string, number>)[process.env.RWKVX_WKV_SCAN ?? ''] ?? 0;
-  /**
    * moba prefill attention on Hopper's warpgroup MMA (kernels/attn-sm90.cu, compiled for sm_90a): keys per
    * tile, 128 or 64; 0 = the mma.sync kernels of rwkvx.cu (always on other GPUs). RWKVX_ATTN_WG.
    */
@@ -640,9 +636,7 @@ export class CudaModel {
       const R = this.wkvScanRows;
       this.k('wkv7_chunk_prep', 'pppppppppppppiii', [Math.ceil(n / WKV_CL), H], [256],
         [rec, io.r, io.w, io.a, io.k, io.v, io.vFirst, io.dv, w.w0, w.a0, w.v0, w.kk, w.ka, n, C, first ? 1 : 0]);
-      const W = this.wkvScanWarp;
-      if (W) this.k(`wkv7_chunk_scanw${W}`, 'ppppii', [H, 64 / W], [32 * W], [io.y, state, rec, io.v, n, C]);
-      else this.k(`wkv7_chunk_scan${R}`, 'ppppii', [H, 64 / R], [16 * R], [io.y, state, rec, io.v, n, C]);
+      this.k(`wkv7_chunk_scan${R}`, 'ppppii', [H, 64 / R], [16 * R], [io.y, state, rec, io.v, n, C]);
       return;
     }
     this.k('tmix_prep', 'ppppppppppppiii', [Math.ceil((n * H) / 8)], [256],
