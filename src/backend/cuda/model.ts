@@ -50,6 +50,10 @@ const F32 = 4, BF = 2;
 const WKV_CL = 16, WKV_REC = 4672;
 /** Bytes of the chunked WKV-7 records for a call of n tokens (the `rec` argument of CudaModel.tmixWkv). */
 export function wkvRecordBytes(n: number, heads: number): number { return Math.ceil(n / WKV_CL) * heads * WKV_REC * F32; }
+/** Record buffers of the WKV-7 scan (kernels/rwkvx.cu WKV_STAGES): 3, or 2 with RWKVX_WKV_STAGES=2 (A/B). */
+const WKV_STAGES = process.env.RWKVX_WKV_STAGES === '2' ? 2 : 3;
+/** Dynamic shared memory of `wkv7_chunk_scan<R>`: the record and v buffers, R state rows, the u/y rows. */
+const wkvScanSmem = (R: number) => (WKV_STAGES * (WKV_REC + WKV_CL * R) + 64 * R + 2 * WKV_CL * R) * F32;
 
 interface RwkvW {
   ln1w: number; ln1b: number; ln2w: number; ln2b: number;
@@ -155,6 +159,7 @@ export class CudaModel {
   /** Calls of several tokens use ln_mix8 (rows staged in shared memory; RWKVX_LNMIX=warp: ln_mix). */
   lnMixStaged = process.env.RWKVX_LNMIX !== 'warp';
   private lnMixSmemSet = false;
+  private smemRaised = new Set<string>();
   /**
    * Time-mix LoRAs as one kernel each (`lora32…128`: the middle stays in registers) with RWKVX_LORA=fused;
    * by default two cuBLAS GEMMs + act_bf16 (the fused kernel passes the GPU suites but was no faster at
@@ -196,7 +201,7 @@ export class CudaModel {
     if (cfg.headSize !== 64) fail(`the CUDA backend needs head size 64 (this model has ${cfg.headSize})`);
     if (cfg.topk - 1 > MAXSEL || (attention === 'official' && cfg.topk > MAXSEL)) fail(`the CUDA backend supports top-k up to ${MAXSEL} (got ${cfg.topk})`);
     this.ctx = CudaContext.get(device);
-    this.mod = loadModule(this.ctx, 'rwkvx.cu');
+    this.mod = loadModule(this.ctx, 'rwkvx.cu', WKV_STAGES === 3 ? [] : [`-DWKV_STAGES=${WKV_STAGES}`]);
     if (this.ctx.arch !== 'sm_90') this.attnWg = 0;
     this.blas = new Cublas(this.ctx);
     this.graph = new CudaGraph(this.ctx);
@@ -636,7 +641,9 @@ export class CudaModel {
       const R = this.wkvScanRows;
       this.k('wkv7_chunk_prep', 'pppppppppppppiii', [Math.ceil(n / WKV_CL), H], [256],
         [rec, io.r, io.w, io.a, io.k, io.v, io.vFirst, io.dv, w.w0, w.a0, w.v0, w.kk, w.ka, n, C, first ? 1 : 0]);
-      this.k(`wkv7_chunk_scan${R}`, 'ppppii', [H, 64 / R], [16 * R], [io.y, state, rec, io.v, n, C]);
+      const name = `wkv7_chunk_scan${R}`, smem = wkvScanSmem(R);
+      if (smem > 48 * 1024 && !this.smemRaised.has(name)) { setMaxDynamicSmem(this.mod, name, smem); this.smemRaised.add(name); }
+      this.k(name, 'ppppii', [H, 64 / R], [16 * R], [io.y, state, rec, io.v, n, C], smem);
       return;
     }
     this.k('tmix_prep', 'ppppppppppppiii', [Math.ceil((n * H) / 8)], [256],

@@ -506,20 +506,29 @@ extern "C" __global__ void __launch_bounds__(256, 4) wkv7_chunk_prep(float* __re
 
 
 // R state rows of one head per block (grid (H, 64/R)), 16·R threads. The chunk records are
-// double-buffered in shared memory with cp.async, so the next chunk's loads overlap this chunk's math.
+// staged in shared memory with cp.async (WKV_STAGES buffers, below), so later chunks' loads overlap this chunk's math.
 // Phase 1: lane p of warp w computes u_p (p < 16) or y_{p−16} for rows 2w and 2w + 1; phase 2: each
 // thread updates 4 state values of row tid/16 — the same two rows per warp, so the phases hand over
 // by __syncwarp and a chunk has one block barrier (the record's buffer handover): the scan is a chain
 // of T/16 steps whose latency the wavefront does not always hide (3 barriers per chunk: ≈ 1% slower).
 // (A split-phase variant with one buffer per phase, 22.8 instead of 41.5 KB, ran 3–6% slower at 128K on an
-// H200 and was dropped, 2026-12-07: docs/cuda.md.)
+// H200 and was dropped, 2026-12-07: docs/cuda.md.) Dynamic shared memory: model.ts wkvScanSmem (60.7 KB at R = 8).
+// WKV_STAGES record buffers (3; 2 with -DWKV_STAGES=2, RWKVX_WKV_STAGES=2, for A/B): chunk c + 2's copies
+// are issued while chunk c is computed, so a DRAM round trip for a record (the prep wrote them long
+// before: evicted from L2) is spread over two steps of the chain instead of one. 128K prefill, H100,
+// 2026-12-07: RWKV-7 176.6 / 176.2 ms against 185.0 / 189.4 with 2 buffers (docs/cuda.md).
+#ifndef WKV_STAGES
+#define WKV_STAGES 3
+#endif
 template <int R>
 __device__ __forceinline__ void wkv7_chunk_scan_body(float* y, float* state, const float* rec, const float* v, int T, int C) {
-  constexpr int NT = 16 * R, RQ = R / 4;
-  __shared__ __align__(16) float sRec[2 * WKV_REC];
-  __shared__ __align__(16) float sV[2][WKV_CL * R];
-  __shared__ __align__(16) float sS[R][64];
-  __shared__ float sUY[2 * WKV_CL][R];
+  constexpr int NT = 16 * R, RQ = R / 4, NB = WKV_STAGES;
+  static_assert(NB == 2 || NB == 3, "WKV_STAGES is 2 or 3");
+  extern __shared__ __align__(16) float wkvScanSmem[];  // WKV_SCAN_SMEM(R) bytes
+  float* sRec = wkvScanSmem;                                          // [NB][WKV_REC]
+  float (*sV)[WKV_CL * R] = (float (*)[WKV_CL * R])(sRec + NB * WKV_REC);  // [NB][WKV_CL·R]
+  float (*sS)[64] = (float (*)[64])(sRec + NB * (WKV_REC + WKV_CL * R));  // [R][64]
+  float (*sUY)[R] = (float (*)[R])(sRec + NB * (WKV_REC + WKV_CL * R) + 64 * R);  // [2·WKV_CL][R]
   const int h = blockIdx.x, H = gridDim.x, g0 = blockIdx.y * R, tid = threadIdx.x;
   const int nch = (T + WKV_CL - 1) / WKV_CL;
   const int ri = tid >> 4, cj = (tid & 15) * 4;
@@ -541,14 +550,16 @@ __device__ __forceinline__ void wkv7_chunk_scan_body(float* y, float* state, con
     for (int e = tid; e < WKV_REC / 4; e += NT) cp16(&sRec[b * WKV_REC + e * 4], rc + e * 4, 16);
     issueV(c, b);
   };
-  issue(0, 0);
-  cp_commit();
+  for (int c = 0; c < NB - 1; c++) {
+    if (c < nch) issue(c, c);
+    cp_commit();
+  }
   const int lane = tid & 31, i0 = (tid >> 5) * 2;
   for (int c = 0; c < nch; c++) {
-    const int b = c & 1;
-    cp_wait0();
-    __syncthreads();  // chunk c is in; every warp is done with chunk c − 1's buffer
-    if (c + 1 < nch) issue(c + 1, b ^ 1);
+    const int b = c % NB;
+    if (NB == 3) cp_wait1(); else cp_wait0();  // chunk c is in (chunk c + 1's copies may still fly)
+    __syncthreads();  // every warp is done with chunk c − 1's buffer, the one chunk c + NB − 1 takes
+    if (c + NB - 1 < nch) issue(c + NB - 1, (c + NB - 1) % NB);
     cp_commit();
     {
       const float* M = sRec + b * WKV_REC;
