@@ -16,6 +16,7 @@ import { CudaContext, CudaGraph, CudaTimer } from './driver.js';
 import { Cublas } from './cublas.js';
 import { alloc, copyDtoD, copyDtoH, copyHtoD, DeviceBuffer, fromBf16, toBf16, upload, zero } from './memory.js';
 import { launch, loadModule, setMaxDynamicSmem, type CudaModule } from './module-cache.js';
+import { wavefrontOrder } from './wavefront.js';
 import { DecodeStep, decodeGemvUnsupported } from './decode.js';
 import { KvPager, type KvPagerOptions, type PagedBuffer } from './kv-pages.js';
 import { createStream, destroyStream, StreamEvent, syncContext } from './streams.js';
@@ -502,18 +503,7 @@ export class CudaModel {
         }
       });
     };
-    // rounds of the diagonal order: in each, every segment whose inputs were queued before the round
-    // queues its next layer (segment s − 1 has queued that layer; a new segment needs a free pair)
-    const next = new Array<number>(nSeg).fill(0);
-    for (let left = nSeg * L; left > 0;) {
-      const was = next.slice();
-      for (let s = 0; s < nSeg; s++) {
-        const l = was[s];
-        if (l >= L || (s > 0 && was[s - 1] <= l) || (l === 0 && s >= R && was[s - R] < L)) continue;
-        task(s, l);
-        next[s]++; left--;
-      }
-    }
+    for (const [s, l] of wavefrontOrder(nSeg, L, R)) task(s, l);
     for (const sl of slots) { ready.record(sl.stream); ready.waitOn(this.ctx.stream); }
     state.pos = P0 + T;
     if (mode === 'none') this.ctx.sync();
