@@ -2,7 +2,9 @@
  * The prefill wavefront (segments of one long call overlapping on several streams) against the same
  * segments run one after the other: the same kernels on the same inputs, so bit-identical logits and
  * state. Also with fewer streams than segments (segments s and s + K share a slot's scratch while both
- * are alive) and with fewer live segments than segments (a segment waits for a free residual stream).
+ * are alive), with fewer live segments than segments (a segment waits for a free residual stream), and
+ * with the finer hand-over (`wavefrontFine`: a layer waits only for the state the previous segment's
+ * same layer hands on).
  * Skips, saying why, without CUDA.
  */
 import { test } from 'node:test';
@@ -20,9 +22,10 @@ for (const nAttn of [0, 2]) {
     m.segment = 4096;
     const T = 4096 * 5 + 123;
     const ids = Array.from({ length: T + 3 }, (_, i) => (i * 7919 + 13) % cfg.vocab);
-    const run = (k: number, live?: number) => {
+    const run = (k: number, live?: number, fine = false) => {
       m.wavefront = k;
       m.wavefrontLive = live;
+      m.wavefrontFine = fine;
       const st = m.newState();
       const pre = m.forward(ids.slice(0, 9000), st, { logits: 'last' });
       const all = m.forward(ids.slice(9000, T), st);
@@ -32,8 +35,8 @@ for (const nAttn of [0, 2]) {
       return { pre, all, steps, back };
     };
     const serial = run(1);
-    for (const [k, live] of [[4, undefined], [2, undefined], [4, 2]] as const) {
-      const wave = run(k, live), how = `wavefront ${k}${live ? `, ${live} live` : ''}`;
+    for (const [k, live, fine] of [[4, undefined, false], [2, undefined, false], [4, 2, false], [4, undefined, true], [2, 2, true]] as const) {
+      const wave = run(k, live, fine), how = `wavefront ${k}${live ? `, ${live} live` : ''}${fine ? ', handing on state only' : ''}`;
       assert.equal(firstDiff(wave.pre, serial.pre), -1, `${how}: last-token logits of the first call`);
       assert.equal(firstDiff(wave.all, serial.all), -1, `${how}: all logits of the second call`);
       wave.steps.forEach((x, i) => assert.equal(firstDiff(x, serial.steps[i]), -1, `${how}: decode step ${i}`));

@@ -123,6 +123,13 @@ class Scratch {
   free(): void { for (const b of this.bufs) b.free(); }
 }
 
+/**
+ * Where an RWKV-7 layer of the wavefront hands state to the next segment's same layer: `ln` the time mix's
+ * token-shift row, `scan` the WKV state, `ffn` the channel mix's token-shift row. before() is called just
+ * ahead of the state's read, after() once it is written.
+ */
+type StateGate = { before(p: 'ln' | 'scan' | 'ffn'): void; after(p: 'ln' | 'scan' | 'ffn'): void };
+
 /** One lane of the prefill wavefront: its stream, cuBLAS handle (own workspace) and scratch. */
 interface Slot { stream: unknown; blas: Cublas; scratch: Scratch; tag: string }
 
@@ -186,6 +193,12 @@ export class CudaModel {
   private gen = 0;
   private tmpBufs = new Map<string, DeviceBuffer>();
   private kvPager: KvPager | undefined;
+  /**
+   * Development A/B (RWKVX_WAVEFRONT_FINE=1): an RWKV-7 layer of segment s waits for segment s − 1's same
+   * layer only where it reads the state that layer hands on (token-shift rows, WKV state), not for the
+   * whole layer — its GEMMs and chunk prep then overlap the previous segment's scan. Not yet measured.
+   */
+  wavefrontFine = process.env.RWKVX_WAVEFRONT_FINE === '1';
   /** Development and tests: at most this many segments alive at once in the wavefront (default: as memory allows). */
   wavefrontLive: number | undefined;
   /** Segments of a long prefill in flight at once (RWKVX_WAVEFRONT; 1 = one after the other). */
@@ -478,8 +491,10 @@ export class CudaModel {
       h: this.tmp(`wavefront h ${b}`, segLen * C * F32), vFirst: this.tmp(`wavefront vFirst ${b}`, segLen * C * F32),
     }));
     copyHtoD(toks, Int32Array.from(tokens));
-    while (this.events.length < L + 1 + R) this.events.push(new StreamEvent());
+    const fine = this.wavefrontFine;
+    while (this.events.length < L + 1 + R + (fine ? 3 * L : 0)) this.events.push(new StreamEvent());
     const ready = this.events[L], freed = this.events.slice(L + 1, L + 1 + R);
+    const handOn = (l: number, p: 'ln' | 'scan' | 'ffn') => this.events[L + 1 + R + 3 * l + (p === 'ln' ? 0 : p === 'scan' ? 1 : 2)];
     ready.record(this.ctx.stream);
     for (const sl of slots) ready.waitOn(sl.stream);
     const out = new Float32Array(mode === 'all' ? T * V : mode === 'last' ? V : 0);
@@ -492,9 +507,15 @@ export class CudaModel {
           if (s >= R) freed[s % R].waitOn(slot.stream);
           this.k('embed', 'pppi', [n], [256], [sc.h, this.emb, toks + s * segLen * 4, C]);
         }
-        if (s > 0) this.events[l].waitOn(slot.stream);
-        if (e.kind === 'rwkv') this.rwkvBlock(sc, e.index, state.rwkv[e.index], n);
-        else { this.attnBlock(sc, e.index, state.attn[e.index], P, n); state.attn[e.index].len = P + n; }
+        const gated = fine && e.kind === 'rwkv';
+        if (s > 0 && !gated) this.events[l].waitOn(slot.stream);
+        if (e.kind === 'rwkv') {
+          const gate: StateGate | undefined = gated ? {
+            before: (p) => { if (s > 0) handOn(l, p).waitOn(slot.stream); },
+            after: (p) => handOn(l, p).record(slot.stream),
+          } : undefined;
+          this.rwkvBlock(sc, e.index, state.rwkv[e.index], n, gate);
+        } else { this.attnBlock(sc, e.index, state.attn[e.index], P, n); state.attn[e.index].len = P + n; }
         this.events[l].record(slot.stream);
         if (l === L - 1) {
           if (mode === 'all') this.head(sc, out.subarray(s * segLen * V, (s * segLen + n) * V), 0, n);
@@ -597,9 +618,11 @@ export class CudaModel {
     if (last !== prev) copyDtoD(this.ctx, prev, last, C * F32);
   }
 
-  private rwkvBlock(sc: Scratch, li: number, st: CudaRwkvLayerState, n: number): void {
+  private rwkvBlock(sc: Scratch, li: number, st: CudaRwkvLayerState, n: number, gate?: StateGate): void {
     const cfg = this.cfg, C = cfg.dim, H = cfg.heads, w = this.rw[li], blas = this.blas, L = cfg.lora;
+    gate?.before('ln');
     this.lnMix(sc, sc.h, w.ln1w, w.ln1b, st.attX.ptr, w.mu6, 6, n);
+    gate?.after('ln');
     const xm = (m: number) => sc.mix + m * n * C * BF; // r, w, k, v, a, g
     this.gemm('linear', () => blas.linear(sc.r, 'f32', xm(0), w.Wr, n, C, C));
     this.gemm('linear', () => blas.linear(sc.k, 'f32', xm(2), w.Wk, n, C, C));
@@ -609,10 +632,10 @@ export class CudaModel {
     if (li > 0) this.lora(sc, sc.dv, xm(3), w.v1, w.v2, L.v, -1, n);    // value residual: (x_v·v1)·v2
     this.lora(sc, sc.g, xm(5), w.g1, w.g2, L.g, 1, n);                  // gate: σ(x_g·g1)·g2
     const warps = n * H;
-    this.tmixWkv(sc, li, st.wkv.ptr, n, sc.wkvRec);
+    this.tmixWkv(sc, li, st.wkv.ptr, n, sc.wkvRec, undefined, undefined, gate);
     this.k('gn_bonus_gate', 'pppppppppii', [Math.ceil(warps / 8)], [256], [sc.yb, sc.y, sc.r, sc.k, sc.v, sc.g, w.lnxw, w.lnxb, w.rk, n, H]);
     this.gemm('linear', () => blas.linear(sc.h, 'f32', sc.yb, w.Wo, n, C, C, true));
-    this.channelMix(sc, w.ln2w, w.ln2b, w.ffnXk, w.ffnK, w.ffnV, st.ffnX, cfg.ffn, n);
+    this.channelMix(sc, w.ln2w, w.ln2b, w.ffnXk, w.ffnK, w.ffnV, st.ffnX, cfg.ffn, n, gate);
   }
 
   /**
@@ -625,7 +648,7 @@ export class CudaModel {
    * `first` overrides whether this is layer 0 (tests).
    */
   tmixWkv(io: WkvIo, li: number, state: number, n: number, rec: number,
-    chunked = this.wkvChunked && n >= this.wkvChunkMin, first = li === 0): void {
+    chunked = this.wkvChunked && n >= this.wkvChunkMin, first = li === 0, gate?: StateGate): void {
     const C = this.cfg.dim, H = this.cfg.heads, w = this.rw[li];
     if (chunked) {
       const R = this.wkvScanRows;
@@ -633,14 +656,18 @@ export class CudaModel {
         [rec, io.r, io.w, io.a, io.k, io.v, io.vFirst, io.dv, w.w0, w.a0, w.v0, w.kk, w.ka, n, C, first ? 1 : 0]);
       const name = `wkv7_chunk_scan${R}`, smem = wkvScanSmem(R);
       if (smem > 48 * 1024 && !this.smemRaised.has(name)) { setMaxDynamicSmem(this.mod, name, smem); this.smemRaised.add(name); }
+      gate?.before('scan');
       this.k(name, 'ppppii', [H, 64 / R], [16 * R], [io.y, state, rec, io.v, n, C], smem);
+      gate?.after('scan');
       return;
     }
     this.k('tmix_prep', 'ppppppppppppiii', [Math.ceil((n * H) / 8)], [256],
       [io.w, io.a, io.kk, io.k, io.v, io.vFirst, io.dv, w.w0, w.a0, w.v0, w.kk, w.ka, n, H, first ? 1 : 0]);
     const tpr = this.wkvThreadsPerRow;
+    gate?.before('scan');
     this.k(tpr === 4 ? 'wkv7_seq' : `wkv7_seq${tpr}`, 'ppppppppii', [H, 4], [16 * tpr],
       [io.y, state, io.r, io.w, io.k, io.v, io.kk, io.a, n, C]);
+    gate?.after('scan');
   }
 
   /** out[n, C] (fp32) = f(x·W1)·W2, f = tanh (mode 0), σ (1) or the identity (−1); the middle bf16. */
@@ -666,9 +693,11 @@ export class CudaModel {
   }
 
   /** LN2 + token shift + W_key + relu² + W_value (added into the residual). */
-  private channelMix(sc: Scratch, lnw: number, lnb: number, mu: number, Wk: number, Wv: number, prev: DeviceBuffer, F: number, n: number): void {
+  private channelMix(sc: Scratch, lnw: number, lnb: number, mu: number, Wk: number, Wv: number, prev: DeviceBuffer, F: number, n: number, gate?: StateGate): void {
     const C = this.cfg.dim;
+    gate?.before('ffn');
     this.lnMix(sc, sc.h, lnw, lnb, prev.ptr, mu, 1, n);
+    gate?.after('ffn');
     this.gemm('linear', () => this.blas.linear(sc.hid, 'bf16', sc.mix, Wk, n, C, F));
     const n2 = (n * F) / 2;
     this.k('relu_sq_bf16', 'pi', [Math.min(4096, Math.ceil(n2 / 256))], [256], [sc.hid, n2]);
