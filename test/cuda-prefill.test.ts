@@ -3,8 +3,8 @@
  * segments run one after the other: the same kernels on the same inputs, so bit-identical logits and
  * state. Also with fewer streams than segments (segments s and s + K share a slot's scratch while both
  * are alive), with fewer live segments than segments (a segment waits for a free residual stream), and
- * with the finer hand-over (`wavefrontFine`: a layer waits only for the state the previous segment's
- * same layer hands on).
+ * with the finer hand-over (`wavefrontFine`: a layer waits only for what the previous segment's same
+ * layer hands on — token-shift rows, WKV state, K/V rows and chunk means).
  * Skips, saying why, without CUDA.
  */
 import { test } from 'node:test';

@@ -124,11 +124,13 @@ class Scratch {
 }
 
 /**
- * Where an RWKV-7 layer of the wavefront hands state to the next segment's same layer: `ln` the time mix's
- * token-shift row, `scan` the WKV state, `ffn` the channel mix's token-shift row. before() is called just
- * ahead of the state's read, after() once it is written.
+ * Where a layer of the wavefront hands state to the next segment's same layer: `ln` the time mix's
+ * token-shift row, `scan` the WKV state, `ffn` the channel mix's token-shift row (RWKV-7 and attention
+ * blocks), `kv` the attention block's K/V rows and chunk means. before() is called just ahead of the
+ * first read of what earlier segments wrote, after() once this segment's part is written.
  */
-type StateGate = { before(p: 'ln' | 'scan' | 'ffn'): void; after(p: 'ln' | 'scan' | 'ffn'): void };
+type HandOn = 'ln' | 'scan' | 'ffn' | 'kv';
+type StateGate = { before(p: HandOn): void; after(p: HandOn): void };
 
 /** One lane of the prefill wavefront: its stream, cuBLAS handle (own workspace) and scratch. */
 interface Slot { stream: unknown; blas: Cublas; scratch: Scratch; tag: string }
@@ -194,9 +196,10 @@ export class CudaModel {
   private tmpBufs = new Map<string, DeviceBuffer>();
   private kvPager: KvPager | undefined;
   /**
-   * Development A/B (RWKVX_WAVEFRONT_FINE=1): an RWKV-7 layer of segment s waits for segment s − 1's same
-   * layer only where it reads the state that layer hands on (token-shift rows, WKV state), not for the
-   * whole layer — its GEMMs and chunk prep then overlap the previous segment's scan. Not yet measured.
+   * Development A/B (RWKVX_WAVEFRONT_FINE=1): a layer of segment s waits for segment s − 1's same layer
+   * only where it reads what that layer hands on (token-shift rows, WKV state, K/V rows and chunk means),
+   * not for the whole layer — its GEMMs and chunk prep then overlap the previous segment's scan. Not yet
+   * measured.
    */
   wavefrontFine = process.env.RWKVX_WAVEFRONT_FINE === '1';
   /** Development and tests: at most this many segments alive at once in the wavefront (default: as memory allows). */
@@ -492,9 +495,10 @@ export class CudaModel {
     }));
     copyHtoD(toks, Int32Array.from(tokens));
     const fine = this.wavefrontFine;
-    while (this.events.length < L + 1 + R + (fine ? 3 * L : 0)) this.events.push(new StreamEvent());
+    const points: HandOn[] = ['ln', 'scan', 'ffn', 'kv'];
+    while (this.events.length < L + 1 + R + (fine ? points.length * L : 0)) this.events.push(new StreamEvent());
     const ready = this.events[L], freed = this.events.slice(L + 1, L + 1 + R);
-    const handOn = (l: number, p: 'ln' | 'scan' | 'ffn') => this.events[L + 1 + R + 3 * l + (p === 'ln' ? 0 : p === 'scan' ? 1 : 2)];
+    const handOn = (l: number, p: HandOn) => this.events[L + 1 + R + points.length * l + points.indexOf(p)];
     ready.record(this.ctx.stream);
     for (const sl of slots) ready.waitOn(sl.stream);
     const out = new Float32Array(mode === 'all' ? T * V : mode === 'last' ? V : 0);
@@ -507,15 +511,13 @@ export class CudaModel {
           if (s >= R) freed[s % R].waitOn(slot.stream);
           this.k('embed', 'pppi', [n], [256], [sc.h, this.emb, toks + s * segLen * 4, C]);
         }
-        const gated = fine && e.kind === 'rwkv';
-        if (s > 0 && !gated) this.events[l].waitOn(slot.stream);
-        if (e.kind === 'rwkv') {
-          const gate: StateGate | undefined = gated ? {
-            before: (p) => { if (s > 0) handOn(l, p).waitOn(slot.stream); },
-            after: (p) => handOn(l, p).record(slot.stream),
-          } : undefined;
-          this.rwkvBlock(sc, e.index, state.rwkv[e.index], n, gate);
-        } else { this.attnBlock(sc, e.index, state.attn[e.index], P, n); state.attn[e.index].len = P + n; }
+        if (s > 0 && !fine) this.events[l].waitOn(slot.stream);
+        const gate: StateGate | undefined = fine ? {
+          before: (p) => { if (s > 0) handOn(l, p).waitOn(slot.stream); },
+          after: (p) => handOn(l, p).record(slot.stream),
+        } : undefined;
+        if (e.kind === 'rwkv') this.rwkvBlock(sc, e.index, state.rwkv[e.index], n, gate);
+        else { this.attnBlock(sc, e.index, state.attn[e.index], P, n, gate); state.attn[e.index].len = P + n; }
         this.events[l].record(slot.stream);
         if (l === L - 1) {
           if (mode === 'all') this.head(sc, out.subarray(s * segLen * V, (s * segLen + n) * V), 0, n);
@@ -736,7 +738,7 @@ export class CudaModel {
     this.gen++;
   }
 
-  private attnBlock(sc: Scratch, j: number, st: CudaAttnLayerState, P: number, n: number): void {
+  private attnBlock(sc: Scratch, j: number, st: CudaAttnLayerState, P: number, n: number, gate?: StateGate): void {
     const cfg = this.cfg, C = cfg.dim, H = cfg.heads, B = cfg.chunk, w = this.aw[j], blas = this.blas;
     if (st.len !== P) fail(`internal: attention cache holds ${st.len} tokens at position ${P}`);
     this.layerNorm(0, sc.yb, sc.h, w.ln1w, w.ln1b, n);
@@ -746,11 +748,13 @@ export class CudaModel {
     this.gemm('linear', () => blas.linear(st.v!.ptr + P * C * BF, 'bf16', sc.yb, w.Wv, n, C, C));
     const len = P + n;
     const complete = Math.floor(len / B);
+    gate?.before('kv');  // a chunk's mean may take rows of the previous segment; the attention reads its K/V
     if (complete > st.nMeans) {
       this.reserveMeans(st, complete);
       this.k('chunk_means', 'ppiii', [complete - st.nMeans, Math.ceil(C / 256)], [256], [st.means!.ptr, st.k!.ptr, C, B, st.nMeans]);
       st.nMeans = complete;
     }
+    gate?.after('kv');
     const dense = B * cfg.topk;
     let mode = 0, nSel = 0, wsConst = 0, nFixed = -1;
     if (this.attention === 'moba') {
@@ -789,7 +793,7 @@ export class CudaModel {
         [sc.ab, sc.q, st.k!.ptr, st.v!.ptr, nSel > 0 ? sc.sel : 0, 0, 0, n, H, P, B, nSel, mode, wsConst, 1, scale], smem);
     }
     this.gemm('linear', () => blas.linear(sc.h, 'f32', sc.ab, w.Wo, n, C, C, true));
-    this.channelMix(sc, w.ln2w, w.ln2b, w.ffnXk, w.ffnK, w.ffnV, st.ffnX, cfg.attnFfn, n);
+    this.channelMix(sc, w.ln2w, w.ln2b, w.ffnXk, w.ffnK, w.ffnV, st.ffnX, cfg.attnFfn, n, gate);
   }
 
   /** A device buffer of at least `bytes` kept between calls under `name` (grown on demand). */
