@@ -100,3 +100,36 @@ test('CUDA trainer (bf16): tensor-core attention gives the reference kernels\' g
     tr.dispose();
   }
 });
+
+// A kept block (activations held from the forward, no recompute in the backward) must read only buffers of
+// its own: the second call of a shape keeps blocks, the first keeps none, so their gradients must agree.
+// Before 2026-12-07 kept attention blocks read the last block's bf16 q, k, v (tensor cores, nAttn ≥ 2)
+// and kept RWKV blocks the last block's WKV outputs when those were not kept per block.
+for (const env of [{}, { RWKVX_TRAIN_KEEP_WKV: '0' }, { RWKVX_TRAIN_WKV: 'seq' }] as Record<string, string>[]) {
+  const tag = Object.entries(env).map(([k, v]) => `${k}=${v}`).join(' ') || 'defaults';
+  test(`CUDA trainer (bf16): kept activations give the recomputed gradients (RWKV-X, 2 attention blocks, chunk 64; ${tag})`, { skip: skipReason }, () => {
+    const { grad } = dev!;
+    const cfg = shapeConfig({ vocab: 64, dim: 128, nLayer: 3, nAttn: 2, chunk: 64, topk: 3 });
+    const saved = Object.fromEntries(Object.keys(env).map((k) => [k, process.env[k]]));
+    Object.assign(process.env, env);
+    const tr = new grad.CudaTrainer(trainModelFromWeights(cfg, randomWeights(cfg, 6)));
+    try {
+      assert.ok(tr.mobaTC(64), 'the bf16 trainer should use the tensor cores at chunk 64');
+      const seqs = Array.from({ length: 2 }, (_, b) => Array.from({ length: 300 }, (_, i) => (i * 31 + b * 7 + ((i * i) >> 2)) % cfg.vocab));
+      const loss0 = tr.computeBatch(seqs);
+      assert.equal(tr.keptActivations, 0, 'the first call of a shape keeps nothing');
+      const g0 = tr.getGrads();
+      const loss1 = tr.computeBatch(seqs);
+      const wkvKept = !env.RWKVX_TRAIN_KEEP_WKV && !env.RWKVX_TRAIN_WKV;
+      assert.equal(tr.keptActivations, wkvKept ? cfg.nLayer + cfg.nAttn : cfg.nAttn, 'blocks kept on the second call');
+      const g1 = tr.getGrads();
+      const errs = [...g0].map(([name, g]) => [name, rel(g1.get(name)!, g)] as const).sort((a, b) => b[1] - a[1]);
+      console.log(`${tag}: kept vs recomputed, worst ${errs.slice(0, 3).map(([nm, e]) => `${nm} ${e.toExponential(2)}`).join(', ')}`);
+      loss0.forEach((l, i) => assert.ok(Math.abs(l - loss1[i]) <= 1e-5, `loss ${i}: ${l} vs ${loss1[i]}`));
+      assert.ok(errs[0][1] <= 1e-3, `${errs[0][0]}: ${errs[0][1]}`);
+    } finally {
+      tr.dispose();
+      for (const [k, v] of Object.entries(saved)) if (v === undefined) delete process.env[k]; else process.env[k] = v;
+    }
+  });
+}

@@ -636,8 +636,11 @@ export class CudaTrainer {
     this.linBack(dy, this.g(`${p}att.output.weight`), dhB, A('ab.yB', 0), this.b(`${p}att.output.weight`), R, C, C);
     const q = A('ab.q', 0), k = A('ab.k', 0), v = A('ab.v', 0);
     const dq = s.get('abb.dq', n * F32), dk = s.get('abb.dk', n * F32), dv = s.get('abb.dv', n * F32);
-    const shape = this.mobaShape(B, nSel);
-    this.moba().backward({ dq, dk, dv }, dy, this.mobaSaved(j, shape), q, k, v, shape, this.mobaTC(B));
+    const shape = this.mobaShape(B, nSel), tc = this.mobaTC(B);
+    // the tensor cores' bf16 q, k, v live in scratch shared by the attention blocks: a kept block (not
+    // recomputed just now) finds the last forward's there, so its own are cast again first
+    if (this.keptAct.has(`a${j}`)) this.moba().forward(this.mobaSaved(j, shape), q, k, v, shape, tc, true);
+    this.moba().backward({ dq, dk, dv }, dy, this.mobaSaved(j, shape), q, k, v, shape, tc);
     const x1B = A('ab.x1B', 0), gB = s.get('tmb.gB', n * this.eb), dx1 = s.get('abb.dx1', n * F32);
     this.toBf(gB, dq, n);
     this.linBack(dx1, this.g(`${p}att.receptance.weight`), gB, x1B, this.b(`${p}att.receptance.weight`), R, C, C);
@@ -689,6 +692,9 @@ export class CudaTrainer {
       const total = this.ctx.memInfo().total;
       let budget = Math.min(KEEP_ACT_SHARE * total, this.actFree - KEEP_ACT_MARGIN * total);
       for (const en of layout(cfg)) {
+        // an RWKV block's backward also reads its WKV outputs (y, checkpoints, records): unless those are
+        // kept per block (keepWkv), they hold the last block's, so such a block must be recomputed
+        if (en.kind === 'rwkv' && !this.keepWkv) continue;
         const b = this.actBytes(en.kind === 'rwkv' ? 'rwkv' : 'attn', R);
         if (b > budget) continue;
         budget -= b;

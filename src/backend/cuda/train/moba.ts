@@ -60,7 +60,8 @@ export class MobaTrain {
 
   /**
    * Selection and y = softmax(q·kᵀ/8)·v over the visible keys, into `o`. With `coreDone` (the trainer's
-   * recompute pass, whose q, k, v equal the first pass's) only the tensor cores' bf16 inputs are refreshed.
+   * recompute pass, whose q, k, v equal the first pass's, or a kept block before its backward) only the
+   * tensor cores' bf16 inputs are refreshed.
    */
   forward(o: MobaSaved, q: number, k: number, v: number, s: MobaShape, tc: boolean, coreDone = false): void {
     const { Bn, T, H, B, nSel } = s, C = H * 64, nc = Math.floor(T / B), nQt = Math.ceil(T / 64);
