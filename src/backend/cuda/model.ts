@@ -784,7 +784,9 @@ export class CudaModel {
     }
     const chunkLast = Math.floor((len - 1) / B);
     const smem = (Math.floor(chunkLast / 32) + 1) * 4;
-    if (smem > 40 * 1024) fail(`the CUDA attention kernel supports up to ${40 * 1024 * 8} chunks (context ${len}, chunk ${B})`);
+    // the bitmap of selected chunks is dynamic shared memory beside the kernel's 20 KB of static tiles, within
+    // the 48 KB a launch gets without opting in (ptxas -v: `attention` 20480 bytes)
+    if (smem > 28 * 1024) fail(`the CUDA attention kernel supports up to ${28 * 1024 * 8} chunks (context ${len}, chunk ${B})`);
     const scale = 0.125 * Math.LOG2E;
     if (this.attention === 'moba' && nSel > 0) {
       this.mobaAttention(sc, st, P, n, nSel, nC, scale, smem);
