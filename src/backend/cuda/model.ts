@@ -168,8 +168,8 @@ export class CudaModel {
   private wgMod: CudaModule | undefined;
   /** Calls of several tokens use ln_mix8 (rows staged in shared memory; RWKVX_LNMIX=warp: ln_mix). */
   lnMixStaged = process.env.RWKVX_LNMIX !== 'warp';
-  private lnMixSmemSet = false;
-  private smemRaised = new Set<string>();
+  /** Dynamic shared memory each kernel of this.mod has been allowed past the default 48 KB (bytes). */
+  private smemRaised = new Map<string, number>();
   /**
    * Time-mix LoRAs as one kernel each (`lora32…128`: the middle stays in registers) with RWKVX_LORA=fused;
    * by default two cuBLAS GEMMs + act_bf16 (the fused kernel passes the GPU suites but was no faster at
@@ -602,6 +602,13 @@ export class CudaModel {
     if (this.profile) this.timed(`gemm ${name}`, f); else f();
   }
 
+  /** Lets kernel `name` of this.mod launch with `bytes` of dynamic shared memory (an attribute past 48 KB). */
+  private allowSmem(name: string, bytes: number): void {
+    if (bytes <= 48 * 1024 || (this.smemRaised.get(name) ?? 0) >= bytes) return;
+    setMaxDynamicSmem(this.mod, name, bytes);
+    this.smemRaised.set(name, bytes);
+  }
+
   private layerNorm(outF: number, outB: number, x: number, w: number, b: number, n: number): void {
     this.k('layer_norm', 'pppppii', [Math.ceil(n / 8)], [256], [outF, outB, x, w, b, n, this.cfg.dim]);
   }
@@ -614,7 +621,7 @@ export class CudaModel {
     const C = this.cfg.dim, last = n === 1 ? prev : sc.x;
     if (this.lnMixStaged && C % 8 === 0 && n > 1) {
       const smem = 9 * C * F32;
-      if (smem > 48 * 1024 && !this.lnMixSmemSet) { setMaxDynamicSmem(this.mod, 'ln_mix8', smem); this.lnMixSmemSet = true; }
+      this.allowSmem('ln_mix8', smem);
       this.k('ln_mix8', 'pppppppiii', [Math.ceil(n / 8)], [256], [sc.mix, last, x, lnw, lnb, prev, mu, n, C, M], smem);
     } else this.k('ln_mix', 'pppppppiii', [Math.ceil(n / 8)], [256], [sc.mix, last, x, lnw, lnb, prev, mu, n, C, M]);
     if (last !== prev) copyDtoD(this.ctx, prev, last, C * F32);
@@ -657,7 +664,7 @@ export class CudaModel {
       this.k('wkv7_chunk_prep', 'pppppppppppppiii', [Math.ceil(n / WKV_CL), H], [256],
         [rec, io.r, io.w, io.a, io.k, io.v, io.vFirst, io.dv, w.w0, w.a0, w.v0, w.kk, w.ka, n, C, first ? 1 : 0]);
       const name = `wkv7_chunk_scan${R}`, smem = wkvScanSmem(R);
-      if (smem > 48 * 1024 && !this.smemRaised.has(name)) { setMaxDynamicSmem(this.mod, name, smem); this.smemRaised.add(name); }
+      this.allowSmem(name, smem);
       gate?.before('scan');
       this.k(name, 'ppppii', [H, 64 / R], [16 * R], [io.y, state, rec, io.v, n, C], smem);
       gate?.after('scan');

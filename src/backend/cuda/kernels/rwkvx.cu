@@ -524,7 +524,7 @@ template <int R>
 __device__ __forceinline__ void wkv7_chunk_scan_body(float* y, float* state, const float* rec, const float* v, int T, int C) {
   constexpr int NT = 16 * R, RQ = R / 4, NB = WKV_STAGES;
   static_assert(NB == 2 || NB == 3, "WKV_STAGES is 2 or 3");
-  extern __shared__ __align__(16) float wkvScanSmem[];  // WKV_SCAN_SMEM(R) bytes
+  extern __shared__ __align__(16) float wkvScanSmem[];  // model.ts wkvScanSmem(R) bytes
   float* sRec = wkvScanSmem;                                          // [NB][WKV_REC]
   float (*sV)[WKV_CL * R] = (float (*)[WKV_CL * R])(sRec + NB * WKV_REC);  // [NB][WKV_CL·R]
   float (*sS)[64] = (float (*)[64])(sRec + NB * (WKV_REC + WKV_CL * R));  // [R][64]
