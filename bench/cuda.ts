@@ -84,12 +84,12 @@ if (wkvN > 0) {
   const time = (f: () => void) => { const t: number[] = []; for (let i = 0; i < 6; i++) { m.sync(); const b = performance.now(); f(); m.sync(); if (i) t.push(performance.now() - b); } return median(t); };
   const out: string[] = [];
   out.push(`seq (TPR ${m.wkvThreadsPerRow}) ${time(() => m.tmixWkv(io, 1, st.ptr, wkvN, rec.ptr, false)).toFixed(2)} ms`);
-  for (const R of [4, 8, 16]) {
+  for (const R of ['4', '8', '16', '16w'] as const) {
     m.wkvScanRows = R;
     out.push(`chunked R${R} ${time(() => m.tmixWkv(io, 1, st.ptr, wkvN, rec.ptr, true)).toFixed(2)} ms`);
   }
   m.profile = new Map();
-  m.wkvScanRows = 8;
+  m.wkvScanRows = '8';
   m.tmixWkv(io, 1, st.ptr, wkvN, rec.ptr, true);
   out.push(`split (R8): ${[...m.profile].map(([x, t]) => `${x} ${t.toFixed(2)} ms`).join(', ')}`);
   m.profile = undefined;

@@ -520,10 +520,14 @@ extern "C" __global__ void __launch_bounds__(256, 4) wkv7_chunk_prep(float* __re
 #ifndef WKV_STAGES
 #define WKV_STAGES 3
 #endif
-template <int R>
+template <int R, int RW = 2>
 __device__ __forceinline__ void wkv7_chunk_scan_body(float* y, float* state, const float* rec, const float* v, int T, int C) {
-  constexpr int NT = 16 * R, RQ = R / 4, NB = WKV_STAGES;
+  // RW state rows per warp (2, or 4 for the wide layout): a warp's lane p computes u_p / y_{p−16} of all
+  // its rows from one read of the record's column p, and in phase 2 each thread updates RW/2 rows × 4
+  // columns; rows per warp trade shared-memory reads of the record per row against the chain's ILP
+  constexpr int NT = 32 * R / RW, RQ = R / 4, NB = WKV_STAGES, RT = RW / 2;
   static_assert(NB == 2 || NB == 3, "WKV_STAGES is 2 or 3");
+  static_assert(RW == 2 || RW == 4, "2 or 4 rows per warp");
   extern __shared__ __align__(16) float wkvScanSmem[];  // model.ts wkvScanSmem(R) bytes
   float* sRec = wkvScanSmem;                                          // [NB][WKV_REC]
   float (*sV)[WKV_CL * R] = (float (*)[WKV_CL * R])(sRec + NB * WKV_REC);  // [NB][WKV_CL·R]
@@ -531,10 +535,16 @@ __device__ __forceinline__ void wkv7_chunk_scan_body(float* y, float* state, con
   float (*sUY)[R] = (float (*)[R])(sRec + NB * (WKV_REC + WKV_CL * R) + 64 * R);  // [2·WKV_CL][R]
   const int h = blockIdx.x, H = gridDim.x, g0 = blockIdx.y * R, tid = threadIdx.x;
   const int nch = (T + WKV_CL - 1) / WKV_CL;
-  const int ri = tid >> 4, cj = (tid & 15) * 4;
+  const int lane = tid & 31, i0 = (tid >> 5) * RW;
+  // phase 2: rows ri … ri + RT − 1, columns cj … cj + 3
+  const int ri = i0 + (lane >> 4) * RT, cj = (lane & 15) * 4;
   float* Sg = state + (long long)h * 4096 + (g0 + ri) * 64 + cj;
-  float4 s = *(float4*)Sg;
-  *(float4*)&sS[ri][cj] = s;
+  float4 s[RT];
+#pragma unroll
+  for (int q = 0; q < RT; q++) {
+    s[q] = *(float4*)(Sg + q * 64);
+    *(float4*)&sS[ri + q][cj] = s[q];
+  }
   auto issueV = [&](int c, int b) {
     for (int e = tid; e < WKV_CL * RQ; e += NT) {
       int t = e / RQ, q = (e % RQ) * 4;
@@ -554,7 +564,6 @@ __device__ __forceinline__ void wkv7_chunk_scan_body(float* y, float* state, con
     if (c < nch) issue(c, c);
     cp_commit();
   }
-  const int lane = tid & 31, i0 = (tid >> 5) * 2;
   for (int c = 0; c < nch; c++) {
     const int b = c % NB;
     if (NB == 3) cp_wait1(); else cp_wait0();  // chunk c is in (chunk c + 1's copies may still fly)
@@ -563,46 +572,64 @@ __device__ __forceinline__ void wkv7_chunk_scan_body(float* y, float* state, con
     cp_commit();
     {
       const float* M = sRec + b * WKV_REC;
-      float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
+      float a[RW][2];
+#pragma unroll
+      for (int r = 0; r < RW; r++) a[r][0] = a[r][1] = 0.f;
 #pragma unroll 4
       for (int j = 0; j < 64; j += 4) {
-        float4 s0 = *(const float4*)&sS[i0][j], s1 = *(const float4*)&sS[i0 + 1][j];
         float m0 = M[(j + 0) * 32 + lane], m1 = M[(j + 1) * 32 + lane], m2 = M[(j + 2) * 32 + lane], m3 = M[(j + 3) * 32 + lane];
-        a0 += m0 * s0.x + m1 * s0.y; a1 += m2 * s0.z + m3 * s0.w;
-        a2 += m0 * s1.x + m1 * s1.y; a3 += m2 * s1.z + m3 * s1.w;
-      }
-      // + (M1·V)[lane] (u) or (M2·V)[lane − 16] (y), for the 2 rows
-      const float* MT = M + 4160;
-      float e0 = 0.f, e1 = 0.f;
 #pragma unroll
-      for (int s = 0; s < WKV_CL; s++) {
-        float m = MT[s * 32 + lane];
-        e0 += m * sV[b][s * R + i0]; e1 += m * sV[b][s * R + i0 + 1];
+        for (int r = 0; r < RW; r++) {
+          float4 sr = *(const float4*)&sS[i0 + r][j];
+          a[r][0] += m0 * sr.x + m1 * sr.y; a[r][1] += m2 * sr.z + m3 * sr.w;
+        }
       }
-      const float o0 = (a0 + a1) + e0, o1 = (a2 + a3) + e1;
-      sUY[lane][i0] = o0; sUY[lane][i0 + 1] = o1;
+      // + (M1·V)[lane] (u) or (M2·V)[lane − 16] (y), for the warp's rows
+      const float* MT = M + 4160;
+      float e[RW];
+#pragma unroll
+      for (int r = 0; r < RW; r++) e[r] = 0.f;
+#pragma unroll
+      for (int t = 0; t < WKV_CL; t++) {
+        float m = MT[t * 32 + lane];
+#pragma unroll
+        for (int r = 0; r < RW; r++) e[r] += m * sV[b][t * R + i0 + r];
+      }
+      float o[RW];
+#pragma unroll
+      for (int r = 0; r < RW; r++) { o[r] = (a[r][0] + a[r][1]) + e[r]; sUY[lane][i0 + r] = o[r]; }
       if (lane >= WKV_CL) {
         const int tok = c * WKV_CL + lane - WKV_CL;
-        if (tok < T) *(float2*)&y[(long long)tok * C + h * 64 + g0 + i0] = make_float2(o0, o1);
+        float* yo = y + (long long)tok * C + h * 64 + g0 + i0;
+        if (tok < T) {
+          if (RW == 4) *(float4*)yo = make_float4(o[0], o[1], o[2 % RW], o[3 % RW]);
+          else *(float2*)yo = make_float2(o[0], o[1]);
+        }
       }
     }
     __syncwarp();
     {
       const float* BK = sRec + b * WKV_REC + 2048;
       float4 gl = *(const float4*)&BK[2048 + cj];
-      s.x *= gl.x; s.y *= gl.y; s.z *= gl.z; s.w *= gl.w;
+#pragma unroll
+      for (int q = 0; q < RT; q++) { s[q].x *= gl.x; s[q].y *= gl.y; s[q].z *= gl.z; s[q].w *= gl.w; }
 #pragma unroll 4
       for (int t = 0; t < WKV_CL; t++) {
-        float u = sUY[t][ri], vv = sV[b][t * R + ri];
         float4 bh = *(const float4*)&BK[t * 64 + cj], kh = *(const float4*)&BK[(WKV_CL + t) * 64 + cj];
-        s.x += u * bh.x + vv * kh.x; s.y += u * bh.y + vv * kh.y;
-        s.z += u * bh.z + vv * kh.z; s.w += u * bh.w + vv * kh.w;
+#pragma unroll
+        for (int q = 0; q < RT; q++) {
+          float u = sUY[t][ri + q], vv = sV[b][t * R + ri + q];
+          s[q].x += u * bh.x + vv * kh.x; s[q].y += u * bh.y + vv * kh.y;
+          s[q].z += u * bh.z + vv * kh.z; s[q].w += u * bh.w + vv * kh.w;
+        }
       }
-      *(float4*)&sS[ri][cj] = s;
+#pragma unroll
+      for (int q = 0; q < RT; q++) *(float4*)&sS[ri + q][cj] = s[q];
     }
     __syncwarp();
   }
-  *(float4*)Sg = s;
+#pragma unroll
+  for (int q = 0; q < RT; q++) *(float4*)(Sg + q * 64) = s[q];
 }
 extern "C" __global__ void __launch_bounds__(64) wkv7_chunk_scan4(float* y, float* state, const float* rec, const float* v, int T, int C) {
   wkv7_chunk_scan_body<4>(y, state, rec, v, T, C);
@@ -612,6 +639,11 @@ extern "C" __global__ void __launch_bounds__(128) wkv7_chunk_scan8(float* y, flo
 }
 extern "C" __global__ void __launch_bounds__(256) wkv7_chunk_scan16(float* y, float* state, const float* rec, const float* v, int T, int C) {
   wkv7_chunk_scan_body<16>(y, state, rec, v, T, C);
+}
+// the wide layout (RWKVX_WKV_ROWS=16w): 16 rows per block with 4 per warp, so 128 threads and half the
+// blocks of wkv7_chunk_scan8, each of whose warps reads the record once for 4 rows instead of 2
+extern "C" __global__ void __launch_bounds__(128) wkv7_chunk_scan16w(float* y, float* state, const float* rec, const float* v, int T, int C) {
+  wkv7_chunk_scan_body<16, 4>(y, state, rec, v, T, C);
 }
 
 // GroupNorm per head (eps 64e-5) + bonus (Σ r⊙k⊙r_k)·v, times the gate; bf16 out. One warp per (t, head).
