@@ -84,7 +84,7 @@ if (wkvN > 0) {
   const time = (f: () => void) => { const t: number[] = []; for (let i = 0; i < 6; i++) { m.sync(); const b = performance.now(); f(); m.sync(); if (i) t.push(performance.now() - b); } return median(t); };
   const out: string[] = [];
   out.push(`seq (TPR ${m.wkvThreadsPerRow}) ${time(() => m.tmixWkv(io, 1, st.ptr, wkvN, rec.ptr, false)).toFixed(2)} ms`);
-  for (const R of ['4', '8', '16', '16w'] as const) {
+  for (const R of ['4', '8', '16', '16w', '32w'] as const) {
     m.wkvScanRows = R;
     out.push(`chunked R${R} ${time(() => m.tmixWkv(io, 1, st.ptr, wkvN, rec.ptr, true)).toFixed(2)} ms`);
   }

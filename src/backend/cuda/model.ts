@@ -54,7 +54,7 @@ export function wkvRecordBytes(n: number, heads: number): number { return Math.c
 /** Record buffers of the WKV-7 scan (kernels/rwkvx.cu WKV_STAGES): 3, or 2 with RWKVX_WKV_STAGES=2 (A/B). */
 const WKV_STAGES = process.env.RWKVX_WKV_STAGES === '2' ? 2 : 3;
 /** Dynamic shared memory of `wkv7_chunk_scan<R>`: the record and v buffers, R state rows, the u/y rows. */
-const WKV_SCAN_LAYOUTS = ['4', '8', '16', '16w'] as const;
+const WKV_SCAN_LAYOUTS = ['4', '8', '16', '16w', '32w'] as const;
 type WkvScanLayout = typeof WKV_SCAN_LAYOUTS[number];
 const wkvScanSmem = (R: number) => (WKV_STAGES * (WKV_REC + WKV_CL * R) + 64 * R + 2 * WKV_CL * R) * F32;
 
@@ -162,7 +162,8 @@ export class CudaModel {
   wkvChunkMin = 64;
   /**
    * Layout of `wkv7_chunk_scan*` (RWKVX_WKV_ROWS): state rows per block, 2 per warp ('4', '8', '16'), or
-   * '16w': 16 rows with 4 per warp (half the blocks of '8', each warp reading the record once for 4 rows).
+   * '16w' / '32w': 16 or 32 rows with 4 or 8 per warp, 128 threads (a half or a quarter of the blocks of
+   * '8', each warp reading the record once for 4 or 8 rows).
    */
   wkvScanRows: WkvScanLayout = (WKV_SCAN_LAYOUTS as readonly string[]).includes(process.env.RWKVX_WKV_ROWS ?? '') ? process.env.RWKVX_WKV_ROWS as WkvScanLayout : '8';
   /**
@@ -665,7 +666,7 @@ export class CudaModel {
     chunked = this.wkvChunked && n >= this.wkvChunkMin, first = li === 0, gate?: StateGate): void {
     const C = this.cfg.dim, H = this.cfg.heads, w = this.rw[li];
     if (chunked) {
-      const lay = this.wkvScanRows, R = parseInt(lay, 10), threads = lay.endsWith('w') ? 8 * R : 16 * R;
+      const lay = this.wkvScanRows, R = parseInt(lay, 10), threads = lay.endsWith('w') ? 128 : 16 * R;
       this.k('wkv7_chunk_prep', 'pppppppppppppiii', [Math.ceil(n / WKV_CL), H], [256],
         [rec, io.r, io.w, io.a, io.k, io.v, io.vFirst, io.dv, w.w0, w.a0, w.v0, w.kk, w.ka, n, C, first ? 1 : 0]);
       const name = `wkv7_chunk_scan${lay}`, smem = wkvScanSmem(R);

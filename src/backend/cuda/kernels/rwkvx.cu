@@ -527,7 +527,7 @@ __device__ __forceinline__ void wkv7_chunk_scan_body(float* y, float* state, con
   // columns; rows per warp trade shared-memory reads of the record per row against the chain's ILP
   constexpr int NT = 32 * R / RW, RQ = R / 4, NB = WKV_STAGES, RT = RW / 2;
   static_assert(NB == 2 || NB == 3, "WKV_STAGES is 2 or 3");
-  static_assert(RW == 2 || RW == 4, "2 or 4 rows per warp");
+  static_assert(RW == 2 || RW == 4 || RW == 8, "2, 4 or 8 rows per warp");
   extern __shared__ __align__(16) float wkvScanSmem[];  // model.ts wkvScanSmem(R) bytes
   float* sRec = wkvScanSmem;                                          // [NB][WKV_REC]
   float (*sV)[WKV_CL * R] = (float (*)[WKV_CL * R])(sRec + NB * WKV_REC);  // [NB][WKV_CL·R]
@@ -602,8 +602,11 @@ __device__ __forceinline__ void wkv7_chunk_scan_body(float* y, float* state, con
         const int tok = c * WKV_CL + lane - WKV_CL;
         float* yo = y + (long long)tok * C + h * 64 + g0 + i0;
         if (tok < T) {
-          if (RW == 4) *(float4*)yo = make_float4(o[0], o[1], o[2 % RW], o[3 % RW]);
-          else *(float2*)yo = make_float2(o[0], o[1]);
+          if (RW == 2) *(float2*)yo = make_float2(o[0], o[1]);
+          else {
+#pragma unroll
+            for (int r = 0; r < RW; r += 4) *(float4*)(yo + r) = make_float4(o[r % RW], o[(r + 1) % RW], o[(r + 2) % RW], o[(r + 3) % RW]);
+          }
         }
       }
     }
@@ -640,10 +643,14 @@ extern "C" __global__ void __launch_bounds__(128) wkv7_chunk_scan8(float* y, flo
 extern "C" __global__ void __launch_bounds__(256) wkv7_chunk_scan16(float* y, float* state, const float* rec, const float* v, int T, int C) {
   wkv7_chunk_scan_body<16>(y, state, rec, v, T, C);
 }
-// the wide layout (RWKVX_WKV_ROWS=16w): 16 rows per block with 4 per warp, so 128 threads and half the
-// blocks of wkv7_chunk_scan8, each of whose warps reads the record once for 4 rows instead of 2
+// the wide layouts (RWKVX_WKV_ROWS=16w, 32w): 16 or 32 rows per block with 4 or 8 per warp, 128 threads:
+// a half or a quarter of the blocks of wkv7_chunk_scan8, each of whose warps reads the record once for
+// 4 or 8 rows instead of 2
 extern "C" __global__ void __launch_bounds__(128) wkv7_chunk_scan16w(float* y, float* state, const float* rec, const float* v, int T, int C) {
   wkv7_chunk_scan_body<16, 4>(y, state, rec, v, T, C);
+}
+extern "C" __global__ void __launch_bounds__(128) wkv7_chunk_scan32w(float* y, float* state, const float* rec, const float* v, int T, int C) {
+  wkv7_chunk_scan_body<32, 8>(y, state, rec, v, T, C);
 }
 
 // GroupNorm per head (eps 64e-5) + bonus (Σ r⊙k⊙r_k)·v, times the gate; bf16 out. One warp per (t, head).
