@@ -71,14 +71,14 @@ test('emulated kernels: chunked WKV-7 (wkv7_chunk_prep + wkv7_chunk_scan4/8/16/1
       mod.launch('wkv7_chunk_prep', { grid: [Math.ceil(T / 16), H], block: [256] },
         rec, io.r, io.wd, io.da, io.k, io.v, io.vFirst, io.dv, wb.w0, wb.a0, wb.v0, wb.kk, wb.ka, T, C, first ? 1 : 0);
       // dynamic shared memory of the scan with R rows per block and NB record buffers (model.ts wkvScanSmem)
-      const scanSmem = (R: number, NB = 3) => (NB * (4672 + 16 * R) + 64 * R + 32 * R) * 4;
+      const scanSmem = (R: number, NB = 3, wide = false) => (NB * (4672 + 16 * R) + 64 * R + 32 * (wide ? R + 4 : R)) * 4;
       mod.launch('wkv7_chunk_scan8', { grid: [H, 8], block: [128], smem: scanSmem(8) }, y, S, rec, io.v, T, C);
       // the other scan layouts (4 and 16 rows per block; two record buffers) do the same arithmetic
       // (and 16 or 32 rows with 4 or 8 per warp: 128 threads)
       for (const [m, lay] of [[mod, '4'], [mod, '16'], [mod, '16w'], [mod, '32w'], [mod2, '8']] as const) {
         const R = parseInt(lay, 10), threads = lay.endsWith('w') ? 128 : 16 * R;
         const name = `wkv7_chunk_scan${lay}${m === mod2 ? ' (2 buffers)' : ''}`, yo = new Float32Array(n).fill(NaN), So = S0.slice();
-        m.launch(`wkv7_chunk_scan${lay}`, { grid: [H, 64 / R], block: [threads], smem: scanSmem(R, m === mod2 ? 2 : 3) }, yo, So, rec, io.v, T, C);
+        m.launch(`wkv7_chunk_scan${lay}`, { grid: [H, 64 / R], block: [threads], smem: scanSmem(R, m === mod2 ? 2 : 3, lay.endsWith('w')) }, yo, So, rec, io.v, T, C);
         assert.deepEqual(yo, y, `T=${T}: ${name} y differs from wkv7_chunk_scan8`);
         assert.deepEqual(So, S, `T=${T}: ${name} state differs from wkv7_chunk_scan8`);
       }

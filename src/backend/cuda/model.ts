@@ -56,7 +56,8 @@ const WKV_STAGES = process.env.RWKVX_WKV_STAGES === '2' ? 2 : 3;
 /** Dynamic shared memory of `wkv7_chunk_scan<R>`: the record and v buffers, R state rows, the u/y rows. */
 const WKV_SCAN_LAYOUTS = ['4', '8', '16', '16w', '32w'] as const;
 type WkvScanLayout = typeof WKV_SCAN_LAYOUTS[number];
-const wkvScanSmem = (R: number) => (WKV_STAGES * (WKV_REC + WKV_CL * R) + 64 * R + 2 * WKV_CL * R) * F32;
+/** Dynamic shared memory of a scan layout: record buffers, the state rows, the u/y rows (padded by 4 in the wide layouts). */
+const wkvScanSmem = (R: number, wide = false) => (WKV_STAGES * (WKV_REC + WKV_CL * R) + 64 * R + 2 * WKV_CL * (wide ? R + 4 : R)) * F32;
 
 interface RwkvW {
   ln1w: number; ln1b: number; ln2w: number; ln2b: number;
@@ -669,7 +670,7 @@ export class CudaModel {
       const lay = this.wkvScanRows, R = parseInt(lay, 10), threads = lay.endsWith('w') ? 128 : 16 * R;
       this.k('wkv7_chunk_prep', 'pppppppppppppiii', [Math.ceil(n / WKV_CL), H], [256],
         [rec, io.r, io.w, io.a, io.k, io.v, io.vFirst, io.dv, w.w0, w.a0, w.v0, w.kk, w.ka, n, C, first ? 1 : 0]);
-      const name = `wkv7_chunk_scan${lay}`, smem = wkvScanSmem(R);
+      const name = `wkv7_chunk_scan${lay}`, smem = wkvScanSmem(R, lay.endsWith('w'));
       this.allowSmem(name, smem);
       gate?.before('scan');
       this.k(name, 'ppppii', [H, 64 / R], [threads], [io.y, state, rec, io.v, n, C], smem);

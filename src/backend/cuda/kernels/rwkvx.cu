@@ -532,7 +532,10 @@ __device__ __forceinline__ void wkv7_chunk_scan_body(float* y, float* state, con
   float* sRec = wkvScanSmem;                                          // [NB][WKV_REC]
   float (*sV)[WKV_CL * R] = (float (*)[WKV_CL * R])(sRec + NB * WKV_REC);  // [NB][WKV_CL·R]
   float (*sS)[64] = (float (*)[64])(sRec + NB * (WKV_REC + WKV_CL * R));  // [R][64]
-  float (*sUY)[R] = (float (*)[R])(sRec + NB * (WKV_REC + WKV_CL * R) + 64 * R);  // [2·WKV_CL][R]
+  // [2·WKV_CL][LU]: the wide layouts pad a row by 4 floats so that a warp's 16-byte stores of its rows'
+  // u/y (one per lane, lanes LU floats apart) hit every bank once per quarter-warp
+  constexpr int LU = RW == 2 ? R : R + 4;
+  float (*sUY)[LU] = (float (*)[LU])(sRec + NB * (WKV_REC + WKV_CL * R) + 64 * R);
   const int h = blockIdx.x, H = gridDim.x, g0 = blockIdx.y * R, tid = threadIdx.x;
   const int nch = (T + WKV_CL - 1) / WKV_CL;
   const int lane = tid & 31, i0 = (tid >> 5) * RW;
@@ -592,12 +595,26 @@ __device__ __forceinline__ void wkv7_chunk_scan_body(float* y, float* state, con
 #pragma unroll
       for (int t = 0; t < WKV_CL; t++) {
         float m = MT[t * 32 + lane];
+        if (RW == 2) {
 #pragma unroll
-        for (int r = 0; r < RW; r++) e[r] += m * sV[b][t * R + i0 + r];
+          for (int r = 0; r < RW; r++) e[r] += m * sV[b][t * R + i0 + r];
+        } else {
+#pragma unroll
+          for (int r = 0; r < RW; r += 4) {
+            const float4 vr = *(const float4*)&sV[b][t * R + i0 + r];
+            e[r] += m * vr.x; e[(r + 1) % RW] += m * vr.y; e[(r + 2) % RW] += m * vr.z; e[(r + 3) % RW] += m * vr.w;
+          }
+        }
       }
       float o[RW];
 #pragma unroll
-      for (int r = 0; r < RW; r++) { o[r] = (a[r][0] + a[r][1]) + e[r]; sUY[lane][i0 + r] = o[r]; }
+      for (int r = 0; r < RW; r++) o[r] = (a[r][0] + a[r][1]) + e[r];
+      if (RW == 2) {
+        sUY[lane][i0] = o[0]; sUY[lane][i0 + 1] = o[1 % RW];
+      } else {
+#pragma unroll
+        for (int r = 0; r < RW; r += 4) *(float4*)&sUY[lane][i0 + r] = make_float4(o[r % RW], o[(r + 1) % RW], o[(r + 2) % RW], o[(r + 3) % RW]);
+      }
       if (lane >= WKV_CL) {
         const int tok = c * WKV_CL + lane - WKV_CL;
         float* yo = y + (long long)tok * C + h * 64 + g0 + i0;
@@ -619,9 +636,18 @@ __device__ __forceinline__ void wkv7_chunk_scan_body(float* y, float* state, con
 #pragma unroll 4
       for (int t = 0; t < WKV_CL; t++) {
         float4 bh = *(const float4*)&BK[t * 64 + cj], kh = *(const float4*)&BK[(WKV_CL + t) * 64 + cj];
+        float uq[RT], vq[RT];
+        if (RT == 1) { uq[0] = sUY[t][ri]; vq[0] = sV[b][t * R + ri]; }
+        else {
+#pragma unroll
+          for (int q = 0; q < RT; q += 2) {
+            const float2 u2 = *(const float2*)&sUY[t][ri + q], v2 = *(const float2*)&sV[b][t * R + ri + q];
+            uq[q] = u2.x; uq[(q + 1) % RT] = u2.y; vq[q] = v2.x; vq[(q + 1) % RT] = v2.y;
+          }
+        }
 #pragma unroll
         for (int q = 0; q < RT; q++) {
-          float u = sUY[t][ri + q], vv = sV[b][t * R + ri + q];
+          float u = uq[q], vv = vq[q];
           s[q].x += u * bh.x + vv * kh.x; s[q].y += u * bh.y + vv * kh.y;
           s[q].z += u * bh.z + vv * kh.z; s[q].w += u * bh.w + vv * kh.w;
         }
