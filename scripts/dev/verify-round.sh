@@ -1,17 +1,31 @@
 #!/bin/bash
-# Development (device): one call that runs every GPU suite (inference, wavefront, training), the finer
-# wavefront hand-over's real-shape check and the 128K A/Bs of it and of the wide scan layout (RWKVX_WKV_ROWS=16w, 32w).
-#   source .dev1/boot.sh && bash scripts/dev/verify-round.sh
+# Development (device): one call that runs the GPU suites (training's kept-block test first, then inference
+# and wavefront, then the other training suites), the finer wavefront hand-over's real-shape check and the
+# 128K A/Bs of it and of the wide scan layouts (RWKVX_WKV_ROWS=16w, 32w). A step starts only while the
+# call has BUDGET seconds (default 420) left of its own, so a short device budget still returns logs.
+#   source .dev1/boot.sh && BUDGET=420 bash scripts/dev/verify-round.sh
 set -uo pipefail
 out=${OUT:-gpu-logs}; mkdir -p "$out"
+budget=${BUDGET:-420}; t0=$SECONDS
+left() { echo $((budget - (SECONDS - t0))); }
 nvidia-smi --query-gpu=name --format=csv,noheader
+suite() {  # name timeout files…
+  local name=$1 to=$2; shift 2
+  if [ "$(left)" -lt 60 ]; then echo "$name: skipped (time)"; return; fi
+  timeout "$to" node --import tsx --test "$@" > "$out/$name.log" 2>&1
+  echo "$name rc=$? ($((SECONDS - t0)) s)"; grep -E "^# (pass|fail)|^not ok|error:|worst|scan rows" "$out/$name.log" | cut -c1-220
+}
 {
-for t in cuda-moba-train cuda-train cuda-wkv-train; do
-  timeout 150 node --import tsx --test test/$t.test.ts > "$out/$t.log" 2>&1
-  echo "$t rc=$?"; grep -E "^# (pass|fail)|^not ok|error:|worst" "$out/$t.log" | cut -c1-220
+suite moba-train 150 test/cuda-moba-train.test.ts
+suite inference 150 test/cuda.test.ts test/cuda-prefill.test.ts
+[ "$(left)" -gt 90 ] && RWKVX_WAVEFRONT_FINE=1 timeout 60 node --import tsx scripts/dev/wave-check.ts 131072 4 2>&1 | tail -1
+for pass in 1 2; do
+  for setting in "" RWKVX_WAVEFRONT_FINE=1 RWKVX_WKV_ROWS=16w RWKVX_WKV_ROWS=32w; do
+    [ "$(left)" -lt 40 ] && { echo "A/B [$setting]: skipped (time)"; continue; }
+    env $setting timeout 60 node --import tsx bench/cuda.ts --lengths 131072 --decode 0 --repeat 3 --models rwkvx > "$out/ab.log" 2>&1
+    printf '%-28s rc=%s %s\n' "${setting:-default}" "$?" "$(grep -E '^\{' "$out/ab.log" | head -1 | grep -oE '"prefill_ms":[0-9.]+')"
+  done
 done
-timeout 150 node --import tsx --test test/cuda.test.ts test/cuda-prefill.test.ts > "$out/infer-test.log" 2>&1
-echo "inference tests rc=$?"; grep -E "^# (pass|fail)|^not ok|error:|scan rows" "$out/infer-test.log" | cut -c1-200
-RWKVX_WAVEFRONT_FINE=1 timeout 60 node --import tsx scripts/dev/wave-check.ts 131072 4 2>&1 | tail -1
-bash scripts/dev/env-ab.sh rwkvx 131072 "" RWKVX_WAVEFRONT_FINE=1 RWKVX_WKV_ROWS=16w RWKVX_WKV_ROWS=32w "RWKVX_WAVEFRONT_FINE=1 RWKVX_WKV_ROWS=16w"
+suite train 150 test/cuda-train.test.ts
+suite wkv-train 120 test/cuda-wkv-train.test.ts
 } 2>&1 | tee "$out/summary.log"
