@@ -280,9 +280,10 @@ test('emulated kernels: training attention on tensor cores (mt_select, mt_fwd, m
   }
 });
 
-test('emulated kernels: training WKV-7 — chunked (wkt_prep/scan/chain/grad) and sequential (tr_wkv_fwd/bwd) forward and gradients vs the CPU wkv7 / wkv7Backward', { skip: skip || false }, async (t) => {
+test('emulated kernels: training WKV-7 — chunked (wkt_prep/scan/chain/grad; scan and chain also in the wide layout) and sequential (tr_wkv_fwd/bwd) forward and gradients vs the CPU wkv7 / wkv7Backward', { skip: skip || false }, async (t) => {
   const { wkv7Checkpointed, wkv7Backward } = await import('../src/backend/cpu/wkv7.js');
   const chunkedMod = emuModule('wkv7-train.cu'), seqMod = emuModule('train.cu');
+  const wideMod = emuModule('wkv7-train.cu', ['WKT_ROWS=16', 'WKT_THREADS=128']);  // RWKVX_TRAIN_WKT=wide
   const H = 2, C = 64 * H, N = 64, r = rng(1234);
   for (const [Bn, T] of [[1, 37], [2, 50]]) {
     const R = Bn * T, n = R * C, nch = Math.ceil(T / 16);
@@ -314,6 +315,13 @@ test('emulated kernels: training WKV-7 — chunked (wkt_prep/scan/chain/grad) an
       chunkedMod.launch('wkt_chain', { grid: [H, 8, Bn], block: [128] }, gend, null, rec, dy, T, C);
       chunkedMod.launch('wkt_grad', { grid: [nch, H, Bn], block: [256], smem: 99840 }, d[0], d[1], d[2], d[3], d[4], d[5], dy, rr, om, kt, v, kh, a, ckpt, gend, T, C);
       check('chunked', y, d);
+      // the wide layout (16 rows, 128 threads) of the two sequential passes: the same bits
+      const yw = new Float32Array(n).fill(NaN), ckw = new Float32Array(ckpt.length).fill(NaN), gw = new Float32Array(ckpt.length).fill(NaN);
+      wideMod.launch('wkt_scan', { grid: [H, 4, Bn], block: [128] }, yw, ckw, null, rec, v, T, C);
+      wideMod.launch('wkt_chain', { grid: [H, 4, Bn], block: [128] }, gw, null, rec, dy, T, C);
+      assert.deepEqual(yw, y, `Bn=${Bn} T=${T}: wide wkt_scan y differs`);
+      assert.deepEqual(ckw, ckpt, `Bn=${Bn} T=${T}: wide wkt_scan ckpt differs`);
+      assert.deepEqual(gw, gend, `Bn=${Bn} T=${T}: wide wkt_chain gend differs`);
     }
     {
       const y = new Float32Array(n).fill(NaN), ckpt = new Float32Array(Bn * nch * H * 4096);

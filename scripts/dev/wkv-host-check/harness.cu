@@ -51,7 +51,7 @@ int main(int argc, char** argv) {
   { auto sm = std::make_unique<ScanSm>();
     for (int b = 0; b < Bn; b++) for (int h = 0; h < H; h++) for (int g0 = 0; g0 < 64; g0 += WKT_ROWS) {
       ScanArgs g{y.data(), ckpt.data(), sfin.data(), rec.data(), v.data(), T, C, H, nch, b, h, g0};
-      wkt_scan_body<HostExec<16 * WKT_ROWS>>(*sm, g);
+      wkt_scan_body<HostExec<WKT_THREADS>>(*sm, g);
     } }
   printf("forward (prep + scan) vs float64 reference:\n");
   relerr("y", y.data(), ry, n, 1e-5, fails);
@@ -63,7 +63,7 @@ int main(int argc, char** argv) {
   { auto sm = std::make_unique<ChainSm>();
     for (int b = 0; b < Bn; b++) for (int h = 0; h < H; h++) for (int g0 = 0; g0 < 64; g0 += WKT_ROWS) {
       ChainArgs g{gend.data(), dsin.data(), rec.data(), dy.data(), T, C, H, nch, b, h, g0};
-      wkt_chain_body<HostExec<16 * WKT_ROWS>>(*sm, g);
+      wkt_chain_body<HostExec<WKT_THREADS>>(*sm, g);
     } }
   { auto sm = std::make_unique<GradSm>();
     for (int b = 0; b < Bn; b++) for (int c = 0; c < nch; c++) for (int h = 0; h < H; h++) {

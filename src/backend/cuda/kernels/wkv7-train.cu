@@ -47,6 +47,12 @@ typedef long long i64;
 #ifndef WKT_ROWS
 #define WKT_ROWS 8      // state rows per block of wkt_scan / wkt_chain (8 or 16: two record buffers fit 48 KB; 8 is faster at 16K × 4)
 #endif
+// threads per block of wkt_scan / wkt_chain: 16 per row (the default), or 128 with 16 rows (the wide layout,
+// RWKVX_TRAIN_WKT=wide: 2 rows per thread in the row updates, 4 per warp in the dot products, so a record
+// value read from shared memory serves twice the rows)
+#ifndef WKT_THREADS
+#define WKT_THREADS (16 * WKT_ROWS)
+#endif
 #define WKT_GRAD_SMEM 99840
 
 struct DevExec {
@@ -228,18 +234,26 @@ extern "C" __global__ void __launch_bounds__(256) wkt_prep(float* rec, const flo
 template <class X, int LD>
 __host__ __device__ void row_update(float (*R)[LD], const float* gn, const float (*a)[WKT_ROWS], const float (*b)[WKT_ROWS],
                                     const float (*M)[64]) {
+  constexpr int RPT = 16 * WKT_ROWS / WKT_THREADS, RS = WKT_THREADS / 16;  // rows per thread, row stride
   X::each([&](int tid) {
     const int i = tid >> 4, j = (tid & 15) * 4;
-    const float4 g = ld4(gn + j), r = ld4(&R[i][j]);
-    float x0 = g.x * r.x, x1 = g.y * r.y, x2 = g.z * r.z, x3 = g.w * r.w;
+    const float4 g = ld4(gn + j);
+    float x[RPT][4];
+    for (int q = 0; q < RPT; q++) {
+      const float4 r = ld4(&R[i + q * RS][j]);
+      x[q][0] = g.x * r.x; x[q][1] = g.y * r.y; x[q][2] = g.z * r.z; x[q][3] = g.w * r.w;
+    }
 #pragma unroll 4
     for (int t = 0; t < WKT_L; t++) {
-      const float av = a[t][i], bv = b[t][i];
       const float4 m = ld4(&M[t][j]), n = ld4(&M[WKT_L + t][j]);
-      x0 = fmaf(bv, n.x, fmaf(av, m.x, x0)); x1 = fmaf(bv, n.y, fmaf(av, m.y, x1));
-      x2 = fmaf(bv, n.z, fmaf(av, m.z, x2)); x3 = fmaf(bv, n.w, fmaf(av, m.w, x3));
+#pragma unroll
+      for (int q = 0; q < RPT; q++) {
+        const float av = a[t][i + q * RS], bv = b[t][i + q * RS];
+        x[q][0] = fmaf(bv, n.x, fmaf(av, m.x, x[q][0])); x[q][1] = fmaf(bv, n.y, fmaf(av, m.y, x[q][1]));
+        x[q][2] = fmaf(bv, n.z, fmaf(av, m.z, x[q][2])); x[q][3] = fmaf(bv, n.w, fmaf(av, m.w, x[q][3]));
+      }
     }
-    *reinterpret_cast<float4*>(&R[i][j]) = make_float4(x0, x1, x2, x3);
+    for (int q = 0; q < RPT; q++) *reinterpret_cast<float4*>(&R[i + q * RS][j]) = make_float4(x[q][0], x[q][1], x[q][2], x[q][3]);
   });
 }
 
@@ -267,7 +281,7 @@ struct ScanArgs {
 
 // thread tid's share of chunk c's record (and v) into `d`
 template <class X> __host__ __device__ void scan_fetch(ScanBuf& d, const ScanArgs& g, int c, int tid) {
-  constexpr int NT = 16 * WKT_ROWS, RW = WKT_ROWS;
+  constexpr int NT = WKT_THREADS, RW = WKT_ROWS;
   const float* rc = g.rec + (((i64)g.b * g.nch + c) * g.H + g.h) * WKT_REC;
   for (int e = tid * 4; e < 32 * 64; e += NT * 4) {
     X::cp16(&d.wq[e >> 6][e & 63], rc + WKT_RO_W + e);  // Wc then Qf
@@ -284,7 +298,7 @@ template <class X> __host__ __device__ void scan_fetch(ScanBuf& d, const ScanArg
 }
 
 template <class X> __host__ __device__ void wkt_scan_body(ScanSm& s, const ScanArgs& g) {
-  constexpr int NT = 16 * WKT_ROWS, RW = WKT_ROWS;
+  constexpr int NT = WKT_THREADS, RW = WKT_ROWS;
   const int T = g.T, C = g.C, H = g.H, h = g.h, g0 = g.g0;
   const i64 so = (i64)g.b * T * C;
   X::each([&](int tid) {
@@ -298,19 +312,24 @@ template <class X> __host__ __device__ void wkt_scan_body(ScanSm& s, const ScanA
       float* ck = g.ckpt + (((i64)g.b * g.nch + c) * H + h) * 4096 + g0 * 64;
       for (int e = tid * 4; e < RW * 64; e += NT * 4) *reinterpret_cast<float4*>(ck + e) = ld4(&s.S[e >> 6][e & 63]);
       if (c + 1 < g.nch) scan_fetch<X>(s.b[(c + 1) & 1], g, c + 1, tid);
-      // lane p of rows i and i + RW/2 (one load of Wc/Qf row p serves both)
+      // lane p of rows i0, i0 + NW, … (NW warps; one load of Wc/Qf row p serves all of a warp's rows)
+      constexpr int NW = NT / 32, RPW = RW / NW;
       const int p = tid & 31, i0 = tid >> 5;
-      float a0 = 0.f, a1 = 0.f, b0 = 0.f, b1 = 0.f;
+      float a0[RPW], a1[RPW];
+#pragma unroll
+      for (int k = 0; k < RPW; k++) a0[k] = a1[k] = 0.f;
 #pragma unroll 4
       for (int j = 0; j < 64; j += 8) {
         const float4 w0 = ld4(&cb.wq[p][j]), w1 = ld4(&cb.wq[p][j + 4]);
-        a0 = fma4(w0, ld4(&s.S[i0][j]), a0); a1 = fma4(w1, ld4(&s.S[i0][j + 4]), a1);
-        b0 = fma4(w0, ld4(&s.S[i0 + RW / 2][j]), b0); b1 = fma4(w1, ld4(&s.S[i0 + RW / 2][j + 4]), b1);
+#pragma unroll
+        for (int k = 0; k < RPW; k++) {
+          a0[k] = fma4(w0, ld4(&s.S[i0 + k * NW][j]), a0[k]); a1[k] = fma4(w1, ld4(&s.S[i0 + k * NW][j + 4]), a1[k]);
+        }
       }
 #pragma unroll
-      for (int k = 0; k < 2; k++) {
-        const int i = i0 + k * (RW / 2);
-        const float acc = k ? b0 + b1 : a0 + a1;
+      for (int k = 0; k < RPW; k++) {
+        const int i = i0 + k * NW;
+        const float acc = a0[k] + a1[k];
         if (p < WKT_L) s.u[p][i] = acc + cb.u0[p][i];
         else {
           int t = p - WKT_L, tok = c * WKT_L + t;
@@ -329,7 +348,7 @@ template <class X> __host__ __device__ void wkt_scan_body(ScanSm& s, const ScanA
   }
 }
 
-extern "C" __global__ void __launch_bounds__(16 * WKT_ROWS) wkt_scan(float* y, float* ckpt, float* sfin, const float* rec, const float* v,
+extern "C" __global__ void __launch_bounds__(WKT_THREADS) wkt_scan(float* y, float* ckpt, float* sfin, const float* rec, const float* v,
                                                            int T, int C) {
   __shared__ ScanSm sm;
   ScanArgs g{y, ckpt, sfin, rec, v, T, C, C / 64, (T + WKT_L - 1) / WKT_L, (int)blockIdx.z, (int)blockIdx.x, (int)blockIdx.y * WKT_ROWS};
@@ -359,7 +378,7 @@ struct ChainArgs {
 };
 
 template <class X> __host__ __device__ void chain_fetch(ChainBuf& d, const ChainArgs& g, int c, int tid) {
-  constexpr int NT = 16 * WKT_ROWS, RW = WKT_ROWS;
+  constexpr int NT = WKT_THREADS, RW = WKT_ROWS;
   const float* rc = g.rec + (((i64)g.b * g.nch + c) * g.H + g.h) * WKT_REC;
   for (int e = tid * 4; e < 16 * 64; e += NT * 4) X::cp16(&d.p[e >> 6][e & 63], rc + WKT_RO_P + e);
   for (int e = tid * 4; e < 32 * 64; e += NT * 4) X::cp16(&d.wq[e >> 6][e & 63], rc + WKT_RO_W + e);  // Wc then Qf
@@ -372,7 +391,7 @@ template <class X> __host__ __device__ void chain_fetch(ChainBuf& d, const Chain
 }
 
 template <class X> __host__ __device__ void wkt_chain_body(ChainSm& s, const ChainArgs& g) {
-  constexpr int NT = 16 * WKT_ROWS, RW = WKT_ROWS;
+  constexpr int NT = WKT_THREADS, RW = WKT_ROWS;
   const int H = g.H, h = g.h, g0 = g.g0;
   X::each([&](int tid) {
     for (int e = tid; e < RW * 64; e += NT) s.G[e >> 6][e & 63] = 0.f;
@@ -386,14 +405,22 @@ template <class X> __host__ __device__ void wkt_chain_body(ChainSm& s, const Cha
       for (int e = tid * 4; e < RW * 64; e += NT * 4) *reinterpret_cast<float4*>(ge + e) = ld4(&s.G[e >> 6][e & 63]);
       if (c > 0) chain_fetch<X>(s.b[(c - 1) & 1], g, c - 1, tid);
       {
+        constexpr int RPT = 16 * RW / NT, RS = NT / 16;  // rows per thread (one load of P row t serves them), row stride
         const int i = tid >> 4, t = tid & 15;
-        float a0 = 0.f, a1 = 0.f;
+        float a0[RPT], a1[RPT];
+#pragma unroll
+        for (int q = 0; q < RPT; q++) a0[q] = a1[q] = 0.f;
 #pragma unroll 4
         for (int j = 0; j < 64; j += 8) {
-          a0 = fma4(ld4(&cb.p[t][j]), ld4(&s.G[i][j]), a0);
-          a1 = fma4(ld4(&cb.p[t][j + 4]), ld4(&s.G[i][j + 4]), a1);
+          const float4 p0 = ld4(&cb.p[t][j]), p1 = ld4(&cb.p[t][j + 4]);
+#pragma unroll
+          for (int q = 0; q < RPT; q++) {
+            a0[q] = fma4(p0, ld4(&s.G[i + q * RS][j]), a0[q]);
+            a1[q] = fma4(p1, ld4(&s.G[i + q * RS][j + 4]), a1[q]);
+          }
         }
-        s.pg[t][i] = a0 + a1;
+#pragma unroll
+        for (int q = 0; q < RPT; q++) s.pg[t][i + q * RS] = a0[q] + a1[q];
       }
     });
     row_update<X>(s.G, cb.gn, s.pg, cb.dy, cb.wq);
@@ -407,7 +434,7 @@ template <class X> __host__ __device__ void wkt_chain_body(ChainSm& s, const Cha
   }
 }
 
-extern "C" __global__ void __launch_bounds__(16 * WKT_ROWS) wkt_chain(float* gend, float* dsin, const float* rec, const float* dy, int T, int C) {
+extern "C" __global__ void __launch_bounds__(WKT_THREADS) wkt_chain(float* gend, float* dsin, const float* rec, const float* dy, int T, int C) {
   __shared__ ChainSm sm;
   ChainArgs g{gend, dsin, rec, dy, T, C, C / 64, (T + WKT_L - 1) / WKT_L, (int)blockIdx.z, (int)blockIdx.x, (int)blockIdx.y * WKT_ROWS};
   wkt_chain_body<DevExec>(sm, g);

@@ -23,7 +23,7 @@ import { CudaContext, openCudaLibrary } from '../driver.js';
 import { Cublas, DT } from '../cublas.js';
 import { alloc, copyDtoD, copyDtoH, copyHtoD, type DeviceBuffer, toBf16, zero } from '../memory.js';
 import { launch, loadModule, type CudaModule } from '../module-cache.js';
-import { Wkv7ChunkedTrain } from './wkv7-chunked.js';
+import { Wkv7ChunkedTrain, wktLayoutOptions } from './wkv7-chunked.js';
 import { MobaTrain, type MobaSaved, type MobaShape } from './moba.js';
 
 /** Model widths with warp-per-row LayerNorm kernels (tr_ln_w{C/32}, tr_ln_bwd_w{C/32}). */
@@ -187,7 +187,7 @@ export class CudaTrainer {
     return 12 * n * F32 + 7 * n * eb + R * (L.w * (F32 + eb) + L.a * eb + L.v * eb + L.g * (F32 + eb) + cfg.heads * F32) + cm(cfg.ffn);
   }
   private chunked(): Wkv7ChunkedTrain {
-    this.wkc ??= new Wkv7ChunkedTrain(this.ctx, (tag, f) => this.timed(tag, f));
+    this.wkc ??= new Wkv7ChunkedTrain(this.ctx, (tag, f) => this.timed(tag, f), wktLayoutOptions());
     return this.wkc;
   }
 

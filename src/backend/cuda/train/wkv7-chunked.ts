@@ -21,12 +21,21 @@ function defined(name: string): number {
   return Number(m[1]);
 }
 
+/** NVRTC options of the layout RWKVX_TRAIN_WKT picks: '' (8 rows, 128 threads) or 'wide' (16 rows, 128 threads). */
+export function wktLayoutOptions(layout = process.env.RWKVX_TRAIN_WKT ?? ''): string[] {
+  if (layout === 'wide') return ['-DWKT_ROWS=16', '-DWKT_THREADS=128'];
+  if (layout !== '') throw new Error(`RWKVX_TRAIN_WKT must be 'wide' or unset, not '${layout}'`);
+  return [];
+}
+
 export class Wkv7ChunkedTrain {
   private mod: CudaModule;
   /** Dynamic shared memory of wkt_grad (sizeof(GradSm), static_assert-ed in the source). */
   private gradSmem: number;
   /** State rows per block of wkt_scan / wkt_chain (the source's WKT_ROWS, or -DWKT_ROWS=… in `options`). */
   readonly rows: number;
+  /** Threads per block of wkt_scan / wkt_chain: 16 per row, or -DWKT_THREADS=… (128 with 16 rows: the wide layout). */
+  readonly threads: number;
 
   /** `timed` wraps each launch (the trainer's per-op profile); `options` are NVRTC options. */
   constructor(private ctx: CudaContext, private timed: (tag: string, f: () => void) => void = (_t, f) => f(), options: string[] = []) {
@@ -38,6 +47,9 @@ export class Wkv7ChunkedTrain {
     const opt = options.map((o) => /^-DWKT_ROWS=(\d+)$/.exec(o)).find((m) => m);
     this.rows = opt ? Number(opt[1]) : defined('WKT_ROWS');
     if (![8, 16].includes(this.rows)) throw new Error(`internal: WKT_ROWS ${this.rows} (8 or 16)`);
+    const th = options.map((o) => /^-DWKT_THREADS=(\d+)$/.exec(o)).find((m) => m);
+    this.threads = th ? Number(th[1]) : 16 * this.rows;
+    if (this.threads !== 16 * this.rows && !(this.rows === 16 && this.threads === 128)) throw new Error(`internal: WKT_THREADS ${this.threads} with WKT_ROWS ${this.rows}`);
     setMaxDynamicSmem(this.mod, 'wkt_grad', this.gradSmem);
   }
 
@@ -62,7 +74,7 @@ export class Wkv7ChunkedTrain {
     if (T <= 0 || Bn <= 0) return;
     const H = C / 64, nch = Wkv7ChunkedTrain.chunks(T);
     this.k('wkt_prep', [nch, H, Bn], 256, 0, [rec, r, om, kt, v, kh, a, T, C]);
-    this.k('wkt_scan', [H, 64 / this.rows, Bn], 16 * this.rows, 0, [y, ckpt, sfin, rec, v, T, C]);
+    this.k('wkt_scan', [H, 64 / this.rows, Bn], this.threads, 0, [y, ckpt, sfin, rec, v, T, C]);
   }
 
   /**
@@ -74,7 +86,7 @@ export class Wkv7ChunkedTrain {
     Bn: number, T: number, C: number, dsin = 0): void {
     if (T <= 0 || Bn <= 0) return;
     const H = C / 64, nch = Wkv7ChunkedTrain.chunks(T);
-    this.k('wkt_chain', [H, 64 / this.rows, Bn], 16 * this.rows, 0, [gend, dsin, rec, dy, T, C]);
+    this.k('wkt_chain', [H, 64 / this.rows, Bn], this.threads, 0, [gend, dsin, rec, dy, T, C]);
     this.k('wkt_grad', [nch, H, Bn], 256, this.gradSmem, [dr, dom, dkt, dv, dkk, db, dy, r, om, kt, v, kh, a, ckpt, gend, T, C]);
   }
 }
