@@ -19,7 +19,6 @@ suite() {  # name timeout files…
 {
 suite moba-train 150 test/cuda-moba-train.test.ts
 suite inference 150 test/cuda.test.ts test/cuda-prefill.test.ts
-suite wkv-train 120 test/cuda-wkv-train.test.ts
 [ "$(left)" -gt 90 ] && RWKVX_WAVEFRONT_FINE=1 timeout 60 node --import tsx scripts/dev/wave-check.ts 131072 4 2>&1 | tail -1
 for pass in 1 2; do
   for setting in "" RWKVX_WAVEFRONT_FINE=1 RWKVX_WKV_ROWS=16w RWKVX_WKV_ROWS=32w; do
@@ -28,6 +27,7 @@ for pass in 1 2; do
     printf '%-28s rc=%s %s\n' "${setting:-default}" "$?" "$(grep -E '^\{' "$out/ab.log" | head -1 | grep -oE '"prefill_ms":[0-9.]+')"
   done
 done
+suite wkv-train 120 test/cuda-wkv-train.test.ts
 for setting in "" RWKVX_TRAIN_WKT=wide; do
   [ "$(left)" -lt 45 ] && { echo "train A/B [$setting]: skipped (time)"; continue; }
   env $setting timeout 60 node --import tsx bench/cuda-train.ts --ctx 4096 --batch 4096:8 --steps 3 --model x --profile 0 > "$out/train-ab.log" 2>&1
