@@ -84,14 +84,15 @@ if (wkvN > 0) {
   const time = (f: () => void) => { const t: number[] = []; for (let i = 0; i < 6; i++) { m.sync(); const b = performance.now(); f(); m.sync(); if (i) t.push(performance.now() - b); } return median(t); };
   const out: string[] = [];
   out.push(`seq (TPR ${m.wkvThreadsPerRow}) ${time(() => m.tmixWkv(io, 1, st.ptr, wkvN, rec.ptr, false)).toFixed(2)} ms`);
+  const layout = m.wkvScanRows;
   for (const R of ['4', '8', '16', '16w', '32w'] as const) {
     m.wkvScanRows = R;
     out.push(`chunked R${R} ${time(() => m.tmixWkv(io, 1, st.ptr, wkvN, rec.ptr, true)).toFixed(2)} ms`);
   }
   m.profile = new Map();
-  m.wkvScanRows = '8';
+  m.wkvScanRows = layout;
   m.tmixWkv(io, 1, st.ptr, wkvN, rec.ptr, true);
-  out.push(`split (R8): ${[...m.profile].map(([x, t]) => `${x} ${t.toFixed(2)} ms`).join(', ')}`);
+  out.push(`split (${layout}): ${[...m.profile].map(([x, t]) => `${x} ${t.toFixed(2)} ms`).join(', ')}`);
   m.profile = undefined;
   console.log(`wkv ${wkvN} tokens, C${C}, one layer, ${m.ctx.info.name}: ${out.join('; ')}`);
   for (const d of [...dev, st, rec]) d.free();

@@ -109,7 +109,7 @@ for (const env of [{}, { RWKVX_TRAIN_KEEP_WKV: '0' }, { RWKVX_TRAIN_WKV: 'seq' }
   const tag = Object.entries(env).map(([k, v]) => `${k}=${v}`).join(' ') || 'defaults';
   test(`CUDA trainer (bf16): kept activations give the recomputed gradients (RWKV-X, 2 attention blocks, chunk 64; ${tag})`, { skip: skipReason }, () => {
     const { grad } = dev!;
-    const cfg = shapeConfig({ vocab: 64, dim: 128, nLayer: 3, nAttn: 2, chunk: 64, topk: 3 });
+    const cfg = shapeConfig({ vocab: 64, dim: 128, nLayer: 4, nAttn: 2, chunk: 64, topk: 3 });  // two attention blocks (interval 2)
     const saved = Object.fromEntries(Object.keys(env).map((k) => [k, process.env[k]]));
     Object.assign(process.env, env);
     const tr = new grad.CudaTrainer(trainModelFromWeights(cfg, randomWeights(cfg, 6)));

@@ -164,9 +164,10 @@ export class CudaModel {
   /**
    * Layout of `wkv7_chunk_scan*` (RWKVX_WKV_ROWS): state rows per block, 2 per warp ('4', '8', '16'), or
    * '16w' / '32w': 16 or 32 rows with 4 or 8 per warp, 128 threads (a half or a quarter of the blocks of
-   * '8', each warp reading the record once for 4 or 8 rows).
+   * '8', each warp reading the record once for 4 or 8 rows). Default '16w': 128K RWKV-X prefill 232.9 /
+   * 234.9 ms against 250.8 / 250.9 with '8' and 260.1 / 256.5 with '32w' (H100, 2026-12-07; docs/cuda.md).
    */
-  wkvScanRows: WkvScanLayout = (WKV_SCAN_LAYOUTS as readonly string[]).includes(process.env.RWKVX_WKV_ROWS ?? '') ? process.env.RWKVX_WKV_ROWS as WkvScanLayout : '8';
+  wkvScanRows: WkvScanLayout = (WKV_SCAN_LAYOUTS as readonly string[]).includes(process.env.RWKVX_WKV_ROWS ?? '') ? process.env.RWKVX_WKV_ROWS as WkvScanLayout : '16w';
   /**
    * moba prefill attention on Hopper's warpgroup MMA (kernels/attn-sm90.cu, compiled for sm_90a): keys per
    * tile, 128 or 64; 0 = the mma.sync kernels of rwkvx.cu (always on other GPUs). RWKVX_ATTN_WG.
