@@ -113,6 +113,7 @@ for (const env of [{}, { RWKVX_TRAIN_KEEP_WKV: '0' }, { RWKVX_TRAIN_WKV: 'seq' }
     const saved = Object.fromEntries(Object.keys(env).map((k) => [k, process.env[k]]));
     Object.assign(process.env, env);
     const tr = new grad.CudaTrainer(trainModelFromWeights(cfg, randomWeights(cfg, 6)));
+    let trF: InstanceType<typeof grad.CudaTrainer> | undefined;
     try {
       assert.ok(tr.mobaTC(64), 'the bf16 trainer should use the tensor cores at chunk 64');
       const seqs = Array.from({ length: 2 }, (_, b) => Array.from({ length: 300 }, (_, i) => (i * 31 + b * 7 + ((i * i) >> 2)) % cfg.vocab));
@@ -124,11 +125,22 @@ for (const env of [{}, { RWKVX_TRAIN_KEEP_WKV: '0' }, { RWKVX_TRAIN_WKV: 'seq' }
       assert.equal(tr.keptActivations, wkvKept ? cfg.nLayer + cfg.nAttn : cfg.nAttn, 'blocks kept on the second call');
       const g1 = tr.getGrads();
       const errs = [...g0].map(([name, g]) => [name, rel(g1.get(name)!, g)] as const).sort((a, b) => b[1] - a[1]);
-      console.log(`${tag}: kept vs recomputed, worst ${errs.slice(0, 3).map(([nm, e]) => `${nm} ${e.toExponential(2)}`).join(', ')}`);
+      // the floor: two calls with nothing kept. The sequential WKV backward adds its row groups' partial sums
+      // with atomics (any order), and a bf16 cast downstream can turn an fp32 ulp into a bf16 one, so there
+      // two identical calls differ by up to ~1e-3; the chunked kernels add in a fixed order (~1e-7 here)
+      trF = new grad.CudaTrainer(trainModelFromWeights(cfg, randomWeights(cfg, 6)), { keepActivations: false });
+      trF.computeBatch(seqs);
+      const f0 = trF.getGrads();
+      trF.computeBatch(seqs);
+      assert.equal(trF.keptActivations, 0, 'keepActivations: false keeps nothing');
+      const f1 = trF.getGrads();
+      const floor = Math.max(...[...f0].map(([name, g]) => rel(f1.get(name)!, g)));
+      console.log(`${tag}: kept vs recomputed, worst ${errs.slice(0, 3).map(([nm, e]) => `${nm} ${e.toExponential(2)}`).join(', ')}; two unkept calls differ by ${floor.toExponential(2)}`);
       loss0.forEach((l, i) => assert.ok(Math.abs(l - loss1[i]) <= 1e-5, `loss ${i}: ${l} vs ${loss1[i]}`));
-      assert.ok(errs[0][1] <= 1e-3, `${errs[0][0]}: ${errs[0][1]}`);
+      assert.ok(errs[0][1] <= 1e-3 + 4 * floor, `${errs[0][0]}: ${errs[0][1]} (unkept calls differ by ${floor})`);
     } finally {
       tr.dispose();
+      trF?.dispose();
       for (const [k, v] of Object.entries(saved)) if (v === undefined) delete process.env[k]; else process.env[k] = v;
     }
   });
