@@ -4,13 +4,10 @@
 # inference suites — each step only while BUDGET seconds (default 280) are left.
 #   source .dev1/boot.sh && BUDGET=280 bash scripts/dev/headline-round.sh
 set -uo pipefail
-out=${OUT:-gpu-logs}; mkdir -p "$out"
-budget=${BUDGET:-280}; t0=$SECONDS
-left() { echo $((budget - (SECONDS - t0))); }
+source "$(dirname "$0")/round-lib.sh" 280
 nvidia-smi --query-gpu=name --format=csv,noheader
 {
-timeout 100 node --import tsx --test test/cuda-moba-train.test.ts > "$out/moba-train.log" 2>&1
-echo "moba-train rc=$? ($((SECONDS - t0)) s)"; grep -E "^# (pass|fail)|^not ok|error:|kept vs recomputed" "$out/moba-train.log" | cut -c1-220
+suite moba-train 100 test/cuda-moba-train.test.ts
 timeout 150 node --import tsx bench/cuda.ts --lengths 131072 --decode 131072 --repeat 3 --models rwkvx,rwkv7 --peer > "$out/prefill.log" 2>&1
 echo "prefill table rc=$? ($((SECONDS - t0)) s)"; grep -E "^\||^device|peer" "$out/prefill.log" | head -12
 for pass in 1 2; do

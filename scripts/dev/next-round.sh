@@ -5,13 +5,10 @@
 # the 1M row. Each step only while BUDGET seconds (default 400) are left.
 #   source .dev1/boot.sh && BUDGET=400 bash scripts/dev/next-round.sh
 set -uo pipefail
-out=${OUT:-gpu-logs}; mkdir -p "$out"
-budget=${BUDGET:-400}; t0=$SECONDS
-left() { echo $((budget - (SECONDS - t0))); }
+source "$(dirname "$0")/round-lib.sh" 400
 nvidia-smi --query-gpu=name --format=csv,noheader
 {
-timeout 100 node --import tsx --test test/cuda-moba-train.test.ts > "$out/moba-train.log" 2>&1
-echo "moba-train rc=$? ($((SECONDS - t0)) s)"; grep -E "^# (pass|fail)|^not ok|error:|kept vs recomputed" "$out/moba-train.log" | cut -c1-260
+suite moba-train 100 test/cuda-moba-train.test.ts
 for pass in 1 2; do
   for setting in "" RWKVX_WKV_STAGES=2 RWKVX_WAVEFRONT=6 "--segment 8192" RWKVX_WAVEFRONT_FINE=1; do
     [ "$(left)" -lt 40 ] && { echo "A/B [$setting]: skipped (time)"; continue; }

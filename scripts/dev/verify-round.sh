@@ -6,16 +6,8 @@
 # call has BUDGET seconds (default 420) left of its own, so a short device budget still returns logs.
 #   source .dev1/boot.sh && BUDGET=420 bash scripts/dev/verify-round.sh
 set -uo pipefail
-out=${OUT:-gpu-logs}; mkdir -p "$out"
-budget=${BUDGET:-420}; t0=$SECONDS
-left() { echo $((budget - (SECONDS - t0))); }
+source "$(dirname "$0")/round-lib.sh" 420
 nvidia-smi --query-gpu=name --format=csv,noheader
-suite() {  # name timeout files…
-  local name=$1 to=$2; shift 2
-  if [ "$(left)" -lt 60 ]; then echo "$name: skipped (time)"; return; fi
-  timeout "$to" node --import tsx --test "$@" > "$out/$name.log" 2>&1
-  echo "$name rc=$? ($((SECONDS - t0)) s)"; grep -E "^# (pass|fail)|^not ok|error:|worst|scan rows" "$out/$name.log" | cut -c1-220
-}
 {
 suite moba-train 150 test/cuda-moba-train.test.ts
 suite inference 150 test/cuda.test.ts test/cuda-prefill.test.ts
