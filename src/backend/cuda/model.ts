@@ -53,15 +53,11 @@ const WKV_CL = 16, WKV_REC = 4672;
 export function wkvRecordBytes(n: number, heads: number): number { return Math.ceil(n / WKV_CL) * heads * WKV_REC * F32; }
 /** Record buffers of the WKV-7 scan (kernels/rwkvx.cu WKV_STAGES): 3, or 2 with RWKVX_WKV_STAGES=2 (A/B). */
 const WKV_STAGES = process.env.RWKVX_WKV_STAGES === '2' ? 2 : 3;
-/** p-major records, padded in the scan's shared copy (kernels/rwkvx.cu WKV_REC_T; RWKVX_WKV_REC=t, A/B): floats of a shared record buffer. */
-const WKV_REC_T = process.env.RWKVX_WKV_REC === 't', WKV_RECS = WKV_REC_T ? 4928 : WKV_REC;
 /** Dynamic shared memory of `wkv7_chunk_scan<R>`: the record and v buffers, R state rows, the u/y rows. */
-/** Scan layouts (RWKVX_WKV_ROWS) → [state rows per block, rows per warp]; threads = 32 · rows / rows per warp. */
-export const WKV_SCAN_SHAPES = { '4': [4, 2], '8': [8, 2], '16': [16, 2], '16w': [16, 4], '32w': [32, 8], '32w4': [32, 4], '64w4': [64, 4] } as const;
-const WKV_SCAN_LAYOUTS = Object.keys(WKV_SCAN_SHAPES) as WkvScanLayout[];
-export type WkvScanLayout = keyof typeof WKV_SCAN_SHAPES;
+const WKV_SCAN_LAYOUTS = ['4', '8', '16', '16w', '32w'] as const;
+type WkvScanLayout = typeof WKV_SCAN_LAYOUTS[number];
 /** Dynamic shared memory of a scan layout: record buffers, the state rows, the u/y rows (padded by 4 in the wide layouts). */
-const wkvScanSmem = (R: number, wide = false) => (WKV_STAGES * (WKV_RECS + WKV_CL * R) + 64 * R + 2 * WKV_CL * (wide ? R + 4 : R)) * F32;
+const wkvScanSmem = (R: number, wide = false) => (WKV_STAGES * (WKV_REC + WKV_CL * R) + 64 * R + 2 * WKV_CL * (wide ? R + 4 : R)) * F32;
 
 interface RwkvW {
   ln1w: number; ln1b: number; ln2w: number; ln2b: number;
@@ -168,11 +164,10 @@ export class CudaModel {
   /**
    * Layout of `wkv7_chunk_scan*` (RWKVX_WKV_ROWS): state rows per block, 2 per warp ('4', '8', '16'), or
    * '16w' / '32w': 16 or 32 rows with 4 or 8 per warp, 128 threads (a half or a quarter of the blocks of
-   * '8', each warp reading the record once for 4 or 8 rows), '32w4' / '64w4': 4 rows per warp, 8 or 16
-   * warps (2 or 1 blocks per head). Default '16w': 128K RWKV-X prefill 232.9 /
+   * '8', each warp reading the record once for 4 or 8 rows). Default '16w': 128K RWKV-X prefill 232.9 /
    * 234.9 ms against 250.8 / 250.9 with '8' and 260.1 / 256.5 with '32w' (H100, 2026-12-07; docs/cuda.md).
    */
-  wkvScanRows: WkvScanLayout = (WKV_SCAN_LAYOUTS as string[]).includes(process.env.RWKVX_WKV_ROWS ?? '') ? process.env.RWKVX_WKV_ROWS as WkvScanLayout : '16w';
+  wkvScanRows: WkvScanLayout = (WKV_SCAN_LAYOUTS as readonly string[]).includes(process.env.RWKVX_WKV_ROWS ?? '') ? process.env.RWKVX_WKV_ROWS as WkvScanLayout : '16w';
   /**
    * moba prefill attention on Hopper's warpgroup MMA (kernels/attn-sm90.cu, compiled for sm_90a): keys per
    * tile, 128 or 64; 0 = the mma.sync kernels of rwkvx.cu (always on other GPUs). RWKVX_ATTN_WG.
@@ -231,7 +226,7 @@ export class CudaModel {
     if (cfg.headSize !== 64) fail(`the CUDA backend needs head size 64 (this model has ${cfg.headSize})`);
     if (cfg.topk - 1 > MAXSEL || (attention === 'official' && cfg.topk > MAXSEL)) fail(`the CUDA backend supports top-k up to ${MAXSEL} (got ${cfg.topk})`);
     this.ctx = CudaContext.get(device);
-    this.mod = loadModule(this.ctx, 'rwkvx.cu', [...(WKV_STAGES === 3 ? [] : [`-DWKV_STAGES=${WKV_STAGES}`]), ...(WKV_REC_T ? ['-DWKV_REC_T'] : [])]);
+    this.mod = loadModule(this.ctx, 'rwkvx.cu', WKV_STAGES === 3 ? [] : [`-DWKV_STAGES=${WKV_STAGES}`]);
     if (this.ctx.arch !== 'sm_90') this.attnWg = 0;
     this.blas = new Cublas(this.ctx);
     this.graph = new CudaGraph(this.ctx);
@@ -673,10 +668,10 @@ export class CudaModel {
     chunked = this.wkvChunked && n >= this.wkvChunkMin, first = li === 0, gate?: StateGate): void {
     const C = this.cfg.dim, H = this.cfg.heads, w = this.rw[li];
     if (chunked) {
-      const lay = this.wkvScanRows, [R, RW] = WKV_SCAN_SHAPES[lay], threads = (32 * R) / RW;
+      const lay = this.wkvScanRows, R = parseInt(lay, 10), threads = lay.endsWith('w') ? 128 : 16 * R;
       this.k('wkv7_chunk_prep', 'pppppppppppppiii', [Math.ceil(n / WKV_CL), H], [256],
         [rec, io.r, io.w, io.a, io.k, io.v, io.vFirst, io.dv, w.w0, w.a0, w.v0, w.kk, w.ka, n, C, first ? 1 : 0]);
-      const name = `wkv7_chunk_scan${lay}`, smem = wkvScanSmem(R, RW > 2);
+      const name = `wkv7_chunk_scan${lay}`, smem = wkvScanSmem(R, lay.endsWith('w'));
       this.allowSmem(name, smem);
       gate?.before('scan');
       this.k(name, 'ppppii', [H, 64 / R], [threads], [io.y, state, rec, io.v, n, C], smem);

@@ -391,19 +391,6 @@ extern "C" __global__ void __launch_bounds__(256) wkv7_seq16(float* y, float* st
 // 18.25 bytes per token and channel instead of 24.25.
 #define WKV_CL 16
 #define WKV_REC 4672
-// -DWKV_REC_T (RWKVX_WKV_REC=t, A/B): WQt and MT stored p-major instead ([32][64] and [32][16]: lane p's
-// values contiguous), and the scan's shared copy pads those rows to 68 and 20 floats, so that phase 1
-// reads 4 of lane p's values with one conflict-free 16-byte load instead of 4 scalar loads (the same
-// values in the same order: bit-identical). Shared record: WQ [32][68], BK + Γ, MT [32][20].
-#ifdef WKV_REC_T
-#define WKV_RECS 4928
-#define WKV_SBK 2176
-#define WKV_SMT 4288
-#else
-#define WKV_RECS WKV_REC
-#define WKV_SBK 2048
-#define WKV_SMT 4160
-#endif
 
 // Also does tmix_prep's work for its 16 tokens (one warp per token, as tmix_prep): from the raw
 // projections (wd: decay LoRA output, da: rate LoRA output, k, v, dv: value-residual LoRA output) it
@@ -508,19 +495,12 @@ extern "C" __global__ void __launch_bounds__(256, 4) wkv7_chunk_prep(float* __re
       for (int s = 0; s <= t; s++) b += sBrb[t][s] * x[s];
       q[t] = b;
     }
-#ifdef WKV_REC_T
-    float* o = out + (wc ? 0 : 4160) + col;
-    const int ld = wc ? 64 : WKV_CL;
-#pragma unroll
-    for (int t = 0; t < WKV_CL; t++) { o[t * ld] = x[t]; o[(WKV_CL + t) * ld] = q[t]; }
-#else
     float4* o = (float4*)(out + (wc ? 0 : 4160) + col * 32);
 #pragma unroll
     for (int e = 0; e < 4; e++) {
       o[e] = make_float4(x[4 * e], x[4 * e + 1], x[4 * e + 2], x[4 * e + 3]);
       o[4 + e] = make_float4(q[4 * e], q[4 * e + 1], q[4 * e + 2], q[4 * e + 3]);
     }
-#endif
   }
 }
 
@@ -549,13 +529,13 @@ __device__ __forceinline__ void wkv7_chunk_scan_body(float* y, float* state, con
   static_assert(NB == 2 || NB == 3, "WKV_STAGES is 2 or 3");
   static_assert(RW == 2 || RW == 4 || RW == 8, "2, 4 or 8 rows per warp");
   extern __shared__ __align__(16) float wkvScanSmem[];  // model.ts wkvScanSmem(R) bytes
-  float* sRec = wkvScanSmem;                                          // [NB][WKV_RECS]
-  float (*sV)[WKV_CL * R] = (float (*)[WKV_CL * R])(sRec + NB * WKV_RECS);  // [NB][WKV_CL·R]
-  float (*sS)[64] = (float (*)[64])(sRec + NB * (WKV_RECS + WKV_CL * R));  // [R][64]
+  float* sRec = wkvScanSmem;                                          // [NB][WKV_REC]
+  float (*sV)[WKV_CL * R] = (float (*)[WKV_CL * R])(sRec + NB * WKV_REC);  // [NB][WKV_CL·R]
+  float (*sS)[64] = (float (*)[64])(sRec + NB * (WKV_REC + WKV_CL * R));  // [R][64]
   // [2·WKV_CL][LU]: the wide layouts pad a row by 4 floats so that a warp's 16-byte stores of its rows'
   // u/y (one per lane, lanes LU floats apart) hit every bank once per quarter-warp
   constexpr int LU = RW == 2 ? R : R + 4;
-  float (*sUY)[LU] = (float (*)[LU])(sRec + NB * (WKV_RECS + WKV_CL * R) + 64 * R);
+  float (*sUY)[LU] = (float (*)[LU])(sRec + NB * (WKV_REC + WKV_CL * R) + 64 * R);
   const int h = blockIdx.x, H = gridDim.x, g0 = blockIdx.y * R, tid = threadIdx.x;
   const int nch = (T + WKV_CL - 1) / WKV_CL;
   const int lane = tid & 31, i0 = (tid >> 5) * RW;
@@ -580,14 +560,7 @@ __device__ __forceinline__ void wkv7_chunk_scan_body(float* y, float* state, con
   // the whole record of chunk c into buffer b
   auto issue = [&](int c, int b) {
     const float* rc = recAt(c);
-#ifdef WKV_REC_T
-    float* sr = sRec + b * WKV_RECS;
-    for (int e = tid; e < 512; e += NT) cp16(&sr[(e >> 4) * 68 + (e & 15) * 4], rc + e * 4, 16);
-    for (int e = tid; e < 528; e += NT) cp16(&sr[WKV_SBK + e * 4], rc + 2048 + e * 4, 16);
-    for (int e = tid; e < 128; e += NT) cp16(&sr[WKV_SMT + (e >> 2) * 20 + (e & 3) * 4], rc + 4160 + e * 4, 16);
-#else
     for (int e = tid; e < WKV_REC / 4; e += NT) cp16(&sRec[b * WKV_REC + e * 4], rc + e * 4, 16);
-#endif
     issueV(c, b);
   };
   for (int c = 0; c < NB - 1; c++) {
@@ -601,18 +574,13 @@ __device__ __forceinline__ void wkv7_chunk_scan_body(float* y, float* state, con
     if (c + NB - 1 < nch) issue(c + NB - 1, (c + NB - 1) % NB);
     cp_commit();
     {
-      const float* M = sRec + b * WKV_RECS;
+      const float* M = sRec + b * WKV_REC;
       float a[RW][2];
 #pragma unroll
       for (int r = 0; r < RW; r++) a[r][0] = a[r][1] = 0.f;
 #pragma unroll 4
       for (int j = 0; j < 64; j += 4) {
-#ifdef WKV_REC_T
-        const float4 m4 = *(const float4*)&M[lane * 68 + j];
-        const float m0 = m4.x, m1 = m4.y, m2 = m4.z, m3 = m4.w;
-#else
         float m0 = M[(j + 0) * 32 + lane], m1 = M[(j + 1) * 32 + lane], m2 = M[(j + 2) * 32 + lane], m3 = M[(j + 3) * 32 + lane];
-#endif
 #pragma unroll
         for (int r = 0; r < RW; r++) {
           float4 sr = *(const float4*)&sS[i0 + r][j];
@@ -620,23 +588,13 @@ __device__ __forceinline__ void wkv7_chunk_scan_body(float* y, float* state, con
         }
       }
       // + (M1·V)[lane] (u) or (M2·V)[lane − 16] (y), for the warp's rows
-      const float* MT = M + WKV_SMT;
+      const float* MT = M + 4160;
       float e[RW];
 #pragma unroll
       for (int r = 0; r < RW; r++) e[r] = 0.f;
-#ifdef WKV_REC_T
-      float4 mt4[WKV_CL / 4];
-#pragma unroll
-      for (int q = 0; q < WKV_CL / 4; q++) mt4[q] = *(const float4*)&MT[lane * 20 + 4 * q];
-#endif
 #pragma unroll
       for (int t = 0; t < WKV_CL; t++) {
-#ifdef WKV_REC_T
-        const float4 mq = mt4[t >> 2];
-        const float m = (t & 3) == 0 ? mq.x : (t & 3) == 1 ? mq.y : (t & 3) == 2 ? mq.z : mq.w;
-#else
         float m = MT[t * 32 + lane];
-#endif
         if (RW == 2) {
 #pragma unroll
           for (int r = 0; r < RW; r++) e[r] += m * sV[b][t * R + i0 + r];
@@ -671,7 +629,7 @@ __device__ __forceinline__ void wkv7_chunk_scan_body(float* y, float* state, con
     }
     __syncwarp();
     {
-      const float* BK = sRec + b * WKV_RECS + WKV_SBK;
+      const float* BK = sRec + b * WKV_REC + 2048;
       float4 gl = *(const float4*)&BK[2048 + cj];
 #pragma unroll
       for (int q = 0; q < RT; q++) { s[q].x *= gl.x; s[q].y *= gl.y; s[q].z *= gl.z; s[q].w *= gl.w; }
@@ -719,14 +677,6 @@ extern "C" __global__ void __launch_bounds__(128) wkv7_chunk_scan16w(float* y, f
 }
 extern "C" __global__ void __launch_bounds__(128) wkv7_chunk_scan32w(float* y, float* state, const float* rec, const float* v, int T, int C) {
   wkv7_chunk_scan_body<32, 8>(y, state, rec, v, T, C);
-}
-// 4 rows per warp with more warps: a half or a quarter of 16w's blocks (2 or 1 per head), 8 or 16 warps
-// sharing one record buffer (the step's shared-memory reads grow with the warps: docs/cuda.md)
-extern "C" __global__ void __launch_bounds__(256) wkv7_chunk_scan32w4(float* y, float* state, const float* rec, const float* v, int T, int C) {
-  wkv7_chunk_scan_body<32, 4>(y, state, rec, v, T, C);
-}
-extern "C" __global__ void __launch_bounds__(512) wkv7_chunk_scan64w4(float* y, float* state, const float* rec, const float* v, int T, int C) {
-  wkv7_chunk_scan_body<64, 4>(y, state, rec, v, T, C);
 }
 
 // GroupNorm per head (eps 64e-5) + bonus (Σ r⊙k⊙r_k)·v, times the gate; bf16 out. One warp per (t, head).
