@@ -54,8 +54,10 @@ export function wkvRecordBytes(n: number, heads: number): number { return Math.c
 /** Record buffers of the WKV-7 scan (kernels/rwkvx.cu WKV_STAGES): 3, or 2 with RWKVX_WKV_STAGES=2 (A/B). */
 const WKV_STAGES = process.env.RWKVX_WKV_STAGES === '2' ? 2 : 3;
 /** Dynamic shared memory of `wkv7_chunk_scan<R>`: the record and v buffers, R state rows, the u/y rows. */
-const WKV_SCAN_LAYOUTS = ['4', '8', '16', '16w', '32w'] as const;
-type WkvScanLayout = typeof WKV_SCAN_LAYOUTS[number];
+/** Scan layouts (RWKVX_WKV_ROWS) → [state rows per block, rows per warp]; threads = 32 · rows / rows per warp. */
+export const WKV_SCAN_SHAPES = { '4': [4, 2], '8': [8, 2], '16': [16, 2], '8w': [8, 4], '16w': [16, 4], '16w8': [16, 8], '32w': [32, 8] } as const;
+export type WkvScanLayout = keyof typeof WKV_SCAN_SHAPES;
+const WKV_SCAN_LAYOUTS = Object.keys(WKV_SCAN_SHAPES) as WkvScanLayout[];
 /** Dynamic shared memory of a scan layout: record buffers, the state rows, the u/y rows (padded by 4 in the wide layouts). */
 const wkvScanSmem = (R: number, wide = false) => (WKV_STAGES * (WKV_REC + WKV_CL * R) + 64 * R + 2 * WKV_CL * (wide ? R + 4 : R)) * F32;
 
@@ -164,10 +166,11 @@ export class CudaModel {
   /**
    * Layout of `wkv7_chunk_scan*` (RWKVX_WKV_ROWS): state rows per block, 2 per warp ('4', '8', '16'), or
    * '16w' / '32w': 16 or 32 rows with 4 or 8 per warp, 128 threads (a half or a quarter of the blocks of
-   * '8', each warp reading the record once for 4 or 8 rows). Default '16w': 128K RWKV-X prefill 232.9 /
+   * '8', each warp reading the record once for 4 or 8 rows), '8w' / '16w8': 8 or 16 rows with 4 or 8 per
+   * warp, 64 threads. Default '16w': 128K RWKV-X prefill 232.9 /
    * 234.9 ms against 250.8 / 250.9 with '8' and 260.1 / 256.5 with '32w' (H100, 2026-12-07; docs/cuda.md).
    */
-  wkvScanRows: WkvScanLayout = (WKV_SCAN_LAYOUTS as readonly string[]).includes(process.env.RWKVX_WKV_ROWS ?? '') ? process.env.RWKVX_WKV_ROWS as WkvScanLayout : '16w';
+  wkvScanRows: WkvScanLayout = (WKV_SCAN_LAYOUTS as string[]).includes(process.env.RWKVX_WKV_ROWS ?? '') ? process.env.RWKVX_WKV_ROWS as WkvScanLayout : '16w';
   /**
    * moba prefill attention on Hopper's warpgroup MMA (kernels/attn-sm90.cu, compiled for sm_90a): keys per
    * tile, 128 or 64; 0 = the mma.sync kernels of rwkvx.cu (always on other GPUs). RWKVX_ATTN_WG.
@@ -668,10 +671,10 @@ export class CudaModel {
     chunked = this.wkvChunked && n >= this.wkvChunkMin, first = li === 0, gate?: StateGate): void {
     const C = this.cfg.dim, H = this.cfg.heads, w = this.rw[li];
     if (chunked) {
-      const lay = this.wkvScanRows, R = parseInt(lay, 10), threads = lay.endsWith('w') ? 128 : 16 * R;
+      const lay = this.wkvScanRows, [R, RW] = WKV_SCAN_SHAPES[lay], threads = (32 * R) / RW;
       this.k('wkv7_chunk_prep', 'pppppppppppppiii', [Math.ceil(n / WKV_CL), H], [256],
         [rec, io.r, io.w, io.a, io.k, io.v, io.vFirst, io.dv, w.w0, w.a0, w.v0, w.kk, w.ka, n, C, first ? 1 : 0]);
-      const name = `wkv7_chunk_scan${lay}`, smem = wkvScanSmem(R, lay.endsWith('w'));
+      const name = `wkv7_chunk_scan${lay}`, smem = wkvScanSmem(R, RW > 2);
       this.allowSmem(name, smem);
       gate?.before('scan');
       this.k(name, 'ppppii', [H, 64 / R], [threads], [io.y, state, rec, io.v, n, C], smem);
