@@ -382,7 +382,7 @@ test('CUDA: chunked WKV-7 (tmix_prep fused into its chunk prep) equals tmix_prep
       let ymax = 0;
       for (const x of out[0].y) ymax = Math.max(ymax, Math.abs(x));
       // the other scan layouts (4, 16 rows per block, 16 and 32 with 4 and 8 per warp) against the default
-      if (T >= 16) for (const rows of ['4', '16', '8w', '16w', '16w8', '32w'] as const) {
+      if (T >= 16) for (const rows of ['4', '16', '16w', '32w'] as const) {
         const keep = m.wkvScanRows;
         m.wkvScanRows = rows;
         for (const nm of names) copyDtoD(m.ctx, work.get(nm)!.ptr, src.get(nm)!.ptr, T * C * 4);

@@ -55,7 +55,7 @@ export function wkvRecordBytes(n: number, heads: number): number { return Math.c
 const WKV_STAGES = process.env.RWKVX_WKV_STAGES === '2' ? 2 : 3;
 /** Dynamic shared memory of `wkv7_chunk_scan<R>`: the record and v buffers, R state rows, the u/y rows. */
 /** Scan layouts (RWKVX_WKV_ROWS) → [state rows per block, rows per warp]; threads = 32 · rows / rows per warp. */
-export const WKV_SCAN_SHAPES = { '4': [4, 2], '8': [8, 2], '16': [16, 2], '8w': [8, 4], '16w': [16, 4], '16w8': [16, 8], '32w': [32, 8] } as const;
+export const WKV_SCAN_SHAPES = { '4': [4, 2], '8': [8, 2], '16': [16, 2], '16w': [16, 4], '32w': [32, 8] } as const;
 export type WkvScanLayout = keyof typeof WKV_SCAN_SHAPES;
 const WKV_SCAN_LAYOUTS = Object.keys(WKV_SCAN_SHAPES) as WkvScanLayout[];
 /** Dynamic shared memory of a scan layout: record buffers, the state rows, the u/y rows (padded by 4 in the wide layouts). */
@@ -166,9 +166,9 @@ export class CudaModel {
   /**
    * Layout of `wkv7_chunk_scan*` (RWKVX_WKV_ROWS): state rows per block, 2 per warp ('4', '8', '16'), or
    * '16w' / '32w': 16 or 32 rows with 4 or 8 per warp, 128 threads (a half or a quarter of the blocks of
-   * '8', each warp reading the record once for 4 or 8 rows), '8w' / '16w8': 8 or 16 rows with 4 or 8 per
-   * warp, 64 threads. Default '16w': 128K RWKV-X prefill 232.9 /
-   * 234.9 ms against 250.8 / 250.9 with '8' and 260.1 / 256.5 with '32w' (H100, 2026-12-07; docs/cuda.md).
+   * '8', each warp reading the record once for 4 or 8 rows). Default '16w': 128K RWKV-X prefill 232.9 /
+   * 234.9 ms against 250.8 / 250.9 with '8' and 260.1 / 256.5 with '32w' (H100, 2026-12-07; docs/cuda.md;
+   * layouts with 2 or 8 warps per block were slower: docs/cuda.md "Missing / next" item 13).
    */
   wkvScanRows: WkvScanLayout = (WKV_SCAN_LAYOUTS as string[]).includes(process.env.RWKVX_WKV_ROWS ?? '') ? process.env.RWKVX_WKV_ROWS as WkvScanLayout : '16w';
   /**

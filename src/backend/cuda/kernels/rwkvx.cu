@@ -678,13 +678,6 @@ extern "C" __global__ void __launch_bounds__(128) wkv7_chunk_scan16w(float* y, f
 extern "C" __global__ void __launch_bounds__(128) wkv7_chunk_scan32w(float* y, float* state, const float* rec, const float* v, int T, int C) {
   wkv7_chunk_scan_body<32, 8>(y, state, rec, v, T, C);
 }
-// the same rows per warp with 2 warps per block (64 threads): 8 or 16 rows per block
-extern "C" __global__ void __launch_bounds__(64) wkv7_chunk_scan8w(float* y, float* state, const float* rec, const float* v, int T, int C) {
-  wkv7_chunk_scan_body<8, 4>(y, state, rec, v, T, C);
-}
-extern "C" __global__ void __launch_bounds__(64) wkv7_chunk_scan16w8(float* y, float* state, const float* rec, const float* v, int T, int C) {
-  wkv7_chunk_scan_body<16, 8>(y, state, rec, v, T, C);
-}
 
 // GroupNorm per head (eps 64e-5) + bonus (Σ r⊙k⊙r_k)·v, times the gate; bf16 out. One warp per (t, head).
 extern "C" __global__ void gn_bonus_gate(bf16* out, const float* y, const float* r, const float* k, const float* v, const float* g,
