@@ -53,11 +53,17 @@ const WKV_CL = 16, WKV_REC = 4672;
 export function wkvRecordBytes(n: number, heads: number): number { return Math.ceil(n / WKV_CL) * heads * WKV_REC * F32; }
 /** Record buffers of the WKV-7 scan (kernels/rwkvx.cu WKV_STAGES): 3, or 2 with RWKVX_WKV_STAGES=2 (A/B). */
 const WKV_STAGES = process.env.RWKVX_WKV_STAGES === '2' ? 2 : 3;
-/** Dynamic shared memory of `wkv7_chunk_scan<R>`: the record and v buffers, R state rows, the u/y rows. */
 /** Scan layouts (RWKVX_WKV_ROWS) → [state rows per block, rows per warp]; threads = 32 · rows / rows per warp. */
 export const WKV_SCAN_SHAPES = { '4': [4, 2], '8': [8, 2], '16': [16, 2], '16w': [16, 4], '32w': [32, 8] } as const;
 export type WkvScanLayout = keyof typeof WKV_SCAN_SHAPES;
 const WKV_SCAN_LAYOUTS = Object.keys(WKV_SCAN_SHAPES) as WkvScanLayout[];
+/** RWKVX_WKV_ROWS, checked (a misspelt layout is an error, not a silent fallback); default '16w'. */
+function wkvScanLayoutFromEnv(): WkvScanLayout {
+  const v = process.env.RWKVX_WKV_ROWS;
+  if (v === undefined || v === '') return '16w';
+  if (!(WKV_SCAN_LAYOUTS as string[]).includes(v)) fail(`RWKVX_WKV_ROWS=${v}: not a scan layout (one of ${WKV_SCAN_LAYOUTS.join(', ')})`);
+  return v as WkvScanLayout;
+}
 /** Dynamic shared memory of a scan layout: record buffers, the state rows, the u/y rows (padded by 4 in the wide layouts). */
 const wkvScanSmem = (R: number, wide = false) => (WKV_STAGES * (WKV_REC + WKV_CL * R) + 64 * R + 2 * WKV_CL * (wide ? R + 4 : R)) * F32;
 
@@ -170,7 +176,7 @@ export class CudaModel {
    * 234.9 ms against 250.8 / 250.9 with '8' and 260.1 / 256.5 with '32w' (H100, 2026-12-07; docs/cuda.md;
    * layouts with 2 or 8 warps per block were slower: docs/cuda.md "Missing / next" item 13).
    */
-  wkvScanRows: WkvScanLayout = (WKV_SCAN_LAYOUTS as string[]).includes(process.env.RWKVX_WKV_ROWS ?? '') ? process.env.RWKVX_WKV_ROWS as WkvScanLayout : '16w';
+  wkvScanRows: WkvScanLayout = wkvScanLayoutFromEnv();
   /**
    * moba prefill attention on Hopper's warpgroup MMA (kernels/attn-sm90.cu, compiled for sm_90a): keys per
    * tile, 128 or 64; 0 = the mma.sync kernels of rwkvx.cu (always on other GPUs). RWKVX_ATTN_WG.
