@@ -10,7 +10,7 @@
  */
 import { writeFileSync } from 'node:fs';
 import { shapeConfig, randomWeights } from '../src/model/random.js';
-import { CudaModel } from '../src/backend/cuda/model.js';
+import { CudaModel, WKV_SCAN_SHAPES, type WkvScanLayout } from '../src/backend/cuda/model.js';
 import { peakAllocatedBytes, resetPeak } from '../src/backend/cuda/memory.js';
 import { arg, median, randomTokens, requireCuda } from './util.js';
 
@@ -85,7 +85,7 @@ if (wkvN > 0) {
   const out: string[] = [];
   out.push(`seq (TPR ${m.wkvThreadsPerRow}) ${time(() => m.tmixWkv(io, 1, st.ptr, wkvN, rec.ptr, false)).toFixed(2)} ms`);
   const layout = m.wkvScanRows;
-  for (const R of ['4', '8', '16', '16w', '32w'] as const) {
+  for (const R of Object.keys(WKV_SCAN_SHAPES) as WkvScanLayout[]) {
     m.wkvScanRows = R;
     out.push(`chunked R${R} ${time(() => m.tmixWkv(io, 1, st.ptr, wkvN, rec.ptr, true)).toFixed(2)} ms`);
   }

@@ -64,8 +64,11 @@ function wkvScanLayoutFromEnv(): WkvScanLayout {
   if (!(WKV_SCAN_LAYOUTS as string[]).includes(v)) fail(`RWKVX_WKV_ROWS=${v}: not a scan layout (one of ${WKV_SCAN_LAYOUTS.join(', ')})`);
   return v as WkvScanLayout;
 }
-/** Dynamic shared memory of a scan layout: record buffers, the state rows, the u/y rows (padded by 4 in the wide layouts). */
-const wkvScanSmem = (R: number, wide = false) => (WKV_STAGES * (WKV_REC + WKV_CL * R) + 64 * R + 2 * WKV_CL * (wide ? R + 4 : R)) * F32;
+/** Dynamic shared memory of a scan layout: record buffers, the state rows, the u/y rows (the kernel's LU: padded by 4 past 2 rows per warp). */
+function wkvScanSmem(layout: WkvScanLayout): number {
+  const [R, RW] = WKV_SCAN_SHAPES[layout];
+  return (WKV_STAGES * (WKV_REC + WKV_CL * R) + 64 * R + 2 * WKV_CL * (RW === 2 ? R : R + 4)) * F32;
+}
 
 interface RwkvW {
   ln1w: number; ln1b: number; ln2w: number; ln2b: number;
@@ -680,7 +683,7 @@ export class CudaModel {
       const lay = this.wkvScanRows, [R, RW] = WKV_SCAN_SHAPES[lay], threads = (32 * R) / RW;
       this.k('wkv7_chunk_prep', 'pppppppppppppiii', [Math.ceil(n / WKV_CL), H], [256],
         [rec, io.r, io.w, io.a, io.k, io.v, io.vFirst, io.dv, w.w0, w.a0, w.v0, w.kk, w.ka, n, C, first ? 1 : 0]);
-      const name = `wkv7_chunk_scan${lay}`, smem = wkvScanSmem(R, RW > 2);
+      const name = `wkv7_chunk_scan${lay}`, smem = wkvScanSmem(lay);
       this.allowSmem(name, smem);
       gate?.before('scan');
       this.k(name, 'ppppii', [H, 64 / R], [threads], [io.y, state, rec, io.v, n, C], smem);

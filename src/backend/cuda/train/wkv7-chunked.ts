@@ -9,6 +9,7 @@
  * Math: docs/wkv7-chunked.md; design, memory and cost: docs/cuda-training.md "Chunked WKV-7".
  */
 import type { CudaContext } from '../driver.js';
+import { fail } from '../../../util/errors.js';
 import { kernelSource, launch, loadModule, setMaxDynamicSmem, type CudaModule } from '../module-cache.js';
 
 const FILE = 'wkv7-train.cu';
@@ -27,7 +28,7 @@ function defined(name: string): number {
  */
 export function wktLayoutOptions(layout = process.env.RWKVX_TRAIN_WKT || 'wide'): string[] {
   if (layout === 'wide') return ['-DWKT_ROWS=16', '-DWKT_THREADS=128'];
-  if (layout !== 'narrow') throw new Error(`RWKVX_TRAIN_WKT must be 'wide' or 'narrow', not '${layout}'`);
+  if (layout !== 'narrow') fail(`RWKVX_TRAIN_WKT must be 'wide' or 'narrow', not '${layout}'`);
   return [];
 }
 
