@@ -141,6 +141,16 @@ test('emulated kernels: ln_mix8 (rows staged in shared memory) equals ln_mix bit
   }
 });
 
+test('emulated kernels: relu_sq_bf16 (16-byte accesses, two in flight) squares the positive bf16 values, for any length and grid', { skip: skip || false }, () => {
+  const mod = emuModule('rwkvx.cu'), r = rng(5);
+  for (const [n, grid] of [[2, 1], [30, 1], [64, 1], [4102, 3], [9000, 1], [8, 4]] as const) {
+    const x = toBf(gaussArray(n, r, 3)), want = fromBf(x).map((v) => (v > 0 ? v * v : 0));
+    const buf = new Uint32Array(x.buffer);
+    mod.launch('relu_sq_bf16', { grid: [grid], block: [256] }, buf, n / 2);
+    assert.deepEqual(fromBf(x), fromBf(toBf(want)), `n=${n}, grid ${grid}`);
+  }
+});
+
 test('emulated kernels: the fused time-mix LoRA (lora32/64/96/128: f(x·W1)·W2, the middle bf16) vs the CPU', { skip: skip || false }, (t) => {
   const mod = emuModule('rwkvx.cu'), r = rng(21);
   const cases: [number, number, number, number][] = [[32, 128, 200, -1], [64, 192, 129, 0], [96, 128, 17, 1], [128, 128, 130, 1]];

@@ -729,7 +729,7 @@ export class CudaModel {
     gate?.after('ffn');
     this.gemm('linear', () => this.blas.linear(sc.hid, 'bf16', sc.mix, Wk, n, C, F));
     const n2 = (n * F) / 2;
-    this.k('relu_sq_bf16', 'pi', [Math.min(4096, Math.ceil(n2 / 256))], [256], [sc.hid, n2]);
+    this.k('relu_sq_bf16', 'pi', [Math.max(1, Math.min(2048, Math.ceil(n2 / 2048)))], [256], [sc.hid, n2]);
     this.gemm('linear', () => this.blas.linear(sc.h, 'f32', sc.hid, Wv, n, F, C, true));
   }
 

@@ -146,14 +146,24 @@ extern "C" __global__ void act_bf16(bf16* out, const float* in, int n, int mode)
   }
 }
 
-// relu² in place on bf16 (the channel-mix hidden layer), 2 elements per step
+// relu² in place on bf16 (the channel-mix hidden layer): 8 elements per 16-byte access, two accesses in
+// flight per thread (with one 4-byte access per step it ran at ≈ 1.7 TB/s, about half the DRAM's rate)
+__device__ __forceinline__ u32 relu_sq2(u32 p) {
+  float a = bf2f((bf16)(p & 0xffff)), b = bf2f((bf16)(p >> 16));
+  a = a > 0.f ? a * a : 0.f; b = b > 0.f ? b * b : 0.f;
+  return pack_bf16(a, b);
+}
+__device__ __forceinline__ uint4 relu_sq8(uint4 p) { return make_uint4(relu_sq2(p.x), relu_sq2(p.y), relu_sq2(p.z), relu_sq2(p.w)); }
 extern "C" __global__ void relu_sq_bf16(u32* x, int n2) {
-  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n2; i += gridDim.x * blockDim.x) {
-    u32 p = x[i];
-    float a = bf2f((bf16)(p & 0xffff)), b = bf2f((bf16)(p >> 16));
-    a = a > 0.f ? a * a : 0.f; b = b > 0.f ? b * b : 0.f;
-    x[i] = pack_bf16(a, b);
+  const int n8 = n2 >> 2, step = gridDim.x * blockDim.x, tid = blockIdx.x * blockDim.x + threadIdx.x;
+  uint4* x8 = (uint4*)x;
+  int i = tid;
+  for (; i + step < n8; i += 2 * step) {
+    const uint4 p = x8[i], q = x8[i + step];
+    x8[i] = relu_sq8(p); x8[i + step] = relu_sq8(q);
   }
+  if (i < n8) x8[i] = relu_sq8(x8[i]);
+  for (int j = 4 * n8 + tid; j < n2; j += step) x[j] = relu_sq2(x[j]);
 }
 
 // A time-mix LoRA in one pass: out[T, C] = f(x[T, C]·W1[C, L])·W2[L, C] with f = tanh (mode 0), σ (1) or the
