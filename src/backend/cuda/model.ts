@@ -20,7 +20,6 @@ import { wavefrontOrder } from './wavefront.js';
 import { DecodeStep, decodeGemvUnsupported } from './decode.js';
 import { KvPager, type KvPagerOptions, type PagedBuffer } from './kv-pages.js';
 import { createStream, destroyStream, StreamEvent, syncContext } from './streams.js';
-import { ScanPartition } from './green.js';
 import { randomSpec, type Leaves, type RandomInit } from '../../model/random.js';
 
 /** Weights as host float32 tensors or as random initialisations to run on the GPU. */
@@ -597,19 +596,6 @@ export class CudaModel {
    * overlapped prefill, which the per-launch profile cannot.
    */
   private devSkip = new Set((process.env.RWKVX_DEV_SKIP ?? '').split(',').map((x) => x.trim()).filter(Boolean));
-  private partition: ScanPartition | null | undefined;
-  /** The green context the prefill scans run on with RWKVX_SCAN_SMS=N (development A/B; green.ts), else null. */
-  private scanPartition(): ScanPartition | null {
-    if (this.partition !== undefined) return this.partition;
-    const v = process.env.RWKVX_SCAN_SMS;
-    if (!v) return (this.partition = null);
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < 1 || n > this.ctx.info.sms) fail(`RWKVX_SCAN_SMS=${v}: expected a whole number of SMs from 1 to ${this.ctx.info.sms}`);
-    this.partition = ScanPartition.create(n, this.ctx.info.ordinal);
-    process.stderr.write(`rwkvx: WKV-7 scans on a green context of ${this.partition.sms} SMs\n`);
-    return this.partition;
-  }
-
   private k(name: string, sig: string, grid: [number, number?, number?], block: [number, number?, number?], args: number[], smem = 0): void {
     if (this.devSkip.size && this.devSkip.has(name)) return;
     if (this.profile) this.timed(name, () => launch(this.ctx, this.mod, name, sig, grid, block, smem, args));
@@ -700,12 +686,7 @@ export class CudaModel {
       const name = `wkv7_chunk_scan${lay}`, smem = wkvScanSmem(lay);
       this.allowSmem(name, smem);
       gate?.before('scan');
-      const scan = () => this.k(name, 'ppppii', [H, 64 / R], [threads], [io.y, state, rec, io.v, n, C], smem);
-      const part = this.scanPartition();
-      if (part && !this.profile) {
-        const c = this.ctx as { stream: unknown }, main = c.stream;
-        part.run(main, (side) => { c.stream = side; try { scan(); } finally { c.stream = main; } });
-      } else scan();
+      this.k(name, 'ppppii', [H, 64 / R], [threads], [io.y, state, rec, io.v, n, C], smem);
       gate?.after('scan');
       return;
     }
