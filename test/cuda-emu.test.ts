@@ -387,6 +387,44 @@ function cpuAttend(q: Float32Array, qOff: number, K: Float32Array, V: Float32Arr
   return o;
 }
 
+test('emulated kernels: tr_f2bf, tr_act and tr_act_bwd (4 elements a step where aligned) give the scalar path\'s bits, for any length, offset and grid', { skip: skip || false }, () => {
+  const r = rng(31);
+  for (const fp32 of [false, true]) {
+    const mod = emuModule('train.cu', fp32 ? ['TR_FP32'] : []);
+    const gin = (len: number) => (fp32 ? new Float32Array(len) : new Uint16Array(len));
+    const asF = (x: Float32Array | Uint16Array) => (x instanceof Uint16Array ? fromBf(x) : x);
+    for (const [n, grid] of [[1, 1], [7, 1], [1027, 2], [4096, 3]] as const) {
+      const x0 = gaussArray(n, r, 2), d0 = gaussArray(n, r), y0 = gaussArray(n, r).map((v) => v / 3);
+      // the same values at offset 0 (the 16-byte path and the tail) and at offset 1 (the scalar loop throughout)
+      const run = (off: number) => {
+        const at = (v: Float32Array) => { const a = new Float32Array(n + 1); a.set(v, off); return a; };
+        const x = at(x0), d = at(d0), y = at(y0);
+        const o: Record<string, Float32Array> = {};
+        const b = gin(n + 1);
+        mod.launch('tr_f2bf', { grid: [grid], block: [256] }, b.subarray(off, off + n), x.subarray(off, off + n), n);
+        o.f2bf = asF(b).slice(off, off + n);
+        for (const mode of [0, 1, 2]) {
+          const f = new Float32Array(n + 1), bb = gin(n + 1), db = gin(n + 1);
+          mod.launch('tr_act', { grid: [grid], block: [256] }, f.subarray(off, off + n), bb.subarray(off, off + n), x.subarray(off, off + n), n, mode);
+          mod.launch('tr_act_bwd', { grid: [grid], block: [256] }, db.subarray(off, off + n), d.subarray(off, off + n), y.subarray(off, off + n), n, mode);
+          o[`act${mode}`] = f.slice(off, off + n); o[`actB${mode}`] = asF(bb).slice(off, off + n); o[`bwd${mode}`] = asF(db).slice(off, off + n);
+        }
+        return o;
+      };
+      const a = run(0), b = run(1);
+      for (const k of Object.keys(a)) assert.deepEqual(a[k], b[k], `${fp32 ? 'fp32' : 'bf16'} n=${n} ${k}: the aligned and unaligned paths differ`);
+      const xs = x0;
+      const round = (v: Float32Array) => (fp32 ? v : fromBf(toBf(v)));
+      assert.deepEqual(a.f2bf, round(Float32Array.from(xs)), `n=${n}: tr_f2bf`);
+      assert.deepEqual(a.act2, Float32Array.from(xs, (v) => (v > 0 ? v * v : 0)), `n=${n}: relu²`);
+      assert.ok(maxDiff(a.act0, Float32Array.from(xs, Math.tanh)) < 1e-6 && maxDiff(a.act1, Float32Array.from(xs, sig)) < 1e-6, `n=${n}: tanh / σ`);
+      assert.deepEqual(a.actB0, round(a.act0), `n=${n}: the GEMM-input copy`);
+      const ys = y0, ds = d0;
+      assert.ok(maxDiff(a.bwd1, round(Float32Array.from(ds, (g, i) => g * (ys[i] * (1 - ys[i]))))) <= (fp32 ? 1e-6 : 2e-2), `n=${n}: σ backward`);
+    }
+  }
+});
+
 test('emulated kernels: the fused training backward (tr_out_bwd_f, tr_tmix_bwd_f, tr_ln_bwd_f, tr_mix_bwd_f) equals the separate passes (kernel + tr_colsum + tr_f2bf): element-wise outputs bit for bit, column sums to rounding; tr_ln_bwd_w / tr_ln_w / tr_mix_rows the same as tr_ln_bwd_f / tr_ln / tr_mix', { skip: skip || false }, (t) => {
   const H = 2, C = 64 * H, Bn = 2, T = 37, R = Bn * T, n = R * C, r = rng(77);
   for (const fp32 of [false, true]) {
