@@ -9,6 +9,7 @@ source "$(dirname "$0")/round-lib.sh" 420
 nvidia-smi --query-gpu=name --format=csv,noheader
 {
 suite train 170 test/cuda-train.test.ts
+suite wkv-train 120 test/cuda-wkv-train.test.ts
 suite moba-train 110 test/cuda-moba-train.test.ts
 for pass in 1 2; do
   for side in new base; do
@@ -20,6 +21,6 @@ for pass in 1 2; do
 done
 if [ "$(left)" -gt 45 ]; then
   timeout 60 node --import tsx bench/cuda-train.ts --ctx 4096 --batch 4096:8 --steps 2 --model x --profile 1 > "$out/train-prof.log" 2>&1
-  echo "profile rc=$?"; grep -iE "tr_act|f2bf|tr_tmix|wkt_grad|total|sync" "$out/train-prof.log" | head -20
+  echo "profile rc=$?"; grep -iE "tr_act|f2bf|tr_tmix|wkt_|total|sync" "$out/train-prof.log" | head -20
 fi
 } 2>&1 | tee "$out/summary.log"

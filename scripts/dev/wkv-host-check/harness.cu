@@ -12,6 +12,8 @@ template <int NT> struct HostExec {
   template <class F> __host__ __device__ static void each(F&& f) { for (int t = 0; t < NT; t++) f(t); }
   __host__ __device__ static void cp16(float* dst, const float* src) { for (int i = 0; i < 4; i++) dst[i] = src[i]; }
   __host__ __device__ static void cp_wait() {}
+  __host__ __device__ static void cp_commit() {}
+  template <int keep> __host__ __device__ static void cp_wait_keep() {}
 };
 
 static double relerr(const char* name, const float* got, const double* ref, size_t n, double tol, int& fails) {
