@@ -84,16 +84,15 @@ for (const [C, Bn, T] of [[128, 3, 37], [128, 2, 100], [768, 2, 333]] as const) 
       assert.ok(ey <= REL_TOL, `y: ${ey}`);
       assert.ok(eck <= REL_TOL, `chunk-start states: ${eck}`);
       eg.forEach((e, q) => assert.ok(e <= REL_TOL, `${names[q]}: ${e}`));
-      for (const stages of ['3', '2']) {
-        // the wide layout of wkt_scan / wkt_chain (RWKVX_TRAIN_WKT=wide), with three record buffers and with
-        // two (RWKVX_TRAIN_WKT_STAGES=2): the same bits as the narrow layout with three
-        const wide = new wkc.Wkv7ChunkedTrain(ctx, undefined, wkc.wktLayoutOptions('wide', stages));
+      {
+        // the wide layout of wkt_scan / wkt_chain (RWKVX_TRAIN_WKT=wide): the same bits as the default
+        const wide = new wkc.Wkv7ChunkedTrain(ctx, undefined, wkc.wktLayoutOptions('wide'));
         const yW = nan(n), ckW = nan(stN), recW = nan(Bn * nch * H * 6208), outW = pre.map(up), gendW = nan(stN);
         wide.forward(yW, ckW, recW, r, om, kt, v, kh, a, Bn, T, C);
         wide.backward(outW[0], outW[1], outW[2], outW[3], outW[4], outW[5], dy, r, om, kt, v, kh, a, ckW, recW, gendW, Bn, T, C);
-        assert.deepEqual(down(yW, n), yCh, `wide layout, ${stages} buffers: y`);
-        assert.deepEqual(down(ckW, stN), ckCh, `wide layout, ${stages} buffers: chunk-start states`);
-        outW.forEach((p, q) => assert.deepEqual(down(p, n), down(outC[q], n), `wide layout, ${stages} buffers: ${names[q]}`));
+        assert.deepEqual(down(yW, n), yCh, 'wide layout: y');
+        assert.deepEqual(down(ckW, stN), ckCh, 'wide layout: chunk-start states');
+        outW.forEach((p, q) => assert.deepEqual(down(p, n), down(outC[q], n), `wide layout: ${names[q]}`));
       }
       if (C === 128) {
         // the float64 CPU reference, per sequence (final state, dS_0 and the gradients)

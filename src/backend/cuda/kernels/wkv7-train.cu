@@ -53,12 +53,6 @@ typedef long long i64;
 #ifndef WKT_THREADS
 #define WKT_THREADS (16 * WKT_ROWS)
 #endif
-// record buffers of wkt_scan / wkt_chain: 3, so chunk c + 2's copies fly while chunk c is computed (a record
-// read from DRAM then spans two steps of the chain, as in the prefill scan); 2 with -DWKT_STAGES=2
-// (RWKVX_TRAIN_WKT_STAGES=2, for A/B: chunk c + 1's copies, waited for at the end of chunk c)
-#ifndef WKT_STAGES
-#define WKT_STAGES 3
-#endif
 #define WKT_GRAD_SMEM 99840
 
 struct DevExec {
@@ -86,21 +80,6 @@ struct DevExec {
     emu_cp_wait_all();
 #elif defined(__CUDA_ARCH__)
     asm volatile("cp.async.wait_all;" ::: "memory");
-#endif
-  }
-  // the copies issued so far as one group; waiting until at most `keep` (0 or 1) of the newest groups fly
-  HD static void cp_commit() {
-#ifdef RWKVX_EMU
-    emu_cp_commit();
-#elif defined(__CUDA_ARCH__)
-    asm volatile("cp.async.commit_group;" ::: "memory");
-#endif
-  }
-  template <int keep> HD static void cp_wait_keep() {
-#ifdef RWKVX_EMU
-    emu_cp_wait(keep);
-#elif defined(__CUDA_ARCH__)
-    asm volatile("cp.async.wait_group %0;" :: "n"(keep) : "memory");
 #endif
   }
 };
@@ -291,13 +270,10 @@ struct __align__(16) ScanBuf {
   float u0[16][WKT_ROWS], y0[16][WKT_ROWS], v[16][WKT_ROWS];
 };
 struct __align__(16) ScanSm {
-  ScanBuf b[WKT_STAGES];
+  ScanBuf b[2];
   float u[16][WKT_ROWS];
   float S[WKT_ROWS][64];
 };
-// dynamic shared memory of wkt_scan (wkv7-chunked.ts scanSmem computes the same)
-#define WKT_SCAN_SMEM ((WKT_STAGES * (32 * 68 + 32 * 64 + 64 + 48 * WKT_ROWS) + 16 * WKT_ROWS + 64 * WKT_ROWS) * 4)
-static_assert(sizeof(ScanSm) == WKT_SCAN_SMEM, "WKT_SCAN_SMEM must be sizeof(ScanSm)");
 struct ScanArgs {
   float *y, *ckpt, *sfin; const float *rec, *v;
   int T, C, H, nch, b, h, g0;
@@ -325,23 +301,17 @@ template <class X> __host__ __device__ void wkt_scan_body(ScanSm& s, const ScanA
   constexpr int NT = WKT_THREADS, RW = WKT_ROWS;
   const int T = g.T, C = g.C, H = g.H, h = g.h, g0 = g.g0;
   const i64 so = (i64)g.b * T * C;
-  constexpr int NB = WKT_STAGES;
   X::each([&](int tid) {
     for (int e = tid; e < RW * 64; e += NT) s.S[e >> 6][e & 63] = 0.f;
-    for (int c = 0; c < NB - 1; c++) {
-      if (c < g.nch) scan_fetch<X>(s.b[c], g, c, tid);
-      X::cp_commit();
-    }
-    X::template cp_wait_keep<NB - 2>();  // chunk 0 is in
+    scan_fetch<X>(s.b[0], g, 0, tid);
+    X::cp_wait();
   });
   for (int c = 0; c < g.nch; c++) {
-    const ScanBuf& cb = s.b[c % NB];
+    const ScanBuf& cb = s.b[c & 1];
     X::each([&](int tid) {
       float* ck = g.ckpt + (((i64)g.b * g.nch + c) * H + h) * 4096 + g0 * 64;
       for (int e = tid * 4; e < RW * 64; e += NT * 4) *reinterpret_cast<float4*>(ck + e) = ld4(&s.S[e >> 6][e & 63]);
-      // the buffer of chunk c − 1, whose last reader was the previous step's row update
-      if (c + NB - 1 < g.nch) scan_fetch<X>(s.b[(c + NB - 1) % NB], g, c + NB - 1, tid);
-      X::cp_commit();
+      if (c + 1 < g.nch) scan_fetch<X>(s.b[(c + 1) & 1], g, c + 1, tid);
       // lane p of rows i0, i0 + NW, … (NW warps; one load of Wc/Qf row p serves all of a warp's rows)
       constexpr int NW = NT / 32, RPW = RW / NW;
       const int p = tid & 31, i0 = tid >> 5;
@@ -368,7 +338,7 @@ template <class X> __host__ __device__ void wkt_scan_body(ScanSm& s, const ScanA
       }
     });
     row_update<X>(s.S, cb.gn, s.u, cb.v, cb.pq);
-    X::each([&](int) { X::template cp_wait_keep<NB - 2>(); });  // chunk c + 1 is in
+    X::each([&](int) { X::cp_wait(); });
   }
   if (g.sfin) {
     X::each([&](int tid) {
@@ -380,8 +350,7 @@ template <class X> __host__ __device__ void wkt_scan_body(ScanSm& s, const ScanA
 
 extern "C" __global__ void __launch_bounds__(WKT_THREADS) wkt_scan(float* y, float* ckpt, float* sfin, const float* rec, const float* v,
                                                            int T, int C) {
-  extern __shared__ float4 wkt_scan_dyn[];
-  ScanSm& sm = *reinterpret_cast<ScanSm*>(wkt_scan_dyn);
+  __shared__ ScanSm sm;
   ScanArgs g{y, ckpt, sfin, rec, v, T, C, C / 64, (T + WKT_L - 1) / WKT_L, (int)blockIdx.z, (int)blockIdx.x, (int)blockIdx.y * WKT_ROWS};
   wkt_scan_body<DevExec>(sm, g);
 }
@@ -399,7 +368,7 @@ struct __align__(16) ChainBuf {
   float dy[16][WKT_ROWS];
 };
 struct __align__(16) ChainSm {
-  ChainBuf b[WKT_STAGES];  // 46.8 KB with 3 at 16 rows: still static shared memory
+  ChainBuf b[2];
   float pg[16][WKT_ROWS];
   float G[WKT_ROWS][68];
 };
@@ -424,24 +393,17 @@ template <class X> __host__ __device__ void chain_fetch(ChainBuf& d, const Chain
 template <class X> __host__ __device__ void wkt_chain_body(ChainSm& s, const ChainArgs& g) {
   constexpr int NT = WKT_THREADS, RW = WKT_ROWS;
   const int H = g.H, h = g.h, g0 = g.g0;
-  constexpr int NB = WKT_STAGES;
   X::each([&](int tid) {
     for (int e = tid; e < RW * 64; e += NT) s.G[e >> 6][e & 63] = 0.f;
-    for (int k = 0; k < NB - 1; k++) {
-      const int c = g.nch - 1 - k;
-      if (c >= 0) chain_fetch<X>(s.b[c % NB], g, c, tid);
-      X::cp_commit();
-    }
-    X::template cp_wait_keep<NB - 2>();  // the last chunk is in
+    chain_fetch<X>(s.b[(g.nch - 1) & 1], g, g.nch - 1, tid);
+    X::cp_wait();
   });
   for (int c = g.nch - 1; c >= 0; c--) {
-    const ChainBuf& cb = s.b[c % NB];
+    const ChainBuf& cb = s.b[c & 1];
     X::each([&](int tid) {
       float* ge = g.gend + (((i64)g.b * g.nch + c) * H + h) * 4096 + g0 * 64;
       for (int e = tid * 4; e < RW * 64; e += NT * 4) *reinterpret_cast<float4*>(ge + e) = ld4(&s.G[e >> 6][e & 63]);
-      // the buffer of chunk c + 1, whose last reader was the previous step's row update
-      if (c - (NB - 1) >= 0) chain_fetch<X>(s.b[(c - (NB - 1)) % NB], g, c - (NB - 1), tid);
-      X::cp_commit();
+      if (c > 0) chain_fetch<X>(s.b[(c - 1) & 1], g, c - 1, tid);
       {
         constexpr int RPT = 16 * RW / NT, RS = NT / 16;  // rows per thread (one load of P row t serves them), row stride
         const int i = tid >> 4, t = tid & 15;
@@ -462,7 +424,7 @@ template <class X> __host__ __device__ void wkt_chain_body(ChainSm& s, const Cha
       }
     });
     row_update<X>(s.G, cb.gn, s.pg, cb.dy, cb.wq);
-    X::each([&](int) { X::template cp_wait_keep<NB - 2>(); });  // chunk c − 1 is in
+    X::each([&](int) { X::cp_wait(); });
   }
   if (g.dsin) {
     X::each([&](int tid) {

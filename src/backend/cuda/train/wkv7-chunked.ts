@@ -26,17 +26,10 @@ function defined(name: string): number {
  * NVRTC options of the wkt_scan / wkt_chain layout RWKVX_TRAIN_WKT picks: 'wide' (the default: 16 rows,
  * 128 threads; 8 × 4K RWKV-X step 229.8 against 237.8 ms, H100, 2026-12-07) or 'narrow' (8 rows, 128 threads).
  */
-export function wktLayoutOptions(layout = process.env.RWKVX_TRAIN_WKT || 'wide', stages = process.env.RWKVX_TRAIN_WKT_STAGES || '3'): string[] {
-  if (stages !== '2' && stages !== '3') fail(`RWKVX_TRAIN_WKT_STAGES must be 2 or 3, not '${stages}'`);
-  const st = stages === '2' ? ['-DWKT_STAGES=2'] : [];
-  if (layout === 'wide') return ['-DWKT_ROWS=16', '-DWKT_THREADS=128', ...st];
+export function wktLayoutOptions(layout = process.env.RWKVX_TRAIN_WKT || 'wide'): string[] {
+  if (layout === 'wide') return ['-DWKT_ROWS=16', '-DWKT_THREADS=128'];
   if (layout !== 'narrow') fail(`RWKVX_TRAIN_WKT must be 'wide' or 'narrow', not '${layout}'`);
-  return st;
-}
-
-/** Dynamic shared memory of wkt_scan (the source's WKT_SCAN_SMEM = sizeof(ScanSm)) for its rows and record buffers. */
-export function wktScanSmem(rows: number, stages: number): number {
-  return (stages * (32 * 68 + 32 * 64 + 64 + 48 * rows) + 16 * rows + 64 * rows) * 4;
+  return [];
 }
 
 export class Wkv7ChunkedTrain {
@@ -47,8 +40,6 @@ export class Wkv7ChunkedTrain {
   readonly rows: number;
   /** Threads per block of wkt_scan / wkt_chain: 16 per row, or -DWKT_THREADS=… (128 with 16 rows: the wide layout). */
   readonly threads: number;
-  /** Dynamic shared memory of wkt_scan (its record buffers: the source's WKT_STAGES, or -DWKT_STAGES=…). */
-  private scanSmem: number;
 
   /** `timed` wraps each launch (the trainer's per-op profile); `options` are NVRTC options. */
   constructor(private ctx: CudaContext, private timed: (tag: string, f: () => void) => void = (_t, f) => f(), options: string[] = []) {
@@ -64,9 +55,6 @@ export class Wkv7ChunkedTrain {
     this.threads = th ? Number(th[1]) : 16 * this.rows;
     if (this.threads !== 16 * this.rows && !(this.rows === 16 && this.threads === 128)) throw new Error(`internal: WKT_THREADS ${this.threads} with WKT_ROWS ${this.rows}`);
     setMaxDynamicSmem(this.mod, 'wkt_grad', this.gradSmem);
-    const st = options.map((o) => /^-DWKT_STAGES=(\d+)$/.exec(o)).find((m) => m);
-    this.scanSmem = wktScanSmem(this.rows, st ? Number(st[1]) : defined('WKT_STAGES'));
-    setMaxDynamicSmem(this.mod, 'wkt_scan', this.scanSmem);
   }
 
   static chunks(T: number): number { return Math.ceil(T / WKT_L); }
@@ -90,7 +78,7 @@ export class Wkv7ChunkedTrain {
     if (T <= 0 || Bn <= 0) return;
     const H = C / 64, nch = Wkv7ChunkedTrain.chunks(T);
     this.k('wkt_prep', [nch, H, Bn], 256, 0, [rec, r, om, kt, v, kh, a, T, C]);
-    this.k('wkt_scan', [H, 64 / this.rows, Bn], this.threads, this.scanSmem, [y, ckpt, sfin, rec, v, T, C]);
+    this.k('wkt_scan', [H, 64 / this.rows, Bn], this.threads, 0, [y, ckpt, sfin, rec, v, T, C]);
   }
 
   /**
