@@ -148,6 +148,12 @@ test('emulated kernels: relu_sq_bf16 (16-byte accesses, two in flight) squares t
     const buf = new Uint32Array(x.buffer);
     mod.launch('relu_sq_bf16', { grid: [grid], block: [256] }, buf, n / 2);
     assert.deepEqual(fromBf(x), fromBf(toBf(want)), `n=${n}, grid ${grid}`);
+    // 4 bytes past a 16-byte boundary: the scalar loop throughout
+    if (n < 4) continue;
+    const y = new Uint16Array(n + 2);
+    y.set(toBf(Float32Array.from({ length: n }, (_, i) => (i % 2 ? -1.5 : 2.5))), 2);
+    mod.launch('relu_sq_bf16', { grid: [grid], block: [256] }, new Uint32Array(y.buffer, 4, n / 2), n / 2);
+    assert.deepEqual(Array.from(fromBf(y.subarray(2))), Array.from({ length: n }, (_, i) => (i % 2 ? 0 : 6.25)), `n=${n}, unaligned`);
   }
 });
 

@@ -155,7 +155,8 @@ __device__ __forceinline__ u32 relu_sq2(u32 p) {
 }
 __device__ __forceinline__ uint4 relu_sq8(uint4 p) { return make_uint4(relu_sq2(p.x), relu_sq2(p.y), relu_sq2(p.z), relu_sq2(p.w)); }
 extern "C" __global__ void relu_sq_bf16(u32* x, int n2) {
-  const int n8 = n2 >> 2, step = gridDim.x * blockDim.x, tid = blockIdx.x * blockDim.x + threadIdx.x;
+  // the 16-byte path needs x 16-byte aligned (the model passes a buffer's start); otherwise all scalar
+  const int n8 = ((unsigned long long)x & 15) ? 0 : n2 >> 2, step = gridDim.x * blockDim.x, tid = blockIdx.x * blockDim.x + threadIdx.x;
   uint4* x8 = (uint4*)x;
   int i = tid;
   for (; i + step < n8; i += 2 * step) {

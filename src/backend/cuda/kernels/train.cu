@@ -463,13 +463,13 @@ extern "C" __global__ void __launch_bounds__(256) tr_mix_bwd_f(float* dx, float*
   }
 }
 
-// mode 0: tanh, 1: sigmoid, 2: relu²; outF may alias in; either output may be null
 __device__ __forceinline__ float act_f(float x, int mode) {
   if (mode == 0) return tanhf(x);
   if (mode == 1) return sigmoidf_(x);
   const float r = x > 0.f ? x : 0.f;
   return r * r;
 }
+// mode 0: tanh, 1: sigmoid, 2: relu²; outF may alias in; either output may be null
 extern "C" __global__ void tr_act(float* outF, gin* outB, const float* in, int n, int mode) {
   const int step = gridDim.x * blockDim.x, tid = blockIdx.x * blockDim.x + threadIdx.x;
   int done = 0;
