@@ -27,11 +27,14 @@ __device__ __forceinline__ gin tog(float f) { return f2bf(f); }
 // the DRAM's bandwidth (Nsight Compute, H100). The arithmetic per element is the same, so the same bits.
 __device__ __forceinline__ bool al16(const void* p) { return ((unsigned long long)p & 15) == 0; }
 __device__ __forceinline__ bool gin4ok(const gin* p) { return ((unsigned long long)p & (4 * sizeof(gin) - 1)) == 0; }
-__device__ __forceinline__ void st4gin(gin* p, float4 v) {
+// four GEMM-input values at p (8-byte aligned bf16, or 16-byte aligned float32 in the TR_FP32 build)
+__device__ __forceinline__ void st4g(gin* p, float a, float b, float c, float d) {
 #ifdef TR_FP32
-  *(float4*)p = v;
+  *(float4*)p = make_float4(a, b, c, d);
 #else
-  *(uint2*)p = make_uint2(pack_bf16(v.x, v.y), pack_bf16(v.z, v.w));
+  u32* q = (u32*)p;
+  q[0] = (u32)f2bf(a) | ((u32)f2bf(b) << 16);
+  q[1] = (u32)f2bf(c) | ((u32)f2bf(d) << 16);
 #endif
 }
 template <class F> __device__ __forceinline__ float4 map4(float4 v, F f) { return make_float4(f(v.x), f(v.y), f(v.z), f(v.w)); }
@@ -41,7 +44,7 @@ extern "C" __global__ void tr_f2bf(gin* out, const float* in, int n) {
   int done = 0;
   if (al16(in) && gin4ok(out)) {
     done = n & ~3;
-    for (int i = tid; 4 * i < done; i += step) st4gin(out + 4 * i, ((const float4*)in)[i]);
+    for (int i = tid; 4 * i < done; i += step) { const float4 v = ((const float4*)in)[i]; st4g(out + 4 * i, v.x, v.y, v.z, v.w); }
   }
   for (int i = done + tid; i < n; i += step) out[i] = tog(in[i]);
 }
@@ -382,15 +385,6 @@ extern "C" __global__ void tr_mix(gin* out, const float* x, const float* mu, int
 // tr_mix with a block per row and 4 channels per thread (blockDim = C/4, C % 4 == 0, C ≤ 4096): 16-byte loads
 // of the row and the one before, 8-byte stores of the bf16 mixes, and no 64-bit division per element (the
 // grid-stride tr_mix pays an i64 e / C and e % C for each). The same arithmetic, so the same bits.
-__device__ __forceinline__ void st4g(gin* p, float a, float b, float c, float d) {
-#ifdef TR_FP32
-  *(float4*)p = make_float4(a, b, c, d);
-#else
-  u32* q = (u32*)p;
-  q[0] = (u32)f2bf(a) | ((u32)f2bf(b) << 16);
-  q[1] = (u32)f2bf(c) | ((u32)f2bf(d) << 16);
-#endif
-}
 extern "C" __global__ void tr_mix_rows(gin* out, const float* x, const float* mu, int R, int T, int C, int M) {
   const int t = blockIdx.x, i = 4 * threadIdx.x;
   if (i >= C) return;
@@ -478,7 +472,7 @@ extern "C" __global__ void tr_act(float* outF, gin* outB, const float* in, int n
     for (int i = tid; 4 * i < done; i += step) {
       const float4 y = map4(((const float4*)in)[i], [mode](float x) { return act_f(x, mode); });
       if (outF) ((float4*)outF)[i] = y;
-      if (outB) st4gin(outB + 4 * i, y);
+      if (outB) st4g(outB + 4 * i, y.x, y.y, y.z, y.w);
     }
   }
   for (int i = done + tid; i < n; i += step) {
@@ -501,7 +495,7 @@ extern "C" __global__ void tr_act_bwd(gin* dB, const float* d, const float* y, i
     done = n & ~3;
     for (int i = tid; 4 * i < done; i += step) {
       const float4 g = ((const float4*)d)[i], v = ((const float4*)y)[i];
-      st4gin(dB + 4 * i, make_float4(act_bwd_f(g.x, v.x, mode), act_bwd_f(g.y, v.y, mode), act_bwd_f(g.z, v.z, mode), act_bwd_f(g.w, v.w, mode)));
+      st4g(dB + 4 * i, act_bwd_f(g.x, v.x, mode), act_bwd_f(g.y, v.y, mode), act_bwd_f(g.z, v.z, mode), act_bwd_f(g.w, v.w, mode));
     }
   }
   for (int i = done + tid; i < n; i += step) dB[i] = tog(act_bwd_f(d[i], y[i], mode));
