@@ -364,7 +364,7 @@ test('CUDA: chunked WKV-7 (tmix_prep fused into its chunk prep) equals tmix_prep
   const state = alloc(m.ctx, H * 4096 * 4, 'test state'), rec = alloc(m.ctx, wkvRecordBytes(Tmax, H), 'test rec');
   const s0 = Float32Array.from({ length: H * 4096 }, () => gauss() * 0.3);
   const io = Object.fromEntries([...work].map(([nm, b]) => [nm, b.ptr])) as unknown as import('../src/backend/cuda/model.js').WkvIo;
-  let worstY = 0, worstS = 0, worstKV = 0, worstRows = 0;
+  let worstY = 0, worstS = 0, worstKV = 0, worstRows = 0, worstTc = 0;
   for (const first of [true, false]) {
     for (const T of first ? [1, 17, 1000, 16400] : [1, 15, 16, 17, 33, 64, 100, 1000, 4097, 16400, 65537]) {
       const out: Record<string, Float32Array>[] = [];
@@ -382,7 +382,7 @@ test('CUDA: chunked WKV-7 (tmix_prep fused into its chunk prep) equals tmix_prep
       let ymax = 0;
       for (const x of out[0].y) ymax = Math.max(ymax, Math.abs(x));
       // the other scan layouts (4, 16 rows per block, 16 and 32 with 4 and 8 per warp) against the default
-      if (T >= 16) for (const rows of ['4', '16', '16w', '32w'] as const) {
+      if (T >= 16) for (const rows of ['4', '16', '16w', '32w', 'tc'] as const) {
         const keep = m.wkvScanRows;
         m.wkvScanRows = rows;
         for (const nm of names) copyDtoD(m.ctx, work.get(nm)!.ptr, src.get(nm)!.ptr, T * C * 4);
@@ -394,7 +394,7 @@ test('CUDA: chunked WKV-7 (tmix_prep fused into its chunk prep) equals tmix_prep
         copyDtoH(y, io.y); copyDtoH(st, state.ptr);
         const d = Math.max(diffNaN(y, out[1].y) / Math.max(1, ymax), diffNaN(st, out[1].s));
         if (d > 0) console.log(`cuda wkv scan rows ${rows} vs default T=${T}: max difference ${d.toExponential(3)}`);
-        worstRows = Math.max(worstRows, d);
+        if (rows === 'tc') worstTc = Math.max(worstTc, d); else worstRows = Math.max(worstRows, d);
       }
       const dyv = diffNaN(out[1].y, out[0].y), dsv = diffNaN(out[1].s, out[0].s);
       const dkv = Math.max(...(['k', 'v', 'vFirst'] as const).map((nm) => diffNaN(out[1][nm], out[0][nm])));
@@ -407,4 +407,5 @@ test('CUDA: chunked WKV-7 (tmix_prep fused into its chunk prep) equals tmix_prep
   report(t, 'chunked WKV-7 vs sequential, max |Δstate|', worstS, 1e-3);
   report(t, 'fused chunk prep vs tmix_prep, max |Δ| of k̃, v and vFirst', worstKV, 1e-5);
   report(t, 'scan layouts (4, 16 rows per block, 16 and 32 with 4 and 8 per warp) vs the default, max relative |Δy| and |Δstate|', worstRows, 1e-6);
+  report(t, 'tensor-core scan (bf16 hi + lo operands) vs the default, max relative |Δy| and |Δstate|', worstTc, 2e-4);
 });

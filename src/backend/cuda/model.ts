@@ -54,7 +54,7 @@ export function wkvRecordBytes(n: number, heads: number): number { return Math.c
 /** Record buffers of the WKV-7 scan (kernels/rwkvx.cu WKV_STAGES): 3, or 2 with RWKVX_WKV_STAGES=2 (A/B). */
 const WKV_STAGES = process.env.RWKVX_WKV_STAGES === '2' ? 2 : 3;
 /** Scan layouts (RWKVX_WKV_ROWS) → [state rows per block, rows per warp]; threads = 32 · rows / rows per warp. */
-export const WKV_SCAN_SHAPES = { '4': [4, 2], '8': [8, 2], '16': [16, 2], '16w': [16, 4], '32w': [32, 8] } as const;
+export const WKV_SCAN_SHAPES = { '4': [4, 2], '8': [8, 2], '16': [16, 2], '16w': [16, 4], '32w': [32, 8], tc: [64, 16] } as const;
 export type WkvScanLayout = keyof typeof WKV_SCAN_SHAPES;
 const WKV_SCAN_LAYOUTS = Object.keys(WKV_SCAN_SHAPES) as WkvScanLayout[];
 /** RWKVX_WKV_ROWS, checked (a misspelt layout is an error, not a silent fallback); default '16w'. */
@@ -67,6 +67,8 @@ function wkvScanLayoutFromEnv(): WkvScanLayout {
 /** Dynamic shared memory of a scan layout: record buffers, the state rows, the u/y rows (the kernel's LU: padded by 4 past 2 rows per warp). */
 function wkvScanSmem(layout: WkvScanLayout): number {
   const [R, RW] = WKV_SCAN_SHAPES[layout];
+  // the tensor-core scan: padded record + V copies (kernels/rwkvx.cu WKV_TC_STAGE) and 4 warps' y staging
+  if (layout === 'tc') return (WKV_STAGES * 6208 + 4 * 320) * F32;
   return (WKV_STAGES * (WKV_REC + WKV_CL * R) + 64 * R + 2 * WKV_CL * (RW === 2 ? R : R + 4)) * F32;
 }
 

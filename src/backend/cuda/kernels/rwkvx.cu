@@ -690,6 +690,141 @@ extern "C" __global__ void __launch_bounds__(128) wkv7_chunk_scan32w(float* y, f
   wkv7_chunk_scan_body<32, 8>(y, state, rec, v, T, C);
 }
 
+// The same scan on tensor cores (RWKVX_WKV_ROWS=tc): one block of 4 warps per head, warp w holding state
+// rows 16w … 16w + 15 as mma.sync accumulators (fp32, never in shared memory). Per chunk both phases are
+// small GEMMs: [U | Y] = S·WQt + Vᵀ·MT (16 × 32 per warp, k = 80) and S ← S·diag(Γ_L) + U·Bh + Vᵀ·Kh
+// (16 × 64, k = 32). Operands go through bf16 m16n8k16 as hi + lo pairs (x = hi + lo, both bf16; three
+// products, lo·lo dropped): ≈ 16 bits of mantissa per operand, about 2⁻¹⁷ relative per product, against
+// the 2⁻⁸ of the bf16 activations the record is built from. The diagonal decay stays an fp32 multiply.
+// Rows are independent, so warps never exchange data; the block barrier is only the record handover.
+// Shared copy of a record, padded so each lane's B-fragment loads (rows 2t, 2t + 1, 2t + 8, 2t + 9,
+// column g) hit distinct banks: WQt [64][36], BK [32][68], Γ [64], MT [16][36], V [16 tokens][68].
+#define WKV_TC_STAGE 6208
+__device__ __forceinline__ void split_bf16(float a, float b, u32& hi, u32& lo) {
+  hi = pack_bf16(a, b);
+  lo = pack_bf16(a - __uint_as_float(hi << 16), b - __uint_as_float(hi & 0xffff0000u));
+}
+// d += A·B with A = ah + al, B = (bh0, bh1) + (bl0, bl1): the small products first
+__device__ __forceinline__ void mma16816x3(float* d, const u32* ah, const u32* al, u32 bh0, u32 bh1, u32 bl0, u32 bl1) {
+  mma16816(d, al, bh0, bh1);
+  mma16816(d, ah, bl0, bl1);
+  mma16816(d, ah, bh0, bh1);
+}
+// B fragment (k rows 2t, 2t + 1, 2t + 8, 2t + 9 of column g) of an fp32 matrix in shared memory, split
+__device__ __forceinline__ void bfrag_split(const float* p, int ld, u32& h0, u32& h1, u32& l0, u32& l1) {
+  split_bf16(p[0], p[ld], h0, l0);
+  split_bf16(p[8 * ld], p[9 * ld], h1, l1);
+}
+extern "C" __global__ void __launch_bounds__(128) wkv7_chunk_scantc(float* y, float* state, const float* rec, const float* v, int T, int C) {
+  constexpr int NB = WKV_STAGES, ST = WKV_TC_STAGE, OB = 2304, OG = 4480, OM = 4544, OV = 5120;
+  static_assert(NB == 2 || NB == 3, "WKV_STAGES is 2 or 3");
+  extern __shared__ __align__(16) float wkvScanSmem[];  // model.ts wkvScanSmem('tc') bytes
+  const int h = blockIdx.x, H = gridDim.x, tid = threadIdx.x, lane = tid & 31, g = lane >> 2, t = lane & 3;
+  const int i0 = (tid >> 5) * 16, nch = (T + WKV_CL - 1) / WKV_CL;
+  float* sY = wkvScanSmem + NB * ST + (tid >> 5) * 320;  // [16 tokens][20]: this warp's y rows, staged
+  float* Sg = state + (long long)h * 4096;
+  float s[8][4];
+#pragma unroll
+  for (int nt = 0; nt < 8; nt++) {
+    const float2 a = *(const float2*)&Sg[(i0 + g) * 64 + 8 * nt + 2 * t], b = *(const float2*)&Sg[(i0 + g + 8) * 64 + 8 * nt + 2 * t];
+    s[nt][0] = a.x; s[nt][1] = a.y; s[nt][2] = b.x; s[nt][3] = b.y;
+  }
+  auto issue = [&](int c, int b) {
+    const float* rc = rec + ((long long)c * H + h) * WKV_REC;
+    float* d = wkvScanSmem + b * ST;
+    for (int e = tid; e < 512; e += 128) cp16(d + (e >> 3) * 36 + (e & 7) * 4, rc + e * 4, 16);
+    for (int e = tid; e < 512; e += 128) cp16(d + OB + (e >> 4) * 68 + (e & 15) * 4, rc + 2048 + e * 4, 16);
+    if (tid < 16) cp16(d + OG + tid * 4, rc + 4096 + tid * 4, 16);
+    cp16(d + OM + (tid >> 3) * 36 + (tid & 7) * 4, rc + 4160 + tid * 4, 16);
+    for (int e = tid; e < 256; e += 128) {
+      const int tt = e >> 4, tok = c * WKV_CL + tt;
+      const bool in = tok < T;
+      cp16(d + OV + tt * 68 + (e & 15) * 4, v + (long long)(in ? tok : 0) * C + h * 64 + (e & 15) * 4, in ? 16 : 0);
+    }
+  };
+  for (int c = 0; c < NB - 1; c++) {
+    if (c < nch) issue(c, c);
+    cp_commit();
+  }
+  for (int c = 0; c < nch; c++) {
+    const int b = c % NB;
+    if (NB == 3) cp_wait1(); else cp_wait0();
+    __syncthreads();
+    if (c + NB - 1 < nch) issue(c + NB - 1, (c + NB - 1) % NB);
+    cp_commit();
+    const float* M = wkvScanSmem + b * ST;
+    // Vᵀ (rows i, columns tokens) as an A fragment: element [i][tt] = V[tt][i]
+    u32 vh[4], vl[4];
+    {
+      const float* Vs = M + OV + i0 + g;
+      split_bf16(Vs[(2 * t) * 68], Vs[(2 * t + 1) * 68], vh[0], vl[0]);
+      split_bf16(Vs[(2 * t) * 68 + 8], Vs[(2 * t + 1) * 68 + 8], vh[1], vl[1]);
+      split_bf16(Vs[(2 * t + 8) * 68], Vs[(2 * t + 9) * 68], vh[2], vl[2]);
+      split_bf16(Vs[(2 * t + 8) * 68 + 8], Vs[(2 * t + 9) * 68 + 8], vh[3], vl[3]);
+    }
+    // phase 1: o = [U | Y] (columns p < 16: u_p, p ≥ 16: y_{p−16}) = S·WQt + Vᵀ·MT
+    float o[4][4];
+#pragma unroll
+    for (int np = 0; np < 4; np++) o[np][0] = o[np][1] = o[np][2] = o[np][3] = 0.f;
+#pragma unroll
+    for (int ks = 0; ks < 4; ks++) {
+      u32 ah[4], al[4];  // S columns 16ks … 16ks + 15: accumulator tiles 2ks and 2ks + 1 are this A fragment
+      split_bf16(s[2 * ks][0], s[2 * ks][1], ah[0], al[0]);
+      split_bf16(s[2 * ks][2], s[2 * ks][3], ah[1], al[1]);
+      split_bf16(s[2 * ks + 1][0], s[2 * ks + 1][1], ah[2], al[2]);
+      split_bf16(s[2 * ks + 1][2], s[2 * ks + 1][3], ah[3], al[3]);
+#pragma unroll
+      for (int np = 0; np < 4; np++) {
+        u32 h0, h1, l0, l1;
+        bfrag_split(M + (16 * ks + 2 * t) * 36 + 8 * np + g, 36, h0, h1, l0, l1);
+        mma16816x3(o[np], ah, al, h0, h1, l0, l1);
+      }
+    }
+#pragma unroll
+    for (int np = 0; np < 4; np++) {
+      u32 h0, h1, l0, l1;
+      bfrag_split(M + OM + (2 * t) * 36 + 8 * np + g, 36, h0, h1, l0, l1);
+      mma16816x3(o[np], vh, vl, h0, h1, l0, l1);
+    }
+    // y: tiles 2 and 3, staged so each token's 16 rows leave as 64 contiguous bytes
+#pragma unroll
+    for (int np = 2; np < 4; np++) {
+      const int tt = 8 * (np - 2) + 2 * t;
+      sY[tt * 20 + g] = o[np][0]; sY[(tt + 1) * 20 + g] = o[np][1];
+      sY[tt * 20 + g + 8] = o[np][2]; sY[(tt + 1) * 20 + g + 8] = o[np][3];
+    }
+    __syncwarp();
+#pragma unroll
+    for (int q = 0; q < 2; q++) {
+      const int e = lane + 32 * q, tt = e >> 2, c4 = (e & 3) * 4, tok = c * WKV_CL + tt;
+      if (tok < T) *(float4*)(y + (long long)tok * C + h * 64 + i0 + c4) = *(const float4*)&sY[tt * 20 + c4];
+    }
+    // phase 2: S ← S·diag(Γ_L) + U·Bh + Vᵀ·Kh; U (tiles 0, 1) is the A fragment as it stands
+    u32 uh[4], ul[4];
+    split_bf16(o[0][0], o[0][1], uh[0], ul[0]);
+    split_bf16(o[0][2], o[0][3], uh[1], ul[1]);
+    split_bf16(o[1][0], o[1][1], uh[2], ul[2]);
+    split_bf16(o[1][2], o[1][3], uh[3], ul[3]);
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++) {
+      const float2 gm = *(const float2*)&M[OG + 8 * nt + 2 * t];
+      s[nt][0] *= gm.x; s[nt][1] *= gm.y; s[nt][2] *= gm.x; s[nt][3] *= gm.y;
+      const float* Bb = M + OB + (2 * t) * 68 + 8 * nt + g;
+      u32 h0, h1, l0, l1;
+      bfrag_split(Bb, 68, h0, h1, l0, l1);
+      mma16816x3(s[nt], uh, ul, h0, h1, l0, l1);
+      bfrag_split(Bb + 16 * 68, 68, h0, h1, l0, l1);
+      mma16816x3(s[nt], vh, vl, h0, h1, l0, l1);
+    }
+    __syncwarp();
+  }
+#pragma unroll
+  for (int nt = 0; nt < 8; nt++) {
+    *(float2*)&Sg[(i0 + g) * 64 + 8 * nt + 2 * t] = make_float2(s[nt][0], s[nt][1]);
+    *(float2*)&Sg[(i0 + g + 8) * 64 + 8 * nt + 2 * t] = make_float2(s[nt][2], s[nt][3]);
+  }
+}
+
 // GroupNorm per head (eps 64e-5) + bonus (Σ r⊙k⊙r_k)·v, times the gate; bf16 out. One warp per (t, head).
 extern "C" __global__ void gn_bonus_gate(bf16* out, const float* y, const float* r, const float* k, const float* v, const float* g,
     const float* lw, const float* lb, const float* rk, int T, int H) {
