@@ -179,7 +179,8 @@ export class CudaModel {
    * '16w' / '32w': 16 or 32 rows with 4 or 8 per warp, 128 threads (a half or a quarter of the blocks of
    * '8', each warp reading the record once for 4 or 8 rows). Default '16w': 128K RWKV-X prefill 232.9 /
    * 234.9 ms against 250.8 / 250.9 with '8' and 260.1 / 256.5 with '32w' (H100, 2026-12-07; docs/cuda.md;
-   * layouts with 2 or 8 warps per block were slower: docs/cuda.md "Missing / next" item 13).
+   * layouts with 2 or 8 warps per block were slower: docs/cuda.md "Missing / next" item 13). 'tc': the
+   * tensor-core scan, one block per head (item 15; not yet timed on a GPU).
    */
   wkvScanRows: WkvScanLayout = wkvScanLayoutFromEnv();
   /**
