@@ -715,6 +715,13 @@ __device__ __forceinline__ void bfrag_split(const float* p, int ld, u32& h0, u32
   split_bf16(p[0], p[ld], h0, l0);
   split_bf16(p[8 * ld], p[9 * ld], h1, l1);
 }
+// accumulator tiles c0, c1 (16 × 8 each, columns 8n … 8n + 15) are, packed, the A fragment of those 16 columns
+__device__ __forceinline__ void afrag_split(const float* c0, const float* c1, u32* ah, u32* al) {
+  split_bf16(c0[0], c0[1], ah[0], al[0]);
+  split_bf16(c0[2], c0[3], ah[1], al[1]);
+  split_bf16(c1[0], c1[1], ah[2], al[2]);
+  split_bf16(c1[2], c1[3], ah[3], al[3]);
+}
 extern "C" __global__ void __launch_bounds__(128) wkv7_chunk_scantc(float* y, float* state, const float* rec, const float* v, int T, int C) {
   constexpr int NB = WKV_STAGES, ST = WKV_TC_STAGE, OB = 2304, OG = 4480, OM = 4544, OV = 5120;
   static_assert(NB == 2 || NB == 3, "WKV_STAGES is 2 or 3");
@@ -768,11 +775,8 @@ extern "C" __global__ void __launch_bounds__(128) wkv7_chunk_scantc(float* y, fl
     for (int np = 0; np < 4; np++) o[np][0] = o[np][1] = o[np][2] = o[np][3] = 0.f;
 #pragma unroll
     for (int ks = 0; ks < 4; ks++) {
-      u32 ah[4], al[4];  // S columns 16ks … 16ks + 15: accumulator tiles 2ks and 2ks + 1 are this A fragment
-      split_bf16(s[2 * ks][0], s[2 * ks][1], ah[0], al[0]);
-      split_bf16(s[2 * ks][2], s[2 * ks][3], ah[1], al[1]);
-      split_bf16(s[2 * ks + 1][0], s[2 * ks + 1][1], ah[2], al[2]);
-      split_bf16(s[2 * ks + 1][2], s[2 * ks + 1][3], ah[3], al[3]);
+      u32 ah[4], al[4];  // S columns 16ks … 16ks + 15
+      afrag_split(s[2 * ks], s[2 * ks + 1], ah, al);
 #pragma unroll
       for (int np = 0; np < 4; np++) {
         u32 h0, h1, l0, l1;
@@ -801,10 +805,7 @@ extern "C" __global__ void __launch_bounds__(128) wkv7_chunk_scantc(float* y, fl
     }
     // phase 2: S ← S·diag(Γ_L) + U·Bh + Vᵀ·Kh; U (tiles 0, 1) is the A fragment as it stands
     u32 uh[4], ul[4];
-    split_bf16(o[0][0], o[0][1], uh[0], ul[0]);
-    split_bf16(o[0][2], o[0][3], uh[1], ul[1]);
-    split_bf16(o[1][0], o[1][1], uh[2], ul[2]);
-    split_bf16(o[1][2], o[1][3], uh[3], ul[3]);
+    afrag_split(o[0], o[1], uh, ul);
 #pragma unroll
     for (int nt = 0; nt < 8; nt++) {
       const float2 gm = *(const float2*)&M[OG + 8 * nt + 2 * t];
