@@ -230,8 +230,10 @@ test('CUDA: RWKV-X official semantics — prefill 48 then step', (t) => {
     // a 200-token call attends within 16-token chunks of the call: no choice, so exact up to bf16 and
     // the chunked WKV-7's rounding, which this tiny model amplifies (chunked vs sequential WKV alone moves
     // its rows < 48 by 3.2e-2): measured 6.4e-2 … 8.2e-2 on the H100 as fp32 rounding orders changed
-    // (tmix_prep fused into the chunk prep, the V terms summed in another order), so the bound of F32_TOL here
-    ['official prefill 200 (chunked within the call)', maxAbsDiff(got2, cpu2), F32_TOL],
+    // (tmix_prep fused into the chunk prep, the V terms summed in another order), and 0.115 with the scan
+    // on tensor cores (bf16 hi + lo operands; 6.7e-2 with '16w' in the same call, H100 2026-12-07): 0.15
+    ['official prefill 200 (chunked within the call)', maxAbsDiff(got2, cpu2), 0.15],
+    ['official prefill 200, arg-max disagreement with bf16-weight CPU', 1 - argmaxAgreement(got2, cpu2, V), 0.075],
   ];
   for (const [w, d, tol] of checks) report(t, w, d, tol);
 });
@@ -381,20 +383,28 @@ test('CUDA: chunked WKV-7 (tmix_prep fused into its chunk prep) equals tmix_prep
       }
       let ymax = 0;
       for (const x of out[0].y) ymax = Math.max(ymax, Math.abs(x));
-      // the other scan layouts (4, 16 rows per block, 16 and 32 with 4 and 8 per warp) against the default
-      if (T >= 16) for (const rows of ['4', '16', '16w', '32w', 'tc'] as const) {
-        const keep = m.wkvScanRows;
-        m.wkvScanRows = rows;
-        for (const nm of names) copyDtoD(m.ctx, work.get(nm)!.ptr, src.get(nm)!.ptr, T * C * 4);
-        copyDtoD(m.ctx, io.y, nanBuf.ptr, T * C * 4);
-        copyHtoD(state.ptr, s0);
-        m.tmixWkv(io, first ? 0 : 1, state.ptr, T, rec.ptr, true, first);
-        m.wkvScanRows = keep;
-        const y = new Float32Array(T * C), st = new Float32Array(H * 4096);
-        copyDtoH(y, io.y); copyDtoH(st, state.ptr);
-        const d = Math.max(diffNaN(y, out[1].y) / Math.max(1, ymax), diffNaN(st, out[1].s));
-        if (d > 0) console.log(`cuda wkv scan rows ${rows} vs default T=${T}: max difference ${d.toExponential(3)}`);
-        if (rows === 'tc') worstTc = Math.max(worstTc, d); else worstRows = Math.max(worstRows, d);
+      // every scan layout against '16w' (fp32 FMAs, the same sums in the same order as '4', '16' and '32w');
+      // the tensor-core scan (the default) rounds its operands to bf16 hi + lo, so its own bound
+      if (T >= 16) {
+        const runLayout = (rows: import('../src/backend/cuda/model.js').WkvScanLayout) => {
+          const keep = m.wkvScanRows;
+          m.wkvScanRows = rows;
+          for (const nm of names) copyDtoD(m.ctx, work.get(nm)!.ptr, src.get(nm)!.ptr, T * C * 4);
+          copyDtoD(m.ctx, io.y, nanBuf.ptr, T * C * 4);
+          copyHtoD(state.ptr, s0);
+          m.tmixWkv(io, first ? 0 : 1, state.ptr, T, rec.ptr, true, first);
+          m.wkvScanRows = keep;
+          const y = new Float32Array(T * C), st = new Float32Array(H * 4096);
+          copyDtoH(y, io.y); copyDtoH(st, state.ptr);
+          return { y, st };
+        };
+        const ref = runLayout('16w');
+        for (const rows of ['4', '16', '32w', 'tc'] as const) {
+          const { y, st } = runLayout(rows);
+          const d = Math.max(diffNaN(y, ref.y) / Math.max(1, ymax), diffNaN(st, ref.st));
+          if (d > 0) console.log(`cuda wkv scan rows ${rows} vs 16w T=${T}: max difference ${d.toExponential(3)}`);
+          if (rows === 'tc') worstTc = Math.max(worstTc, d); else worstRows = Math.max(worstRows, d);
+        }
       }
       const dyv = diffNaN(out[1].y, out[0].y), dsv = diffNaN(out[1].s, out[0].s);
       const dkv = Math.max(...(['k', 'v', 'vFirst'] as const).map((nm) => diffNaN(out[1][nm], out[0][nm])));
@@ -406,6 +416,6 @@ test('CUDA: chunked WKV-7 (tmix_prep fused into its chunk prep) equals tmix_prep
   report(t, 'chunked WKV-7 vs sequential, max |Δy| / max(1, max |y|)', worstY, 1e-4);
   report(t, 'chunked WKV-7 vs sequential, max |Δstate|', worstS, 1e-3);
   report(t, 'fused chunk prep vs tmix_prep, max |Δ| of k̃, v and vFirst', worstKV, 1e-5);
-  report(t, 'scan layouts (4, 16 rows per block, 16 and 32 with 4 and 8 per warp) vs the default, max relative |Δy| and |Δstate|', worstRows, 1e-6);
-  report(t, 'tensor-core scan (bf16 hi + lo operands) vs the default, max relative |Δy| and |Δstate|', worstTc, 2e-4);
+  report(t, 'scan layouts 4, 16 (2 rows per warp) and 32w (8 per warp) vs 16w (4 per warp), max relative |Δy| and |Δstate|', worstRows, 1e-6);
+  report(t, 'tensor-core scan (bf16 hi + lo operands) vs 16w, max relative |Δy| and |Δstate|', worstTc, 2e-4);
 });

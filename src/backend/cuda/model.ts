@@ -59,10 +59,10 @@ const WKV_TC_STAGE = 6208;
 export const WKV_SCAN_SHAPES = { '4': [4, 2], '8': [8, 2], '16': [16, 2], '16w': [16, 4], '32w': [32, 8], tc: [64, 16] } as const;
 export type WkvScanLayout = keyof typeof WKV_SCAN_SHAPES;
 const WKV_SCAN_LAYOUTS = Object.keys(WKV_SCAN_SHAPES) as WkvScanLayout[];
-/** RWKVX_WKV_ROWS, checked (a misspelt layout is an error, not a silent fallback); default '16w'. */
+/** RWKVX_WKV_ROWS, checked (a misspelt layout is an error, not a silent fallback); default 'tc'. */
 function wkvScanLayoutFromEnv(): WkvScanLayout {
   const v = process.env.RWKVX_WKV_ROWS;
-  if (v === undefined || v === '') return '16w';
+  if (v === undefined || v === '') return 'tc';
   if (!(WKV_SCAN_LAYOUTS as string[]).includes(v)) fail(`RWKVX_WKV_ROWS=${v}: not a scan layout (one of ${WKV_SCAN_LAYOUTS.join(', ')})`);
   return v as WkvScanLayout;
 }
@@ -179,10 +179,12 @@ export class CudaModel {
   /**
    * Layout of `wkv7_chunk_scan*` (RWKVX_WKV_ROWS): state rows per block, 2 per warp ('4', '8', '16'), or
    * '16w' / '32w': 16 or 32 rows with 4 or 8 per warp, 128 threads (a half or a quarter of the blocks of
-   * '8', each warp reading the record once for 4 or 8 rows). Default '16w': 128K RWKV-X prefill 232.9 /
-   * 234.9 ms against 250.8 / 250.9 with '8' and 260.1 / 256.5 with '32w' (H100, 2026-12-07; docs/cuda.md;
-   * layouts with 2 or 8 warps per block were slower: docs/cuda.md "Missing / next" item 13). 'tc': the
-   * tensor-core scan, one block per head (item 15; not yet timed on a GPU).
+   * '8', each warp reading the record once for 4 or 8 rows), or 'tc': the scan on tensor cores, one block of
+   * 4 warps per head (docs/cuda.md "Missing / next" item 15). Default 'tc': 128K RWKV-X prefill 216.0 /
+   * 216.7 ms against 232.5 / 237.1 with '16w', RWKV-7 151.1 / 152.6 against 167.7 / 167.6 (H100,
+   * 2026-12-07, two interleaved passes); its y and state differ from '16w' by ≤ 7.3e-5 relative (bf16
+   * hi + lo operands). '16w' had beaten '8' and '32w' (232.9 / 234.9 ms against 250.8 / 250.9 and 260.1 /
+   * 256.5; layouts with 2 or 8 warps per block were slower: item 13).
    */
   wkvScanRows: WkvScanLayout = wkvScanLayoutFromEnv();
   /**
