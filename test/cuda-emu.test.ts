@@ -35,7 +35,7 @@ function report(t: { diagnostic(s: string): void }, what: string, d: number, tol
 const DECAY_SCALE = Math.exp(-0.5);
 const sig = (x: number) => 1 / (1 + Math.exp(-x));
 
-test('emulated kernels: chunked WKV-7 (wkv7_chunk_prep + wkv7_chunk_scan4/8/16/16w/32w/tc) and tmix_prep + wkv7_seq16 equal the CPU reference', { skip: skip || false }, (t) => {
+test('emulated kernels: chunked WKV-7 (wkv7_chunk_prep + wkv7_chunk_scan4/8/16/16w/32w/tc/tcs) and tmix_prep + wkv7_seq16 equal the CPU reference', { skip: skip || false }, (t) => {
   const mod = emuModule('rwkvx.cu'), mod2 = emuModule('rwkvx.cu', ['WKV_STAGES=2']);
   const cfg = shapeConfig({ vocab: 64, dim: 128, nLayer: 2 });
   const C = cfg.dim, H = cfg.heads, N = 64;
@@ -84,8 +84,10 @@ test('emulated kernels: chunked WKV-7 (wkv7_chunk_prep + wkv7_chunk_scan4/8/16/1
         assert.deepEqual(So, S, `T=${T}: ${name} state differs from wkv7_chunk_scan8`);
       }
       // the tensor-core scan (bf16 hi + lo operands: not the same bits, the same values to ≈ 2⁻¹⁶)
-      const yTc = new Float32Array(n).fill(NaN), STc = S0.slice();
+      // (tcs: its corrections in accumulators of their own, so other sums in another order)
+      const yTc = new Float32Array(n).fill(NaN), STc = S0.slice(), yTcs = new Float32Array(n).fill(NaN), STcs = S0.slice();
       mod.launch('wkv7_chunk_scantc', { grid: [H, 1], block: [128], smem: (3 * 6208 + 4 * 320) * 4 }, yTc, STc, rec, io.v, T, C);
+      mod.launch('wkv7_chunk_scantcs', { grid: [H, 1], block: [128], smem: (3 * 6208 + 4 * 320) * 4 }, yTcs, STcs, rec, io.v, T, C);
       // sequential: tmix_prep (ω, a, κ̂ in place) + one warp-split recurrence
       const sq = Object.fromEntries(Object.entries(inp).map(([k, x]) => [k, x.slice()])) as typeof inp;
       const kk2 = new Float32Array(n), y2 = new Float32Array(n).fill(NaN), S2 = S0.slice();
@@ -99,6 +101,8 @@ test('emulated kernels: chunked WKV-7 (wkv7_chunk_prep + wkv7_chunk_scan4/8/16/1
       report(t, `${tag}: chunked state vs CPU`, maxDiff(S, sRef), 1e-4);
       report(t, `${tag}: tensor-core scan y vs CPU (relative)`, maxDiff(yTc, yRef) / ys, 1e-4);
       report(t, `${tag}: tensor-core scan state vs CPU`, maxDiff(STc, sRef), 5e-4);
+      report(t, `${tag}: tensor-core scan, split accumulators, y vs CPU (relative)`, maxDiff(yTcs, yRef) / ys, 1e-4);
+      report(t, `${tag}: tensor-core scan, split accumulators, state vs CPU`, maxDiff(STcs, sRef), 5e-4);
       report(t, `${tag}: sequential y vs CPU (relative)`, maxDiff(y2, yRef) / ys, 2e-5);
       report(t, `${tag}: sequential state vs CPU`, maxDiff(S2, sRef), 1e-4);
       report(t, `${tag}: chunk prep's k̃ and v vs CPU`, Math.max(maxDiff(io.k, kt), maxDiff(io.v, vm)), 1e-5);

@@ -56,7 +56,7 @@ const WKV_STAGES = process.env.RWKVX_WKV_STAGES === '2' ? 2 : 3;
 /** Floats of one record buffer of the tensor-core scan: the record and V, padded (kernels/rwkvx.cu WKV_TC_STAGE). */
 const WKV_TC_STAGE = 6208;
 /** Scan layouts (RWKVX_WKV_ROWS) → [state rows per block, rows per warp]; threads = 32 · rows / rows per warp. */
-export const WKV_SCAN_SHAPES = { '4': [4, 2], '8': [8, 2], '16': [16, 2], '16w': [16, 4], '32w': [32, 8], tc: [64, 16] } as const;
+export const WKV_SCAN_SHAPES = { '4': [4, 2], '8': [8, 2], '16': [16, 2], '16w': [16, 4], '32w': [32, 8], tc: [64, 16], tcs: [64, 16] } as const;
 export type WkvScanLayout = keyof typeof WKV_SCAN_SHAPES;
 const WKV_SCAN_LAYOUTS = Object.keys(WKV_SCAN_SHAPES) as WkvScanLayout[];
 /** RWKVX_WKV_ROWS, checked (a misspelt layout is an error, not a silent fallback); default 'tc'. */
@@ -70,7 +70,7 @@ function wkvScanLayoutFromEnv(): WkvScanLayout {
 function wkvScanSmem(layout: WkvScanLayout): number {
   const [R, RW] = WKV_SCAN_SHAPES[layout];
   // the tensor-core scan: padded record + V copies (kernels/rwkvx.cu WKV_TC_STAGE) and 4 warps' y staging
-  if (layout === 'tc') return (WKV_STAGES * WKV_TC_STAGE + 4 * 320) * F32;
+  if (layout === 'tc' || layout === 'tcs') return (WKV_STAGES * WKV_TC_STAGE + 4 * 320) * F32;
   return (WKV_STAGES * (WKV_REC + WKV_CL * R) + 64 * R + 2 * WKV_CL * (RW === 2 ? R : R + 4)) * F32;
 }
 

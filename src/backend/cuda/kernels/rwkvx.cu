@@ -710,6 +710,13 @@ __device__ __forceinline__ void mma16816x3(float* d, const u32* ah, const u32* a
   mma16816(d, ah, bl0, bl1);
   mma16816(d, ah, bh0, bh1);
 }
+// the same three products into separate accumulators (hi·hi into d, both corrections into e): the
+// dependent chain on each accumulator is a third or two thirds as long
+__device__ __forceinline__ void mma16816x3s(float* d, float* e, const u32* ah, const u32* al, u32 bh0, u32 bh1, u32 bl0, u32 bl1) {
+  mma16816(e, al, bh0, bh1);
+  mma16816(d, ah, bh0, bh1);
+  mma16816(e, ah, bl0, bl1);
+}
 // B fragment (k rows 2t, 2t + 1, 2t + 8, 2t + 9 of column g) of an fp32 matrix in shared memory, split
 __device__ __forceinline__ void bfrag_split(const float* p, int ld, u32& h0, u32& h1, u32& l0, u32& l1) {
   split_bf16(p[0], p[ld], h0, l0);
@@ -722,7 +729,9 @@ __device__ __forceinline__ void afrag_split(const float* c0, const float* c1, u3
   split_bf16(c1[0], c1[1], ah[2], al[2]);
   split_bf16(c1[2], c1[3], ah[3], al[3]);
 }
-extern "C" __global__ void __launch_bounds__(128) wkv7_chunk_scantc(float* y, float* state, const float* rec, const float* v, int T, int C) {
+// SPLIT: the corrections (lo·hi, hi·lo) go to accumulators of their own, added once per phase (RWKVX_WKV_ROWS=
+// tcs): the scan is latency-bound, and one accumulator chains 15 dependent mma per tile in phase 1
+template <bool SPLIT> __device__ __forceinline__ void wkv7_chunk_scantc_body(float* y, float* state, const float* rec, const float* v, int T, int C) {
   constexpr int NB = WKV_STAGES, ST = WKV_TC_STAGE, OB = 2304, OG = 4480, OM = 4544, OV = 5120;
   static_assert(NB == 2 || NB == 3, "WKV_STAGES is 2 or 3");
   extern __shared__ __align__(16) float wkvScanSmem[];  // model.ts wkvScanSmem('tc') bytes
@@ -770,9 +779,11 @@ extern "C" __global__ void __launch_bounds__(128) wkv7_chunk_scantc(float* y, fl
       split_bf16(Vs[(2 * t + 8) * 68 + 8], Vs[(2 * t + 9) * 68 + 8], vh[3], vl[3]);
     }
     // phase 1: o = [U | Y] (columns p < 16: u_p, p ≥ 16: y_{p−16}) = S·WQt + Vᵀ·MT
-    float o[4][4];
+    float o[4][4], oc[4][4];
 #pragma unroll
-    for (int np = 0; np < 4; np++) o[np][0] = o[np][1] = o[np][2] = o[np][3] = 0.f;
+    for (int np = 0; np < 4; np++)
+#pragma unroll
+      for (int r = 0; r < 4; r++) o[np][r] = oc[np][r] = 0.f;
 #pragma unroll
     for (int ks = 0; ks < 4; ks++) {
       u32 ah[4], al[4];  // S columns 16ks … 16ks + 15
@@ -781,14 +792,20 @@ extern "C" __global__ void __launch_bounds__(128) wkv7_chunk_scantc(float* y, fl
       for (int np = 0; np < 4; np++) {
         u32 h0, h1, l0, l1;
         bfrag_split(M + (16 * ks + 2 * t) * 36 + 8 * np + g, 36, h0, h1, l0, l1);
-        mma16816x3(o[np], ah, al, h0, h1, l0, l1);
+        if (SPLIT) mma16816x3s(o[np], oc[np], ah, al, h0, h1, l0, l1); else mma16816x3(o[np], ah, al, h0, h1, l0, l1);
       }
     }
 #pragma unroll
     for (int np = 0; np < 4; np++) {
       u32 h0, h1, l0, l1;
       bfrag_split(M + OM + (2 * t) * 36 + 8 * np + g, 36, h0, h1, l0, l1);
-      mma16816x3(o[np], vh, vl, h0, h1, l0, l1);
+      if (SPLIT) {
+        mma16816x3s(o[np], oc[np], vh, vl, h0, h1, l0, l1);
+#pragma unroll
+        for (int r = 0; r < 4; r++) o[np][r] += oc[np][r];
+      } else {
+        mma16816x3(o[np], vh, vl, h0, h1, l0, l1);
+      }
     }
     // y: tiles 2 and 3, staged so each token's 16 rows leave as 64 contiguous bytes
 #pragma unroll
@@ -812,10 +829,20 @@ extern "C" __global__ void __launch_bounds__(128) wkv7_chunk_scantc(float* y, fl
       s[nt][0] *= gm.x; s[nt][1] *= gm.y; s[nt][2] *= gm.x; s[nt][3] *= gm.y;
       const float* Bb = M + OB + (2 * t) * 68 + 8 * nt + g;
       u32 h0, h1, l0, l1;
-      bfrag_split(Bb, 68, h0, h1, l0, l1);
-      mma16816x3(s[nt], uh, ul, h0, h1, l0, l1);
-      bfrag_split(Bb + 16 * 68, 68, h0, h1, l0, l1);
-      mma16816x3(s[nt], vh, vl, h0, h1, l0, l1);
+      if (SPLIT) {
+        float e[4] = {0.f, 0.f, 0.f, 0.f};
+        bfrag_split(Bb, 68, h0, h1, l0, l1);
+        mma16816x3s(s[nt], e, uh, ul, h0, h1, l0, l1);
+        bfrag_split(Bb + 16 * 68, 68, h0, h1, l0, l1);
+        mma16816x3s(s[nt], e, vh, vl, h0, h1, l0, l1);
+#pragma unroll
+        for (int r = 0; r < 4; r++) s[nt][r] += e[r];
+      } else {
+        bfrag_split(Bb, 68, h0, h1, l0, l1);
+        mma16816x3(s[nt], uh, ul, h0, h1, l0, l1);
+        bfrag_split(Bb + 16 * 68, 68, h0, h1, l0, l1);
+        mma16816x3(s[nt], vh, vl, h0, h1, l0, l1);
+      }
     }
     __syncwarp();
   }
@@ -824,6 +851,12 @@ extern "C" __global__ void __launch_bounds__(128) wkv7_chunk_scantc(float* y, fl
     *(float2*)&Sg[(i0 + g) * 64 + 8 * nt + 2 * t] = make_float2(s[nt][0], s[nt][1]);
     *(float2*)&Sg[(i0 + g + 8) * 64 + 8 * nt + 2 * t] = make_float2(s[nt][2], s[nt][3]);
   }
+}
+extern "C" __global__ void __launch_bounds__(128) wkv7_chunk_scantc(float* y, float* state, const float* rec, const float* v, int T, int C) {
+  wkv7_chunk_scantc_body<false>(y, state, rec, v, T, C);
+}
+extern "C" __global__ void __launch_bounds__(128) wkv7_chunk_scantcs(float* y, float* state, const float* rec, const float* v, int T, int C) {
+  wkv7_chunk_scantc_body<true>(y, state, rec, v, T, C);
 }
 
 // GroupNorm per head (eps 64e-5) + bonus (Σ r⊙k⊙r_k)·v, times the gate; bf16 out. One warp per (t, head).
