@@ -85,9 +85,11 @@ test('emulated kernels: chunked WKV-7 (wkv7_chunk_prep + wkv7_chunk_scan4/8/16/1
       }
       // the tensor-core scan (bf16 hi + lo operands: not the same bits, the same values to ≈ 2⁻¹⁶)
       // (tcs: its corrections in accumulators of their own, so other sums in another order)
-      const yTc = new Float32Array(n).fill(NaN), STc = S0.slice(), yTcs = new Float32Array(n).fill(NaN), STcs = S0.slice();
-      mod.launch('wkv7_chunk_scantc', { grid: [H, 1], block: [128], smem: (3 * 6208 + 4 * 320) * 4 }, yTc, STc, rec, io.v, T, C);
-      mod.launch('wkv7_chunk_scantcs', { grid: [H, 1], block: [128], smem: (3 * 6208 + 4 * 320) * 4 }, yTcs, STcs, rec, io.v, T, C);
+      const tcOut = (['tc', 'tcs'] as const).map((lay) => {
+        const yo = new Float32Array(n).fill(NaN), So = S0.slice();
+        mod.launch(`wkv7_chunk_scan${lay}`, { grid: [H, 1], block: [128], smem: (3 * 6208 + 4 * 320) * 4 }, yo, So, rec, io.v, T, C);
+        return { lay, yo, So };
+      });
       // sequential: tmix_prep (ω, a, κ̂ in place) + one warp-split recurrence
       const sq = Object.fromEntries(Object.entries(inp).map(([k, x]) => [k, x.slice()])) as typeof inp;
       const kk2 = new Float32Array(n), y2 = new Float32Array(n).fill(NaN), S2 = S0.slice();
@@ -99,10 +101,10 @@ test('emulated kernels: chunked WKV-7 (wkv7_chunk_prep + wkv7_chunk_scan4/8/16/1
       const ys = Math.max(1, maxAbs(yRef)), tag = `T=${T}${first ? ' layer 0' : ''}`;
       report(t, `${tag}: chunked y vs CPU (relative)`, maxDiff(y, yRef) / ys, 2e-5);
       report(t, `${tag}: chunked state vs CPU`, maxDiff(S, sRef), 1e-4);
-      report(t, `${tag}: tensor-core scan y vs CPU (relative)`, maxDiff(yTc, yRef) / ys, 1e-4);
-      report(t, `${tag}: tensor-core scan state vs CPU`, maxDiff(STc, sRef), 5e-4);
-      report(t, `${tag}: tensor-core scan, split accumulators, y vs CPU (relative)`, maxDiff(yTcs, yRef) / ys, 1e-4);
-      report(t, `${tag}: tensor-core scan, split accumulators, state vs CPU`, maxDiff(STcs, sRef), 5e-4);
+      for (const { lay, yo, So } of tcOut) {
+        report(t, `${tag}: tensor-core scan ${lay} y vs CPU (relative)`, maxDiff(yo, yRef) / ys, 1e-4);
+        report(t, `${tag}: tensor-core scan ${lay} state vs CPU`, maxDiff(So, sRef), 5e-4);
+      }
       report(t, `${tag}: sequential y vs CPU (relative)`, maxDiff(y2, yRef) / ys, 2e-5);
       report(t, `${tag}: sequential state vs CPU`, maxDiff(S2, sRef), 1e-4);
       report(t, `${tag}: chunk prep's k̃ and v vs CPU`, Math.max(maxDiff(io.k, kt), maxDiff(io.v, vm)), 1e-5);

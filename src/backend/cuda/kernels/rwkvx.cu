@@ -704,18 +704,12 @@ __device__ __forceinline__ void split_bf16(float a, float b, u32& hi, u32& lo) {
   hi = pack_bf16(a, b);
   lo = pack_bf16(a - __uint_as_float(hi << 16), b - __uint_as_float(hi & 0xffff0000u));
 }
-// d += A·B with A = ah + al, B = (bh0, bh1) + (bl0, bl1): the small products first
-__device__ __forceinline__ void mma16816x3(float* d, const u32* ah, const u32* al, u32 bh0, u32 bh1, u32 bl0, u32 bl1) {
-  mma16816(d, al, bh0, bh1);
-  mma16816(d, ah, bl0, bl1);
-  mma16816(d, ah, bh0, bh1);
-}
-// the same three products into separate accumulators (hi·hi into d, both corrections into e): the
-// dependent chain on each accumulator is a third or two thirds as long
+// d += A·B with A = ah + al, B = (bh0, bh1) + (bl0, bl1), the small products first into e: e = d for one
+// accumulator, or accumulators of their own for the corrections (shorter dependent chains)
 __device__ __forceinline__ void mma16816x3s(float* d, float* e, const u32* ah, const u32* al, u32 bh0, u32 bh1, u32 bl0, u32 bl1) {
   mma16816(e, al, bh0, bh1);
-  mma16816(d, ah, bh0, bh1);
   mma16816(e, ah, bl0, bl1);
+  mma16816(d, ah, bh0, bh1);
 }
 // B fragment (k rows 2t, 2t + 1, 2t + 8, 2t + 9 of column g) of an fp32 matrix in shared memory, split
 __device__ __forceinline__ void bfrag_split(const float* p, int ld, u32& h0, u32& h1, u32& l0, u32& l1) {
@@ -792,20 +786,17 @@ template <bool SPLIT> __device__ __forceinline__ void wkv7_chunk_scantc_body(flo
       for (int np = 0; np < 4; np++) {
         u32 h0, h1, l0, l1;
         bfrag_split(M + (16 * ks + 2 * t) * 36 + 8 * np + g, 36, h0, h1, l0, l1);
-        if (SPLIT) mma16816x3s(o[np], oc[np], ah, al, h0, h1, l0, l1); else mma16816x3(o[np], ah, al, h0, h1, l0, l1);
+        mma16816x3s(o[np], SPLIT ? oc[np] : o[np], ah, al, h0, h1, l0, l1);
       }
     }
 #pragma unroll
     for (int np = 0; np < 4; np++) {
       u32 h0, h1, l0, l1;
       bfrag_split(M + OM + (2 * t) * 36 + 8 * np + g, 36, h0, h1, l0, l1);
-      if (SPLIT) {
-        mma16816x3s(o[np], oc[np], vh, vl, h0, h1, l0, l1);
+      mma16816x3s(o[np], SPLIT ? oc[np] : o[np], vh, vl, h0, h1, l0, l1);
+      if (SPLIT)
 #pragma unroll
         for (int r = 0; r < 4; r++) o[np][r] += oc[np][r];
-      } else {
-        mma16816x3(o[np], vh, vl, h0, h1, l0, l1);
-      }
     }
     // y: tiles 2 and 3, staged so each token's 16 rows leave as 64 contiguous bytes
 #pragma unroll
@@ -829,20 +820,15 @@ template <bool SPLIT> __device__ __forceinline__ void wkv7_chunk_scantc_body(flo
       s[nt][0] *= gm.x; s[nt][1] *= gm.y; s[nt][2] *= gm.x; s[nt][3] *= gm.y;
       const float* Bb = M + OB + (2 * t) * 68 + 8 * nt + g;
       u32 h0, h1, l0, l1;
-      if (SPLIT) {
-        float e[4] = {0.f, 0.f, 0.f, 0.f};
-        bfrag_split(Bb, 68, h0, h1, l0, l1);
-        mma16816x3s(s[nt], e, uh, ul, h0, h1, l0, l1);
-        bfrag_split(Bb + 16 * 68, 68, h0, h1, l0, l1);
-        mma16816x3s(s[nt], e, vh, vl, h0, h1, l0, l1);
+      float e[4] = {0.f, 0.f, 0.f, 0.f};
+      float* ec = SPLIT ? e : s[nt];
+      bfrag_split(Bb, 68, h0, h1, l0, l1);
+      mma16816x3s(s[nt], ec, uh, ul, h0, h1, l0, l1);
+      bfrag_split(Bb + 16 * 68, 68, h0, h1, l0, l1);
+      mma16816x3s(s[nt], ec, vh, vl, h0, h1, l0, l1);
+      if (SPLIT)
 #pragma unroll
         for (int r = 0; r < 4; r++) s[nt][r] += e[r];
-      } else {
-        bfrag_split(Bb, 68, h0, h1, l0, l1);
-        mma16816x3(s[nt], uh, ul, h0, h1, l0, l1);
-        bfrag_split(Bb + 16 * 68, 68, h0, h1, l0, l1);
-        mma16816x3(s[nt], vh, vl, h0, h1, l0, l1);
-      }
     }
     __syncwarp();
   }
