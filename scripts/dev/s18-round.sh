@@ -1,7 +1,8 @@
 #!/bin/bash
 # Development (device): the tensor-core WKV-7 scan as the default — the GPU inference suites at the new
 # default, the 128K A/B of tc against tcs (its corrections in accumulators of their own), then the 128K table
-# with the peer (same machine) and 1M RWKV-X prefill and decode.
+# with the peer (same machine), Nsight's warp-stall statistics of both tensor-core scans, and 1M RWKV-X
+# prefill and decode if time is left.
 #   source .dev1/boot.sh && BUDGET=460 bash scripts/dev/s18-round.sh
 set -uo pipefail
 source "$(dirname "$0")/round-lib.sh" 420
@@ -20,7 +21,16 @@ if [ "$(left)" -gt 90 ]; then
   timeout 150 node --import tsx bench/cuda.ts --lengths 131072 --decode 131072 --repeat 3 --models rwkvx,rwkv7 --peer > "$out/t128k.log" 2>&1
   echo "128K table rc=$?"; grep -E "^\|" "$out/t128k.log" | tail -6
 fi
-if [ "$(left)" -gt 60 ]; then
+if [ "$(left)" -gt 70 ]; then
+  for lay in tc tcs; do
+    RWKVX_WKV_ROWS=$lay timeout 60 ncu --clock-control none --target-processes all -k "regex:^wkv7_chunk_scan$lay\$" -s 4 -c 1 \
+      --section SpeedOfLight --section WarpStateStats --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" \
+      node --import tsx bench/cuda.ts --lengths 16384 --decode 0 --repeat 1 --models rwkv7 > "$out/ncu-$lay.log" 2>&1
+    echo "== ncu $lay rc=$?"; grep -E "Duration|Warp Cycles Per" "$out/ncu-$lay.log" | head -4
+    grep -E "stalled_" "$out/ncu-$lay.log" | awk '$NF+0 > 0.05 {sub(/smsp__average_warps_issue_stalled_/, "", $1); sub(/_per_issue_active.ratio/, "", $1); print "   ", $1, $NF}' | head -14
+  done
+fi
+if [ "$(left)" -gt 100 ]; then
   timeout 100 node --import tsx bench/cuda.ts --lengths 4096,1048576 --decode 4096,1048576 --repeat 3 --models rwkvx > "$out/t1m.log" 2>&1
   echo "1M rc=$?"; grep -E "^\|" "$out/t1m.log" | tail -4
 fi

@@ -704,11 +704,11 @@ __device__ __forceinline__ void split_bf16(float a, float b, u32& hi, u32& lo) {
   hi = pack_bf16(a, b);
   lo = pack_bf16(a - __uint_as_float(hi << 16), b - __uint_as_float(hi & 0xffff0000u));
 }
-// d += A·B with A = ah + al, B = (bh0, bh1) + (bl0, bl1), the small products first into e: e = d for one
-// accumulator, or accumulators of their own for the corrections (shorter dependent chains)
-__device__ __forceinline__ void mma16816x3s(float* d, float* e, const u32* ah, const u32* al, u32 bh0, u32 bh1, u32 bl0, u32 bl1) {
+// d += A·B with A = ah + al, B = (bh0, bh1) + (bl0, bl1), the small products first into e and f: e = f = d for
+// one accumulator, or accumulators of their own for the corrections (shorter dependent chains)
+__device__ __forceinline__ void mma16816x3s(float* d, float* e, float* f, const u32* ah, const u32* al, u32 bh0, u32 bh1, u32 bl0, u32 bl1) {
   mma16816(e, al, bh0, bh1);
-  mma16816(e, ah, bl0, bl1);
+  mma16816(f, ah, bl0, bl1);
   mma16816(d, ah, bh0, bh1);
 }
 // B fragment (k rows 2t, 2t + 1, 2t + 8, 2t + 9 of column g) of an fp32 matrix in shared memory, split
@@ -723,8 +723,8 @@ __device__ __forceinline__ void afrag_split(const float* c0, const float* c1, u3
   split_bf16(c1[0], c1[1], ah[2], al[2]);
   split_bf16(c1[2], c1[3], ah[3], al[3]);
 }
-// SPLIT: the corrections (lo·hi, hi·lo) go to accumulators of their own, added once per phase (RWKVX_WKV_ROWS=
-// tcs): the scan is latency-bound, and one accumulator chains 15 dependent mma per tile in phase 1
+// SPLIT: the corrections lo·hi and hi·lo go to an accumulator each, added once per phase (RWKVX_WKV_ROWS=tcs):
+// the scan is latency-bound, and one accumulator chains 15 dependent mma per tile in phase 1 (5 when split)
 template <bool SPLIT> __device__ __forceinline__ void wkv7_chunk_scantc_body(float* y, float* state, const float* rec, const float* v, int T, int C) {
   constexpr int NB = WKV_STAGES, ST = WKV_TC_STAGE, OB = 2304, OG = 4480, OM = 4544, OV = 5120;
   static_assert(NB == 2 || NB == 3, "WKV_STAGES is 2 or 3");
@@ -773,11 +773,11 @@ template <bool SPLIT> __device__ __forceinline__ void wkv7_chunk_scantc_body(flo
       split_bf16(Vs[(2 * t + 8) * 68 + 8], Vs[(2 * t + 9) * 68 + 8], vh[3], vl[3]);
     }
     // phase 1: o = [U | Y] (columns p < 16: u_p, p ≥ 16: y_{p−16}) = S·WQt + Vᵀ·MT
-    float o[4][4], oc[4][4];
+    float o[4][4], oc[4][4], od[4][4];
 #pragma unroll
     for (int np = 0; np < 4; np++)
 #pragma unroll
-      for (int r = 0; r < 4; r++) o[np][r] = oc[np][r] = 0.f;
+      for (int r = 0; r < 4; r++) o[np][r] = oc[np][r] = od[np][r] = 0.f;
 #pragma unroll
     for (int ks = 0; ks < 4; ks++) {
       u32 ah[4], al[4];  // S columns 16ks … 16ks + 15
@@ -786,17 +786,17 @@ template <bool SPLIT> __device__ __forceinline__ void wkv7_chunk_scantc_body(flo
       for (int np = 0; np < 4; np++) {
         u32 h0, h1, l0, l1;
         bfrag_split(M + (16 * ks + 2 * t) * 36 + 8 * np + g, 36, h0, h1, l0, l1);
-        mma16816x3s(o[np], SPLIT ? oc[np] : o[np], ah, al, h0, h1, l0, l1);
+        mma16816x3s(o[np], SPLIT ? oc[np] : o[np], SPLIT ? od[np] : o[np], ah, al, h0, h1, l0, l1);
       }
     }
 #pragma unroll
     for (int np = 0; np < 4; np++) {
       u32 h0, h1, l0, l1;
       bfrag_split(M + OM + (2 * t) * 36 + 8 * np + g, 36, h0, h1, l0, l1);
-      mma16816x3s(o[np], SPLIT ? oc[np] : o[np], vh, vl, h0, h1, l0, l1);
+      mma16816x3s(o[np], SPLIT ? oc[np] : o[np], SPLIT ? od[np] : o[np], vh, vl, h0, h1, l0, l1);
       if (SPLIT)
 #pragma unroll
-        for (int r = 0; r < 4; r++) o[np][r] += oc[np][r];
+        for (int r = 0; r < 4; r++) o[np][r] += oc[np][r] + od[np][r];
     }
     // y: tiles 2 and 3, staged so each token's 16 rows leave as 64 contiguous bytes
 #pragma unroll
@@ -820,15 +820,15 @@ template <bool SPLIT> __device__ __forceinline__ void wkv7_chunk_scantc_body(flo
       s[nt][0] *= gm.x; s[nt][1] *= gm.y; s[nt][2] *= gm.x; s[nt][3] *= gm.y;
       const float* Bb = M + OB + (2 * t) * 68 + 8 * nt + g;
       u32 h0, h1, l0, l1;
-      float e[4] = {0.f, 0.f, 0.f, 0.f};
-      float* ec = SPLIT ? e : s[nt];
+      float e[4] = {0.f, 0.f, 0.f, 0.f}, f[4] = {0.f, 0.f, 0.f, 0.f};
+      float *ec = SPLIT ? e : s[nt], *fc = SPLIT ? f : s[nt];
       bfrag_split(Bb, 68, h0, h1, l0, l1);
-      mma16816x3s(s[nt], ec, uh, ul, h0, h1, l0, l1);
+      mma16816x3s(s[nt], ec, fc, uh, ul, h0, h1, l0, l1);
       bfrag_split(Bb + 16 * 68, 68, h0, h1, l0, l1);
-      mma16816x3s(s[nt], ec, vh, vl, h0, h1, l0, l1);
+      mma16816x3s(s[nt], ec, fc, vh, vl, h0, h1, l0, l1);
       if (SPLIT)
 #pragma unroll
-        for (int r = 0; r < 4; r++) s[nt][r] += e[r];
+        for (int r = 0; r < 4; r++) s[nt][r] += e[r] + f[r];
     }
     __syncwarp();
   }
