@@ -1,8 +1,8 @@
 #!/bin/bash
 # Development (device): the tensor-core WKV-7 scan as the default — the GPU inference suites at the new
-# default, the 128K A/B of tc against tcs (its corrections in accumulators of their own), then the 128K table
-# with the peer (same machine), Nsight's warp-stall statistics of both tensor-core scans, and 1M RWKV-X
-# prefill and decode if time is left.
+# default, the 128K A/B of tc, tcs (its corrections in accumulators of their own), tc2 and tc2s (2 warps of
+# 32 rows), then the 128K table with the peer (same machine), Nsight's warp stalls of tc and tc2, and 1M
+# RWKV-X prefill and decode if time is left.
 #   source .dev1/boot.sh && BUDGET=460 bash scripts/dev/s18-round.sh
 set -uo pipefail
 source "$(dirname "$0")/round-lib.sh" 420
@@ -11,18 +11,18 @@ nvidia-smi --query-gpu=name --format=csv,noheader
 suite inference 200 test/cuda.test.ts test/cuda-prefill.test.ts
 grep -E "official prefill 200|tensor-core scan|scan layouts" "$out/inference.log" | head -6
 for pass in 1 2; do
-  for setting in RWKVX_WKV_ROWS=tc RWKVX_WKV_ROWS=tcs; do
-    [ "$(left)" -lt 200 ] && { echo "A/B [$setting]: skipped (time)"; continue; }
+  for setting in RWKVX_WKV_ROWS=tc RWKVX_WKV_ROWS=tcs RWKVX_WKV_ROWS=tc2 RWKVX_WKV_ROWS=tc2s; do
+    [ "$(left)" -lt 130 ] && { echo "A/B [$setting]: skipped (time)"; continue; }
     env $setting timeout 60 node --import tsx bench/cuda.ts --lengths 131072 --decode 0 --repeat 3 --models rwkvx > "$out/ab.log" 2>&1
     printf 'rwkvx %-20s rc=%s %s\n' "$setting" "$?" "$(grep -E '^\{' "$out/ab.log" | head -1 | grep -oE '"prefill_ms":[0-9.]+')"
   done
 done
-if [ "$(left)" -gt 90 ]; then
+if [ "$(left)" -gt 110 ]; then
   timeout 150 node --import tsx bench/cuda.ts --lengths 131072 --decode 131072 --repeat 3 --models rwkvx,rwkv7 --peer > "$out/t128k.log" 2>&1
   echo "128K table rc=$?"; grep -E "^\|" "$out/t128k.log" | tail -6
 fi
 if [ "$(left)" -gt 70 ]; then
-  for lay in tc tcs; do
+  for lay in tc tc2; do
     RWKVX_WKV_ROWS=$lay timeout 60 ncu --clock-control none --target-processes all -k "regex:^wkv7_chunk_scan$lay\$" -s 4 -c 1 \
       --section SpeedOfLight --section WarpStateStats --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" \
       node --import tsx bench/cuda.ts --lengths 16384 --decode 0 --repeat 1 --models rwkv7 > "$out/ncu-$lay.log" 2>&1

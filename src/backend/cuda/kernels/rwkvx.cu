@@ -724,29 +724,35 @@ __device__ __forceinline__ void afrag_split(const float* c0, const float* c1, u3
   split_bf16(c1[2], c1[3], ah[3], al[3]);
 }
 // SPLIT: the corrections lo·hi and hi·lo go to an accumulator each, added once per phase (RWKVX_WKV_ROWS=tcs):
-// the scan is latency-bound, and one accumulator chains 15 dependent mma per tile in phase 1 (5 when split)
-template <bool SPLIT> __device__ __forceinline__ void wkv7_chunk_scantc_body(float* y, float* state, const float* rec, const float* v, int T, int C) {
-  constexpr int NB = WKV_STAGES, ST = WKV_TC_STAGE, OB = 2304, OG = 4480, OM = 4544, OV = 5120;
+// the scan is latency-bound, and one accumulator chains 15 dependent mma per tile in phase 1 (5 when split).
+// MT: 16-row tiles per warp, 4 / MT warps (tc2: 2 warps of 32 rows read each record fragment once for both
+// tiles, half the shared-memory reads of tc and twice the independent mma per warp).
+template <bool SPLIT, int MT> __device__ __forceinline__ void wkv7_chunk_scantc_body(float* y, float* state, const float* rec, const float* v, int T, int C) {
+  constexpr int NB = WKV_STAGES, ST = WKV_TC_STAGE, OB = 2304, OG = 4480, OM = 4544, OV = 5120, NT = 128 / MT, LY = 16 * MT + 4;
   static_assert(NB == 2 || NB == 3, "WKV_STAGES is 2 or 3");
+  static_assert(MT == 1 || MT == 2, "1 or 2 row tiles per warp");
   extern __shared__ __align__(16) float wkvScanSmem[];  // model.ts wkvScanSmem('tc') bytes
   const int h = blockIdx.x, H = gridDim.x, tid = threadIdx.x, lane = tid & 31, g = lane >> 2, t = lane & 3;
-  const int i0 = (tid >> 5) * 16, nch = (T + WKV_CL - 1) / WKV_CL;
-  float* sY = wkvScanSmem + NB * ST + (tid >> 5) * 320;  // [16 tokens][20]: this warp's y rows, staged
+  const int i0 = (tid >> 5) * 16 * MT, nch = (T + WKV_CL - 1) / WKV_CL;
+  float* sY = wkvScanSmem + NB * ST + (tid >> 5) * 16 * LY;  // [16 tokens][LY]: this warp's y rows, staged
   float* Sg = state + (long long)h * 4096;
-  float s[8][4];
+  float s[MT][8][4];
 #pragma unroll
-  for (int nt = 0; nt < 8; nt++) {
-    const float2 a = *(const float2*)&Sg[(i0 + g) * 64 + 8 * nt + 2 * t], b = *(const float2*)&Sg[(i0 + g + 8) * 64 + 8 * nt + 2 * t];
-    s[nt][0] = a.x; s[nt][1] = a.y; s[nt][2] = b.x; s[nt][3] = b.y;
-  }
+  for (int m = 0; m < MT; m++)
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++) {
+      const int i = i0 + 16 * m + g;
+      const float2 a = *(const float2*)&Sg[i * 64 + 8 * nt + 2 * t], b = *(const float2*)&Sg[(i + 8) * 64 + 8 * nt + 2 * t];
+      s[m][nt][0] = a.x; s[m][nt][1] = a.y; s[m][nt][2] = b.x; s[m][nt][3] = b.y;
+    }
   auto issue = [&](int c, int b) {
     const float* rc = rec + ((long long)c * H + h) * WKV_REC;
     float* d = wkvScanSmem + b * ST;
-    for (int e = tid; e < 512; e += 128) cp16(d + (e >> 3) * 36 + (e & 7) * 4, rc + e * 4, 16);
-    for (int e = tid; e < 512; e += 128) cp16(d + OB + (e >> 4) * 68 + (e & 15) * 4, rc + 2048 + e * 4, 16);
+    for (int e = tid; e < 512; e += NT) cp16(d + (e >> 3) * 36 + (e & 7) * 4, rc + e * 4, 16);
+    for (int e = tid; e < 512; e += NT) cp16(d + OB + (e >> 4) * 68 + (e & 15) * 4, rc + 2048 + e * 4, 16);
     if (tid < 16) cp16(d + OG + tid * 4, rc + 4096 + tid * 4, 16);
-    cp16(d + OM + (tid >> 3) * 36 + (tid & 7) * 4, rc + 4160 + tid * 4, 16);
-    for (int e = tid; e < 256; e += 128) {
+    for (int e = tid; e < 128; e += NT) cp16(d + OM + (e >> 3) * 36 + (e & 7) * 4, rc + 4160 + e * 4, 16);
+    for (int e = tid; e < 256; e += NT) {
       const int tt = e >> 4, tok = c * WKV_CL + tt;
       const bool in = tok < T;
       cp16(d + OV + tt * 68 + (e & 15) * 4, v + (long long)(in ? tok : 0) * C + h * 64 + (e & 15) * 4, in ? 16 : 0);
@@ -764,85 +770,110 @@ template <bool SPLIT> __device__ __forceinline__ void wkv7_chunk_scantc_body(flo
     cp_commit();
     const float* M = wkvScanSmem + b * ST;
     // Vᵀ (rows i, columns tokens) as an A fragment: element [i][tt] = V[tt][i]
-    u32 vh[4], vl[4];
-    {
-      const float* Vs = M + OV + i0 + g;
-      split_bf16(Vs[(2 * t) * 68], Vs[(2 * t + 1) * 68], vh[0], vl[0]);
-      split_bf16(Vs[(2 * t) * 68 + 8], Vs[(2 * t + 1) * 68 + 8], vh[1], vl[1]);
-      split_bf16(Vs[(2 * t + 8) * 68], Vs[(2 * t + 9) * 68], vh[2], vl[2]);
-      split_bf16(Vs[(2 * t + 8) * 68 + 8], Vs[(2 * t + 9) * 68 + 8], vh[3], vl[3]);
+    u32 vh[MT][4], vl[MT][4];
+#pragma unroll
+    for (int m = 0; m < MT; m++) {
+      const float* Vs = M + OV + i0 + 16 * m + g;
+      split_bf16(Vs[(2 * t) * 68], Vs[(2 * t + 1) * 68], vh[m][0], vl[m][0]);
+      split_bf16(Vs[(2 * t) * 68 + 8], Vs[(2 * t + 1) * 68 + 8], vh[m][1], vl[m][1]);
+      split_bf16(Vs[(2 * t + 8) * 68], Vs[(2 * t + 9) * 68], vh[m][2], vl[m][2]);
+      split_bf16(Vs[(2 * t + 8) * 68 + 8], Vs[(2 * t + 9) * 68 + 8], vh[m][3], vl[m][3]);
     }
     // phase 1: o = [U | Y] (columns p < 16: u_p, p ≥ 16: y_{p−16}) = S·WQt + Vᵀ·MT
-    float o[4][4], oc[4][4], od[4][4];
+    float o[MT][4][4], oc[MT][4][4], od[MT][4][4];
 #pragma unroll
-    for (int np = 0; np < 4; np++)
+    for (int m = 0; m < MT; m++)
 #pragma unroll
-      for (int r = 0; r < 4; r++) o[np][r] = oc[np][r] = od[np][r] = 0.f;
+      for (int np = 0; np < 4; np++)
+#pragma unroll
+        for (int r = 0; r < 4; r++) o[m][np][r] = oc[m][np][r] = od[m][np][r] = 0.f;
 #pragma unroll
     for (int ks = 0; ks < 4; ks++) {
-      u32 ah[4], al[4];  // S columns 16ks … 16ks + 15
-      afrag_split(s[2 * ks], s[2 * ks + 1], ah, al);
+      u32 ah[MT][4], al[MT][4];  // S columns 16ks … 16ks + 15
+#pragma unroll
+      for (int m = 0; m < MT; m++) afrag_split(s[m][2 * ks], s[m][2 * ks + 1], ah[m], al[m]);
 #pragma unroll
       for (int np = 0; np < 4; np++) {
         u32 h0, h1, l0, l1;
         bfrag_split(M + (16 * ks + 2 * t) * 36 + 8 * np + g, 36, h0, h1, l0, l1);
-        mma16816x3s(o[np], SPLIT ? oc[np] : o[np], SPLIT ? od[np] : o[np], ah, al, h0, h1, l0, l1);
+#pragma unroll
+        for (int m = 0; m < MT; m++)
+          mma16816x3s(o[m][np], SPLIT ? oc[m][np] : o[m][np], SPLIT ? od[m][np] : o[m][np], ah[m], al[m], h0, h1, l0, l1);
       }
     }
 #pragma unroll
     for (int np = 0; np < 4; np++) {
       u32 h0, h1, l0, l1;
       bfrag_split(M + OM + (2 * t) * 36 + 8 * np + g, 36, h0, h1, l0, l1);
-      mma16816x3s(o[np], SPLIT ? oc[np] : o[np], SPLIT ? od[np] : o[np], vh, vl, h0, h1, l0, l1);
-      if (SPLIT)
 #pragma unroll
-        for (int r = 0; r < 4; r++) o[np][r] += oc[np][r] + od[np][r];
-    }
-    // y: tiles 2 and 3, staged so each token's 16 rows leave as 64 contiguous bytes
+      for (int m = 0; m < MT; m++) {
+        mma16816x3s(o[m][np], SPLIT ? oc[m][np] : o[m][np], SPLIT ? od[m][np] : o[m][np], vh[m], vl[m], h0, h1, l0, l1);
+        if (SPLIT)
 #pragma unroll
-    for (int np = 2; np < 4; np++) {
-      const int tt = 8 * (np - 2) + 2 * t;
-      sY[tt * 20 + g] = o[np][0]; sY[(tt + 1) * 20 + g] = o[np][1];
-      sY[tt * 20 + g + 8] = o[np][2]; sY[(tt + 1) * 20 + g + 8] = o[np][3];
+          for (int r = 0; r < 4; r++) o[m][np][r] += oc[m][np][r] + od[m][np][r];
+      }
     }
+    // y: tiles 2 and 3, staged so each token's 16 · MT rows leave as contiguous bytes
+#pragma unroll
+    for (int m = 0; m < MT; m++)
+#pragma unroll
+      for (int np = 2; np < 4; np++) {
+        const int tt = 8 * (np - 2) + 2 * t, i = 16 * m + g;
+        sY[tt * LY + i] = o[m][np][0]; sY[(tt + 1) * LY + i] = o[m][np][1];
+        sY[tt * LY + i + 8] = o[m][np][2]; sY[(tt + 1) * LY + i + 8] = o[m][np][3];
+      }
     __syncwarp();
 #pragma unroll
-    for (int q = 0; q < 2; q++) {
-      const int e = lane + 32 * q, tt = e >> 2, c4 = (e & 3) * 4, tok = c * WKV_CL + tt;
-      if (tok < T) *(float4*)(y + (long long)tok * C + h * 64 + i0 + c4) = *(const float4*)&sY[tt * 20 + c4];
+    for (int q = 0; q < 2 * MT; q++) {
+      const int e = lane + 32 * q, tt = e / (4 * MT), c4 = (e % (4 * MT)) * 4, tok = c * WKV_CL + tt;
+      if (tok < T) *(float4*)(y + (long long)tok * C + h * 64 + i0 + c4) = *(const float4*)&sY[tt * LY + c4];
     }
     // phase 2: S ← S·diag(Γ_L) + U·Bh + Vᵀ·Kh; U (tiles 0, 1) is the A fragment as it stands
-    u32 uh[4], ul[4];
-    afrag_split(o[0], o[1], uh, ul);
+    u32 uh[MT][4], ul[MT][4];
+#pragma unroll
+    for (int m = 0; m < MT; m++) afrag_split(o[m][0], o[m][1], uh[m], ul[m]);
 #pragma unroll
     for (int nt = 0; nt < 8; nt++) {
       const float2 gm = *(const float2*)&M[OG + 8 * nt + 2 * t];
-      s[nt][0] *= gm.x; s[nt][1] *= gm.y; s[nt][2] *= gm.x; s[nt][3] *= gm.y;
       const float* Bb = M + OB + (2 * t) * 68 + 8 * nt + g;
-      u32 h0, h1, l0, l1;
-      float e[4] = {0.f, 0.f, 0.f, 0.f}, f[4] = {0.f, 0.f, 0.f, 0.f};
-      float *ec = SPLIT ? e : s[nt], *fc = SPLIT ? f : s[nt];
+      u32 h0, h1, l0, l1, k0, k1, j0, j1;
       bfrag_split(Bb, 68, h0, h1, l0, l1);
-      mma16816x3s(s[nt], ec, fc, uh, ul, h0, h1, l0, l1);
-      bfrag_split(Bb + 16 * 68, 68, h0, h1, l0, l1);
-      mma16816x3s(s[nt], ec, fc, vh, vl, h0, h1, l0, l1);
-      if (SPLIT)
+      bfrag_split(Bb + 16 * 68, 68, k0, k1, j0, j1);
 #pragma unroll
-        for (int r = 0; r < 4; r++) s[nt][r] += e[r] + f[r];
+      for (int m = 0; m < MT; m++) {
+        float* sm = s[m][nt];
+        sm[0] *= gm.x; sm[1] *= gm.y; sm[2] *= gm.x; sm[3] *= gm.y;
+        float e[4] = {0.f, 0.f, 0.f, 0.f}, f[4] = {0.f, 0.f, 0.f, 0.f};
+        float *ec = SPLIT ? e : sm, *fc = SPLIT ? f : sm;
+        mma16816x3s(sm, ec, fc, uh[m], ul[m], h0, h1, l0, l1);
+        mma16816x3s(sm, ec, fc, vh[m], vl[m], k0, k1, j0, j1);
+        if (SPLIT)
+#pragma unroll
+          for (int r = 0; r < 4; r++) sm[r] += e[r] + f[r];
+      }
     }
     __syncwarp();
   }
 #pragma unroll
-  for (int nt = 0; nt < 8; nt++) {
-    *(float2*)&Sg[(i0 + g) * 64 + 8 * nt + 2 * t] = make_float2(s[nt][0], s[nt][1]);
-    *(float2*)&Sg[(i0 + g + 8) * 64 + 8 * nt + 2 * t] = make_float2(s[nt][2], s[nt][3]);
-  }
+  for (int m = 0; m < MT; m++)
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++) {
+      const int i = i0 + 16 * m + g;
+      *(float2*)&Sg[i * 64 + 8 * nt + 2 * t] = make_float2(s[m][nt][0], s[m][nt][1]);
+      *(float2*)&Sg[(i + 8) * 64 + 8 * nt + 2 * t] = make_float2(s[m][nt][2], s[m][nt][3]);
+    }
 }
 extern "C" __global__ void __launch_bounds__(128) wkv7_chunk_scantc(float* y, float* state, const float* rec, const float* v, int T, int C) {
-  wkv7_chunk_scantc_body<false>(y, state, rec, v, T, C);
+  wkv7_chunk_scantc_body<false, 1>(y, state, rec, v, T, C);
 }
 extern "C" __global__ void __launch_bounds__(128) wkv7_chunk_scantcs(float* y, float* state, const float* rec, const float* v, int T, int C) {
-  wkv7_chunk_scantc_body<true>(y, state, rec, v, T, C);
+  wkv7_chunk_scantc_body<true, 1>(y, state, rec, v, T, C);
+}
+extern "C" __global__ void __launch_bounds__(64) wkv7_chunk_scantc2(float* y, float* state, const float* rec, const float* v, int T, int C) {
+  wkv7_chunk_scantc_body<false, 2>(y, state, rec, v, T, C);
+}
+extern "C" __global__ void __launch_bounds__(64) wkv7_chunk_scantc2s(float* y, float* state, const float* rec, const float* v, int T, int C) {
+  wkv7_chunk_scantc_body<true, 2>(y, state, rec, v, T, C);
 }
 
 // GroupNorm per head (eps 64e-5) + bonus (Σ r⊙k⊙r_k)·v, times the gate; bf16 out. One warp per (t, head).
