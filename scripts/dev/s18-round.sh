@@ -17,6 +17,11 @@ for pass in 1 2; do
     printf 'rwkvx %-20s rc=%s %s\n' "$setting" "$?" "$(grep -E '^\{' "$out/ab.log" | head -1 | grep -oE '"prefill_ms":[0-9.]+')"
   done
 done
+for setting in RWKVX_WAVEFRONT=6 RWKVX_WAVEFRONT=8; do
+  [ "$(left)" -lt 200 ] && { echo "A/B [$setting]: skipped (time)"; continue; }
+  env $setting timeout 60 node --import tsx bench/cuda.ts --lengths 131072 --decode 0 --repeat 3 --models rwkvx > "$out/ab.log" 2>&1
+  printf 'rwkvx %-20s rc=%s %s\n' "$setting" "$?" "$(grep -E '^\{' "$out/ab.log" | head -1 | grep -oE '"prefill_ms":[0-9.]+')"
+done
 if [ "$(left)" -gt 110 ]; then
   timeout 150 node --import tsx bench/cuda.ts --lengths 131072 --decode 131072 --repeat 3 --models rwkvx,rwkv7 --peer > "$out/t128k.log" 2>&1
   echo "128K table rc=$?"; grep -E "^\|" "$out/t128k.log" | tail -6
