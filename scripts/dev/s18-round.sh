@@ -26,6 +26,10 @@ if [ "$(left)" -gt 110 ]; then
   timeout 150 node --import tsx bench/cuda.ts --lengths 131072 --decode 131072 --repeat 3 --models rwkvx,rwkv7 --peer > "$out/t128k.log" 2>&1
   echo "128K table rc=$?"; grep -E "^\|" "$out/t128k.log" | tail -6
 fi
+if [ "$(left)" -gt 100 ]; then
+  RWKVX_PROFILE=131072 timeout 90 node --import tsx bench/cuda.ts --lengths 4096 --decode 0 --models rwkvx > "$out/prefill-prof.log" 2>&1
+  echo "prefill profile rc=$?"; tail -30 "$out/prefill-prof.log"
+fi
 if [ "$(left)" -gt 70 ]; then
   for lay in tc tc2; do
     RWKVX_WKV_ROWS=$lay timeout 60 ncu --clock-control none --target-processes all -k "regex:^wkv7_chunk_scan$lay\$" -s 4 -c 1 \
