@@ -313,7 +313,7 @@ test('emulated kernels: training attention on tensor cores (mt_select, mt_fwd, m
   }
 });
 
-test('emulated kernels: training WKV-7 — chunked (wkt_prep/scan/chain/grad; scan and chain also in the wide layout) and sequential (tr_wkv_fwd/bwd) forward and gradients vs the CPU wkv7 / wkv7Backward', { skip: skip || false }, async (t) => {
+test('emulated kernels: training WKV-7 — chunked (wkt_prep/scan/chain/grad; scan and chain also in the wide and tensor-core layouts) and sequential (tr_wkv_fwd/bwd) forward and gradients vs the CPU wkv7 / wkv7Backward', { skip: skip || false }, async (t) => {
   const { wkv7Checkpointed, wkv7Backward } = await import('../src/backend/cpu/wkv7.js');
   const chunkedMod = emuModule('wkv7-train.cu'), seqMod = emuModule('train.cu');
   const wideMod = emuModule('wkv7-train.cu', ['WKT_ROWS=16', 'WKT_THREADS=128']);  // RWKVX_TRAIN_WKT=wide
@@ -334,11 +334,11 @@ test('emulated kernels: training WKV-7 — chunked (wkt_prep/scan/chain/grad; sc
       wkv7Backward(sg(g[0]), sg(g[1]), sg(g[2]), sg(g[3]), sg(g[4]), sg(g[5]), sl(dy), sl(rr), sl(om), sl(kt), sl(v), sl(kh), sl(a), T, H, N, 16, ck);
     }
     const names = ['dr', 'dω', 'dk̃', 'dv', 'dκ̂', 'da'];
-    const check = (tag: string, y: Float32Array, d: Float32Array[]) => {
-      report(t, `Bn=${Bn} T=${T} ${tag}: y vs CPU (relative)`, maxDiff(y, yRef) / maxAbs(yRef), 1e-5);
+    const check = (tag: string, y: Float32Array, d: Float32Array[], yBound = 1e-5, gBound = 1e-4) => {
+      report(t, `Bn=${Bn} T=${T} ${tag}: y vs CPU (relative)`, maxDiff(y, yRef) / maxAbs(yRef), yBound);
       // the kernels add −dα (into dκ̂) and dβ; the CPU's dκ̂ = −dα + dβ⊙a and da = dβ⊙κ̂
       const full = [d[0], d[1], d[2], d[3], d[4].map((x, i) => x + d[5][i] * a[i]), d[5].map((x, i) => x * kh[i])];
-      full.forEach((x, q) => report(t, `Bn=${Bn} T=${T} ${tag}: ${names[q]} vs CPU (relative)`, maxDiff(x, g[q]) / Math.max(1e-30, maxAbs(g[q])), 1e-4));
+      full.forEach((x, q) => report(t, `Bn=${Bn} T=${T} ${tag}: ${names[q]} vs CPU (relative)`, maxDiff(x, g[q]) / Math.max(1e-30, maxAbs(g[q])), gBound));
     };
     {
       const y = new Float32Array(n).fill(NaN), ckpt = new Float32Array(Bn * nch * H * 4096), rec = new Float32Array(Bn * nch * H * 6208);
@@ -350,11 +350,25 @@ test('emulated kernels: training WKV-7 — chunked (wkt_prep/scan/chain/grad; sc
       check('chunked', y, d);
       // the wide layout (16 rows, 128 threads) of the two sequential passes: the same bits
       const yw = new Float32Array(n).fill(NaN), ckw = new Float32Array(ckpt.length).fill(NaN), gw = new Float32Array(ckpt.length).fill(NaN);
-      wideMod.launch('wkt_scan', { grid: [H, 4, Bn], block: [128] }, yw, ckw, null, rec, v, T, C);
-      wideMod.launch('wkt_chain', { grid: [H, 4, Bn], block: [128] }, gw, null, rec, dy, T, C);
+      const sfw = new Float32Array(Bn * H * 4096).fill(NaN), dsw = new Float32Array(Bn * H * 4096).fill(NaN);
+      wideMod.launch('wkt_scan', { grid: [H, 4, Bn], block: [128] }, yw, ckw, sfw, rec, v, T, C);
+      wideMod.launch('wkt_chain', { grid: [H, 4, Bn], block: [128] }, gw, dsw, rec, dy, T, C);
       assert.deepEqual(yw, y, `Bn=${Bn} T=${T}: wide wkt_scan y differs`);
       assert.deepEqual(ckw, ckpt, `Bn=${Bn} T=${T}: wide wkt_scan ckpt differs`);
       assert.deepEqual(gw, gend, `Bn=${Bn} T=${T}: wide wkt_chain gend differs`);
+      // the tensor-core passes (RWKVX_TRAIN_WKT=tc; split-bf16 products: close, not the same bits), and wkt_grad
+      // from their chunk states
+      const yt = new Float32Array(n).fill(NaN), ckt = new Float32Array(ckpt.length).fill(NaN), gt = new Float32Array(ckpt.length).fill(NaN);
+      const sft = new Float32Array(Bn * H * 4096).fill(NaN), dst = new Float32Array(Bn * H * 4096).fill(NaN);
+      chunkedMod.launch('wkt_scan_tc', { grid: [H, 1, Bn], block: [128], smem: 98816 }, yt, ckt, sft, rec, v, T, C);
+      chunkedMod.launch('wkt_chain_tc', { grid: [H, 1, Bn], block: [128], smem: 53760 }, gt, dst, rec, dy, T, C);
+      report(t, `Bn=${Bn} T=${T} wkt_scan_tc: chunk states vs wkt_scan (relative)`, maxDiff(ckt, ckpt) / maxAbs(ckpt), 1e-4);
+      report(t, `Bn=${Bn} T=${T} wkt_chain_tc: end-state gradients vs wkt_chain (relative)`, maxDiff(gt, gend) / maxAbs(gend), 1e-4);
+      report(t, `Bn=${Bn} T=${T} wkt_scan_tc / wkt_chain_tc: final state and initial-state gradient vs wkt_scan / wkt_chain (relative)`,
+        Math.max(maxDiff(sft, sfw) / maxAbs(sfw), maxDiff(dst, dsw) / maxAbs(dsw)), 1e-4);
+      const dt = Array.from({ length: 6 }, () => new Float32Array(n));
+      chunkedMod.launch('wkt_grad', { grid: [nch, H, Bn], block: [256], smem: 99840 }, dt[0], dt[1], dt[2], dt[3], dt[4], dt[5], dy, rr, om, kt, v, kh, a, ckt, gt, T, C);
+      check('chunked tc', yt, dt, 5e-5, 5e-4);
     }
     {
       const y = new Float32Array(n).fill(NaN), ckpt = new Float32Array(Bn * nch * H * 4096);

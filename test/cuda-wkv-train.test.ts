@@ -22,6 +22,8 @@ import { writeToyCorpus } from './helpers/toy-corpus.js';
 import { rel, rng } from './helpers/numeric.js';
 
 const REL_TOL = 1e-4;
+// the tensor-core sequential passes against the default (the emulator: ≈ 1e-5 on the chunk states)
+const TC_TOL = 5e-4;
 const dev = skipReason ? undefined : {
   driver: await import('../src/backend/cuda/driver.js'),
   mem: await import('../src/backend/cuda/memory.js'),
@@ -93,6 +95,19 @@ for (const [C, Bn, T] of [[128, 3, 37], [128, 2, 100], [768, 2, 333]] as const) 
         assert.deepEqual(down(yW, n), yCh, 'wide layout: y');
         assert.deepEqual(down(ckW, stN), ckCh, 'wide layout: chunk-start states');
         outW.forEach((p, q) => assert.deepEqual(down(p, n), down(outC[q], n), `wide layout: ${names[q]}`));
+      }
+      {
+        // the tensor-core passes (RWKVX_TRAIN_WKT=tc): split-bf16 products, so close to the default, not the same bits
+        const tc = new wkc.Wkv7ChunkedTrain(ctx, undefined, wkc.wktLayoutOptions('tc'));
+        const yT = nan(n), ckT = nan(stN), recT = nan(Bn * nch * H * 6208), outT = pre.map(up), gendT = nan(stN);
+        const finT = nan(Bn * H * 4096), dsinT = nan(Bn * H * 4096);
+        tc.forward(yT, ckT, recT, r, om, kt, v, kh, a, Bn, T, C, finT);
+        tc.backward(outT[0], outT[1], outT[2], outT[3], outT[4], outT[5], dy, r, om, kt, v, kh, a, ckT, recT, gendT, Bn, T, C, dsinT);
+        const et = [rel(down(yT, n), yCh), rel(down(ckT, stN), ckCh), rel(down(finT, Bn * H * 4096), down(fin, Bn * H * 4096)),
+          rel(down(dsinT, Bn * H * 4096), down(dsin, Bn * H * 4096)), ...outT.map((p, q) => rel(down(p, n).map((x, i) => x - pre[q][i]), gC[q]))];
+        const tags = ['y', 'ckpt', 'final state', 'dS0', ...names];
+        console.log(`C ${C}, ${Bn} × ${T}: tensor-core passes vs default: ${tags.map((nm, q) => `${nm} ${et[q].toExponential(2)}`).join(', ')}`);
+        et.forEach((e, q) => assert.ok(e <= TC_TOL, `tensor-core passes, ${tags[q]}: ${e} > ${TC_TOL}`));
       }
       if (C === 128) {
         // the float64 CPU reference, per sequence (final state, dS_0 and the gradients)

@@ -4,6 +4,7 @@
 
 #include "common.cuh"
 #include "attn.cuh"
+#include "tc-split.cuh"
 
 // h[t, :] = emb[tok[t], :] (ln0 folded into the table at load)
 extern "C" __global__ void embed(float* h, const bf16* emb, const int* tok, int C) {
@@ -700,29 +701,6 @@ extern "C" __global__ void __launch_bounds__(128) wkv7_chunk_scan32w(float* y, f
 // Shared copy of a record, padded so each lane's B-fragment loads (rows 2t, 2t + 1, 2t + 8, 2t + 9,
 // column g) hit distinct banks: WQt [64][36], BK [32][68], Γ [64], MT [16][36], V [16 tokens][68].
 #define WKV_TC_STAGE 6208
-__device__ __forceinline__ void split_bf16(float a, float b, u32& hi, u32& lo) {
-  hi = pack_bf16(a, b);
-  lo = pack_bf16(a - __uint_as_float(hi << 16), b - __uint_as_float(hi & 0xffff0000u));
-}
-// d += A·B with A = ah + al, B = (bh0, bh1) + (bl0, bl1), the small products first into e and f: e = f = d for
-// one accumulator, or accumulators of their own for the corrections (shorter dependent chains)
-__device__ __forceinline__ void mma16816x3s(float* d, float* e, float* f, const u32* ah, const u32* al, u32 bh0, u32 bh1, u32 bl0, u32 bl1) {
-  mma16816(e, al, bh0, bh1);
-  mma16816(f, ah, bl0, bl1);
-  mma16816(d, ah, bh0, bh1);
-}
-// B fragment (k rows 2t, 2t + 1, 2t + 8, 2t + 9 of column g) of an fp32 matrix in shared memory, split
-__device__ __forceinline__ void bfrag_split(const float* p, int ld, u32& h0, u32& h1, u32& l0, u32& l1) {
-  split_bf16(p[0], p[ld], h0, l0);
-  split_bf16(p[8 * ld], p[9 * ld], h1, l1);
-}
-// accumulator tiles c0, c1 (16 × 8 each, columns 8n … 8n + 15) are, packed, the A fragment of those 16 columns
-__device__ __forceinline__ void afrag_split(const float* c0, const float* c1, u32* ah, u32* al) {
-  split_bf16(c0[0], c0[1], ah[0], al[0]);
-  split_bf16(c0[2], c0[3], ah[1], al[1]);
-  split_bf16(c1[0], c1[1], ah[2], al[2]);
-  split_bf16(c1[2], c1[3], ah[3], al[3]);
-}
 // SPLIT: the corrections lo·hi and hi·lo go to an accumulator each, added once per phase (RWKVX_WKV_ROWS=tcs):
 // the scan is latency-bound, and one accumulator chains 15 dependent mma per tile in phase 1 (5 when split).
 // MT: 16-row tiles per warp, 4 / MT warps (tc2: 2 warps of 32 rows read each record fragment once for both
@@ -772,13 +750,7 @@ template <bool SPLIT, int MT> __device__ __forceinline__ void wkv7_chunk_scantc_
     // Vᵀ (rows i, columns tokens) as an A fragment: element [i][tt] = V[tt][i]
     u32 vh[MT][4], vl[MT][4];
 #pragma unroll
-    for (int m = 0; m < MT; m++) {
-      const float* Vs = M + OV + i0 + 16 * m + g;
-      split_bf16(Vs[(2 * t) * 68], Vs[(2 * t + 1) * 68], vh[m][0], vl[m][0]);
-      split_bf16(Vs[(2 * t) * 68 + 8], Vs[(2 * t + 1) * 68 + 8], vh[m][1], vl[m][1]);
-      split_bf16(Vs[(2 * t + 8) * 68], Vs[(2 * t + 9) * 68], vh[m][2], vl[m][2]);
-      split_bf16(Vs[(2 * t + 8) * 68 + 8], Vs[(2 * t + 9) * 68 + 8], vh[m][3], vl[m][3]);
-    }
+    for (int m = 0; m < MT; m++) afrag_split_t(M + OV + i0 + 16 * m + g, 68, vh[m], vl[m]);
     // phase 1: o = [U | Y] (columns p < 16: u_p, p ≥ 16: y_{p−16}) = S·WQt + Vᵀ·MT
     float o[MT][4][4], oc[MT][4][4], od[MT][4][4];
 #pragma unroll

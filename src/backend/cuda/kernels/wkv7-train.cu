@@ -31,6 +31,8 @@
 // another thread writes in the same phase; values a thread keeps across phases live in X::Local.
 
 #include "common.cuh"
+#include "attn.cuh"
+#include "tc-split.cuh"
 
 typedef long long i64;
 #define HD __host__ __device__ __forceinline__
@@ -439,6 +441,191 @@ extern "C" __global__ void __launch_bounds__(WKT_THREADS) wkt_chain(float* gend,
   ChainArgs g{gend, dsin, rec, dy, T, C, C / 64, (T + WKT_L - 1) / WKT_L, (int)blockIdx.z, (int)blockIdx.x, (int)blockIdx.y * WKT_ROWS};
   wkt_chain_body<DevExec>(sm, g);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The two sequential passes on tensor cores (RWKVX_TRAIN_WKT=tc): wkt_scan_tc and wkt_chain_tc, one block of 4
+// warps per (head, sequence), grid (H, 1, Bn), 128 threads; warp w keeps rows 16w … 16w + 15 of the state (of
+// its gradient) as mma.sync accumulators, never in shared memory, and each chunk is two small GEMMs on
+// split-bf16 operands (tc-split.cuh), as rwkvx.cu's wkv7_chunk_scantc. Same record, same outputs as
+// wkt_scan / wkt_chain, to about 2⁻¹⁷ relative per product. Record buffers: WKT_TC_NB, filled by cp.async
+// two chunks ahead. Rows padded (72 or 68 floats) so that each lane's fragment loads hit distinct banks.
+#define WKT_TC_NB 3
+#define WKT_TC_SCAN_ST 7808    // floats of a wkt_scan_tc buffer: [Wc | Qf] [32][72], [U0 | Y0] [32][68], [P | Q] [32][68], Γ_n [64], V [16][68]
+#define WKT_TC_SCAN_SMEM 98816  // WKT_TC_NB buffers and 4 warps' y staging [16][20]
+#define WKT_TC_CHAIN_ST 4480   // floats of a wkt_chain_tc buffer: P [16][72], [Wc | Qf] [32][68], Γ_n [64], dY [16][68]
+#define WKT_TC_CHAIN_SMEM 53760
+static_assert(WKT_TC_SCAN_SMEM == (WKT_TC_NB * WKT_TC_SCAN_ST + 4 * 320) * 4, "WKT_TC_SCAN_SMEM");
+static_assert(WKT_TC_CHAIN_SMEM == WKT_TC_NB * WKT_TC_CHAIN_ST * 4, "WKT_TC_CHAIN_SMEM");
+
+#if defined(__CUDA_ARCH__) || defined(RWKVX_EMU)
+// this thread's accumulator tiles of a 64 × 64 fp32 matrix (rows i0 + g, i0 + g + 8) to or from global memory
+__device__ __forceinline__ void wkt_tc_store(float* dst, const float (*s)[4], int i0) {
+  const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+#pragma unroll
+  for (int nt = 0; nt < 8; nt++) {
+    *(float2*)&dst[(i0 + g) * 64 + 8 * nt + 2 * t] = make_float2(s[nt][0], s[nt][1]);
+    *(float2*)&dst[(i0 + g + 8) * 64 + 8 * nt + 2 * t] = make_float2(s[nt][2], s[nt][3]);
+  }
+}
+// tokens [c·16, c·16 + 16) of the head's 64 channels of a [Bn·T, C] activation into X [16][68] (zeros past T)
+__device__ __forceinline__ void wkt_tc_fetch_rows(float* X, const float* src, i64 so, int c, int T, int C, int h, int tid) {
+  for (int e = tid; e < 256; e += 128) {
+    const int tt = e >> 4, tok = c * WKT_L + tt;
+    const bool in = tok < T;
+    cp16(X + tt * 68 + (e & 15) * 4, src + so + (i64)(in ? tok : 0) * C + h * 64 + (e & 15) * 4, in ? 16 : 0);
+  }
+}
+
+// Per chunk: the state into ckpt; [U | Y] = S·[Wc | Qf]ᵀ + [U0 | Y0]ᵀ (rows i; columns u_t, then y_t); y out;
+// S ← S·diag(Γ_n) + Uᵀ·P + Vᵀ·Q.
+extern "C" __global__ void __launch_bounds__(128) wkt_scan_tc(float* y, float* ckpt, float* sfin, const float* rec, const float* v, int T, int C) {
+  constexpr int NB = WKT_TC_NB, ST = WKT_TC_SCAN_ST, OU = 2304, OP = 4480, OG = 6656, OV = 6720;
+  extern __shared__ float4 wkt_dyn[];
+  float* sm = reinterpret_cast<float*>(wkt_dyn);
+  const int h = blockIdx.x, b = blockIdx.z, H = gridDim.x, tid = threadIdx.x, lane = tid & 31, g = lane >> 2, t = lane & 3;
+  const int i0 = (tid >> 5) * 16, nch = (T + WKT_L - 1) / WKT_L;
+  const i64 so = (i64)b * T * C;
+  float* sY = sm + NB * ST + (tid >> 5) * 320;  // [16 tokens][20]: this warp's y rows, staged
+  float s[8][4];
+#pragma unroll
+  for (int nt = 0; nt < 8; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+  auto issue = [&](int c, int bf) {
+    const float* rc = rec + (((i64)b * nch + c) * H + h) * WKT_REC;
+    float* d = sm + bf * ST;
+    for (int e = tid; e < 512; e += 128) {
+      const int row = e >> 4, col = (e & 15) * 4;
+      cp16(d + row * 72 + col, rc + WKT_RO_W + e * 4, 16);
+      cp16(d + OU + row * 68 + col, rc + WKT_RO_U0 + e * 4, 16);
+      cp16(d + OP + row * 68 + col, rc + WKT_RO_P + e * 4, 16);
+    }
+    if (tid < 16) cp16(d + OG + tid * 4, rc + WKT_RO_GN + tid * 4, 16);
+    wkt_tc_fetch_rows(d + OV, v, so, c, T, C, h, tid);
+  };
+  for (int c = 0; c < NB - 1; c++) {
+    if (c < nch) issue(c, c);
+    cp_commit();
+  }
+  for (int c = 0; c < nch; c++) {
+    cp_wait1();
+    __syncthreads();
+    if (c + NB - 1 < nch) issue(c + NB - 1, (c + NB - 1) % NB);
+    cp_commit();
+    wkt_tc_store(ckpt + (((i64)b * nch + c) * H + h) * 4096, s, i0);
+    const float* M = sm + (c % NB) * ST;
+    u32 vh[4], vl[4];
+    afrag_split_t(M + OV + i0 + g, 68, vh, vl);
+    float o[4][4];
+#pragma unroll
+    for (int np = 0; np < 4; np++) {
+      const float* u0 = M + OU + (8 * np + 2 * t) * 68 + i0 + g;
+      o[np][0] = u0[0]; o[np][1] = u0[68]; o[np][2] = u0[8]; o[np][3] = u0[76];
+    }
+#pragma unroll
+    for (int ks = 0; ks < 4; ks++) {
+      u32 ah[4], al[4];
+      afrag_split(s[2 * ks], s[2 * ks + 1], ah, al);
+#pragma unroll
+      for (int np = 0; np < 4; np++) {
+        u32 h0, h1, l0, l1;
+        bfrag_split_rows(M + (8 * np + g) * 72 + 16 * ks + 2 * t, h0, h1, l0, l1);
+        mma16816x3s(o[np], o[np], o[np], ah, al, h0, h1, l0, l1);
+      }
+    }
+#pragma unroll
+    for (int np = 2; np < 4; np++) {
+      const int tt = 8 * (np - 2) + 2 * t;
+      sY[tt * 20 + g] = o[np][0]; sY[(tt + 1) * 20 + g] = o[np][1];
+      sY[tt * 20 + g + 8] = o[np][2]; sY[(tt + 1) * 20 + g + 8] = o[np][3];
+    }
+    __syncwarp();
+#pragma unroll
+    for (int q = 0; q < 2; q++) {
+      const int e = lane + 32 * q, tt = e >> 2, c4 = (e & 3) * 4, tok = c * WKT_L + tt;
+      if (tok < T) *(float4*)(y + so + (i64)tok * C + h * 64 + i0 + c4) = *(const float4*)&sY[tt * 20 + c4];
+    }
+    u32 uh[4], ul[4];
+    afrag_split(o[0], o[1], uh, ul);
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++) {
+      const float2 gm = *(const float2*)&M[OG + 8 * nt + 2 * t];
+      s[nt][0] *= gm.x; s[nt][1] *= gm.y; s[nt][2] *= gm.x; s[nt][3] *= gm.y;
+      const float* Pb = M + OP + (2 * t) * 68 + 8 * nt + g;
+      u32 h0, h1, l0, l1;
+      bfrag_split(Pb, 68, h0, h1, l0, l1);
+      mma16816x3s(s[nt], s[nt], s[nt], uh, ul, h0, h1, l0, l1);
+      bfrag_split(Pb + 16 * 68, 68, h0, h1, l0, l1);
+      mma16816x3s(s[nt], s[nt], s[nt], vh, vl, h0, h1, l0, l1);
+    }
+    __syncwarp();
+  }
+  if (sfin) wkt_tc_store(sfin + ((i64)b * H + h) * 4096, s, i0);
+}
+
+// Last chunk to first, G the gradient of the chunk's END state: G into gend; pᵀ = G·Pᵀ (rows i, columns t);
+// G ← G·diag(Γ_n) + pᵀ·Wc + dYᵀ·Qf.
+extern "C" __global__ void __launch_bounds__(128) wkt_chain_tc(float* gend, float* dsin, const float* rec, const float* dy, int T, int C) {
+  constexpr int NB = WKT_TC_NB, ST = WKT_TC_CHAIN_ST, OW = 1152, OG = 3328, OD = 3392;
+  extern __shared__ float4 wkt_dyn[];
+  float* sm = reinterpret_cast<float*>(wkt_dyn);
+  const int h = blockIdx.x, b = blockIdx.z, H = gridDim.x, tid = threadIdx.x, lane = tid & 31, g = lane >> 2, t = lane & 3;
+  const int i0 = (tid >> 5) * 16, nch = (T + WKT_L - 1) / WKT_L;
+  const i64 so = (i64)b * T * C;
+  float G[8][4];
+#pragma unroll
+  for (int nt = 0; nt < 8; nt++) G[nt][0] = G[nt][1] = G[nt][2] = G[nt][3] = 0.f;
+  auto issue = [&](int c, int bf) {
+    const float* rc = rec + (((i64)b * nch + c) * H + h) * WKT_REC;
+    float* d = sm + bf * ST;
+    for (int e = tid; e < 256; e += 128) cp16(d + (e >> 4) * 72 + (e & 15) * 4, rc + WKT_RO_P + e * 4, 16);
+    for (int e = tid; e < 512; e += 128) cp16(d + OW + (e >> 4) * 68 + (e & 15) * 4, rc + WKT_RO_W + e * 4, 16);
+    if (tid < 16) cp16(d + OG + tid * 4, rc + WKT_RO_GN + tid * 4, 16);
+    wkt_tc_fetch_rows(d + OD, dy, so, c, T, C, h, tid);
+  };
+  for (int k = 0; k < NB - 1; k++) {
+    if (k < nch) issue(nch - 1 - k, k);
+    cp_commit();
+  }
+  for (int k = 0; k < nch; k++) {
+    const int c = nch - 1 - k;
+    cp_wait1();
+    __syncthreads();
+    if (k + NB - 1 < nch) issue(c - (NB - 1), (k + NB - 1) % NB);
+    cp_commit();
+    wkt_tc_store(gend + (((i64)b * nch + c) * H + h) * 4096, G, i0);
+    const float* M = sm + (k % NB) * ST;
+    float o[2][4];
+#pragma unroll
+    for (int np = 0; np < 2; np++) o[np][0] = o[np][1] = o[np][2] = o[np][3] = 0.f;
+#pragma unroll
+    for (int ks = 0; ks < 4; ks++) {
+      u32 ah[4], al[4];
+      afrag_split(G[2 * ks], G[2 * ks + 1], ah, al);
+#pragma unroll
+      for (int np = 0; np < 2; np++) {
+        u32 h0, h1, l0, l1;
+        bfrag_split_rows(M + (8 * np + g) * 72 + 16 * ks + 2 * t, h0, h1, l0, l1);
+        mma16816x3s(o[np], o[np], o[np], ah, al, h0, h1, l0, l1);
+      }
+    }
+    u32 ph[4], pl[4], dh[4], dl[4];
+    afrag_split(o[0], o[1], ph, pl);
+    afrag_split_t(M + OD + i0 + g, 68, dh, dl);
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++) {
+      const float2 gm = *(const float2*)&M[OG + 8 * nt + 2 * t];
+      G[nt][0] *= gm.x; G[nt][1] *= gm.y; G[nt][2] *= gm.x; G[nt][3] *= gm.y;
+      const float* Wb = M + OW + (2 * t) * 68 + 8 * nt + g;
+      u32 h0, h1, l0, l1;
+      bfrag_split(Wb, 68, h0, h1, l0, l1);
+      mma16816x3s(G[nt], G[nt], G[nt], ph, pl, h0, h1, l0, l1);
+      bfrag_split(Wb + 16 * 68, 68, h0, h1, l0, l1);
+      mma16816x3s(G[nt], G[nt], G[nt], dh, dl, h0, h1, l0, l1);
+    }
+    __syncwarp();
+  }
+  if (dsin) wkt_tc_store(dsin + ((i64)b * H + h) * 4096, G, i0);
+}
+#endif
 
 // ---------------------------------------------------------------------------------------------
 // wkt_grad: input gradients of one (sequence, chunk, head), 256 threads. From the chunk-start state S0

@@ -28,9 +28,16 @@ function defined(name: string): number {
  */
 export function wktLayoutOptions(layout = process.env.RWKVX_TRAIN_WKT || 'wide'): string[] {
   if (layout === 'wide') return ['-DWKT_ROWS=16', '-DWKT_THREADS=128'];
-  if (layout !== 'narrow') fail(`RWKVX_TRAIN_WKT must be 'wide' or 'narrow', not '${layout}'`);
+  if (layout === 'tc') return [TC_OPTION];
+  if (layout !== 'narrow') fail(`RWKVX_TRAIN_WKT must be 'wide', 'narrow' or 'tc', not '${layout}'`);
   return [];
 }
+/**
+ * 'tc' (opt-in, not yet timed on a GPU): the sequential passes on tensor cores, wkt_scan_tc / wkt_chain_tc (one
+ * block of 4 warps per head and sequence, the state in mma accumulators; kernels/wkv7-train.cu). Its option
+ * compiles nothing differently; it tells the class which kernels to launch.
+ */
+const TC_OPTION = '-DWKT_SEQ_TC=1';
 
 export class Wkv7ChunkedTrain {
   private mod: CudaModule;
@@ -40,6 +47,9 @@ export class Wkv7ChunkedTrain {
   readonly rows: number;
   /** Threads per block of wkt_scan / wkt_chain: 16 per row, or -DWKT_THREADS=… (128 with 16 rows: the wide layout). */
   readonly threads: number;
+  /** The tensor-core sequential passes (wktLayoutOptions('tc')). */
+  readonly tc: boolean;
+  private tcSmem: [number, number];
 
   /** `timed` wraps each launch (the trainer's per-op profile); `options` are NVRTC options. */
   constructor(private ctx: CudaContext, private timed: (tag: string, f: () => void) => void = (_t, f) => f(), options: string[] = []) {
@@ -55,6 +65,12 @@ export class Wkv7ChunkedTrain {
     this.threads = th ? Number(th[1]) : 16 * this.rows;
     if (this.threads !== 16 * this.rows && !(this.rows === 16 && this.threads === 128)) throw new Error(`internal: WKT_THREADS ${this.threads} with WKT_ROWS ${this.rows}`);
     setMaxDynamicSmem(this.mod, 'wkt_grad', this.gradSmem);
+    this.tc = options.includes(TC_OPTION);
+    this.tcSmem = [defined('WKT_TC_SCAN_SMEM'), defined('WKT_TC_CHAIN_SMEM')];
+    if (this.tc) {
+      setMaxDynamicSmem(this.mod, 'wkt_scan_tc', this.tcSmem[0]);
+      setMaxDynamicSmem(this.mod, 'wkt_chain_tc', this.tcSmem[1]);
+    }
   }
 
   static chunks(T: number): number { return Math.ceil(T / WKT_L); }
@@ -78,7 +94,8 @@ export class Wkv7ChunkedTrain {
     if (T <= 0 || Bn <= 0) return;
     const H = C / 64, nch = Wkv7ChunkedTrain.chunks(T);
     this.k('wkt_prep', [nch, H, Bn], 256, 0, [rec, r, om, kt, v, kh, a, T, C]);
-    this.k('wkt_scan', [H, 64 / this.rows, Bn], this.threads, 0, [y, ckpt, sfin, rec, v, T, C]);
+    if (this.tc) this.k('wkt_scan_tc', [H, 1, Bn], 128, this.tcSmem[0], [y, ckpt, sfin, rec, v, T, C]);
+    else this.k('wkt_scan', [H, 64 / this.rows, Bn], this.threads, 0, [y, ckpt, sfin, rec, v, T, C]);
   }
 
   /**
@@ -90,7 +107,8 @@ export class Wkv7ChunkedTrain {
     Bn: number, T: number, C: number, dsin = 0): void {
     if (T <= 0 || Bn <= 0) return;
     const H = C / 64, nch = Wkv7ChunkedTrain.chunks(T);
-    this.k('wkt_chain', [H, 64 / this.rows, Bn], this.threads, 0, [gend, dsin, rec, dy, T, C]);
+    if (this.tc) this.k('wkt_chain_tc', [H, 1, Bn], 128, this.tcSmem[1], [gend, dsin, rec, dy, T, C]);
+    else this.k('wkt_chain', [H, 64 / this.rows, Bn], this.threads, 0, [gend, dsin, rec, dy, T, C]);
     this.k('wkt_grad', [nch, H, Bn], 256, this.gradSmem, [dr, dom, dkt, dv, dkk, db, dy, r, om, kt, v, kh, a, ckpt, gend, T, C]);
   }
 }

@@ -1,0 +1,43 @@
+// fp32 products on bf16 tensor cores, as hi + lo operand pairs (x = hi + lo, both bf16; three products, lo·lo
+// dropped: about 2⁻¹⁷ relative per product): the tensor-core WKV-7 scans of inference (rwkvx.cu) and training
+// (wkv7-train.cu). Inlined by module-cache.ts like common.cuh (include common.cuh and attn.cuh first).
+
+__device__ __forceinline__ void split_bf16(float a, float b, u32& hi, u32& lo) {
+  hi = pack_bf16(a, b);
+  lo = pack_bf16(a - __uint_as_float(hi << 16), b - __uint_as_float(hi & 0xffff0000u));
+}
+// d += A·B with A = ah + al, B = (bh0, bh1) + (bl0, bl1), the small products first into e and f: e = f = d for
+// one accumulator, or accumulators of their own for the corrections (shorter dependent chains)
+__device__ __forceinline__ void mma16816x3s(float* d, float* e, float* f, const u32* ah, const u32* al, u32 bh0, u32 bh1, u32 bl0, u32 bl1) {
+  mma16816(e, al, bh0, bh1);
+  mma16816(f, ah, bl0, bl1);
+  mma16816(d, ah, bh0, bh1);
+}
+// B fragment (k rows 2t, 2t + 1, 2t + 8, 2t + 9 of column g) of an fp32 matrix in shared memory, split
+__device__ __forceinline__ void bfrag_split(const float* p, int ld, u32& h0, u32& h1, u32& l0, u32& l1) {
+  split_bf16(p[0], p[ld], h0, l0);
+  split_bf16(p[8 * ld], p[9 * ld], h1, l1);
+}
+// accumulator tiles c0, c1 (16 × 8 each, columns 8n … 8n + 15) are, packed, the A fragment of those 16 columns
+__device__ __forceinline__ void afrag_split(const float* c0, const float* c1, u32* ah, u32* al) {
+  split_bf16(c0[0], c0[1], ah[0], al[0]);
+  split_bf16(c0[2], c0[3], ah[1], al[1]);
+  split_bf16(c1[0], c1[1], ah[2], al[2]);
+  split_bf16(c1[2], c1[3], ah[3], al[3]);
+}
+// A fragment of Xᵀ (rows i, columns tt) from X [tokens][ld] in shared memory, p = &X[0][first row + g]:
+// element [i][tt] = X[tt][i]
+__device__ __forceinline__ void afrag_split_t(const float* p, int ld, u32* ah, u32* al) {
+  const int t = threadIdx.x & 3;
+  split_bf16(p[(2 * t) * ld], p[(2 * t + 1) * ld], ah[0], al[0]);
+  split_bf16(p[(2 * t) * ld + 8], p[(2 * t + 1) * ld + 8], ah[1], al[1]);
+  split_bf16(p[(2 * t + 8) * ld], p[(2 * t + 9) * ld], ah[2], al[2]);
+  split_bf16(p[(2 * t + 8) * ld + 8], p[(2 * t + 9) * ld + 8], ah[3], al[3]);
+}
+// B fragment of Wᵀ from W [n][k] in shared memory (k contiguous), p = &W[column g][k0 + 2t]: the pairs (2t, 2t + 1)
+// and (2t + 8, 2t + 9) as 8-byte loads
+__device__ __forceinline__ void bfrag_split_rows(const float* p, u32& h0, u32& h1, u32& l0, u32& l1) {
+  const float2 x0 = *(const float2*)p, x1 = *(const float2*)(p + 8);
+  split_bf16(x0.x, x0.y, h0, l0);
+  split_bf16(x1.x, x1.y, h1, l1);
+}
