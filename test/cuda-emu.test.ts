@@ -313,7 +313,7 @@ test('emulated kernels: training attention on tensor cores (mt_select, mt_fwd, m
   }
 });
 
-test('emulated kernels: training WKV-7 — chunked (wkt_prep/scan/chain/grad; scan and chain also in the wide and tensor-core layouts) and sequential (tr_wkv_fwd/bwd) forward and gradients vs the CPU wkv7 / wkv7Backward', { skip: skip || false }, async (t) => {
+test('emulated kernels: training WKV-7 — chunked (wkt_prep/scan/chain/grad; scan and chain also in the wide and tensor-core layouts, wkt_grad_tc) and sequential (tr_wkv_fwd/bwd) forward and gradients vs the CPU wkv7 / wkv7Backward', { skip: skip || false }, async (t) => {
   const { wkv7Checkpointed, wkv7Backward } = await import('../src/backend/cpu/wkv7.js');
   const chunkedMod = emuModule('wkv7-train.cu'), seqMod = emuModule('train.cu');
   const wideMod = emuModule('wkv7-train.cu', ['WKT_ROWS=16', 'WKT_THREADS=128']);  // RWKVX_TRAIN_WKT=wide
@@ -366,8 +366,13 @@ test('emulated kernels: training WKV-7 — chunked (wkt_prep/scan/chain/grad; sc
       report(t, `Bn=${Bn} T=${T} wkt_chain_tc: end-state gradients vs wkt_chain (relative)`, maxDiff(gt, gend) / maxAbs(gend), 1e-4);
       report(t, `Bn=${Bn} T=${T} wkt_scan_tc / wkt_chain_tc: final state and initial-state gradient vs wkt_scan / wkt_chain (relative)`,
         Math.max(maxDiff(sft, sfw) / maxAbs(sfw), maxDiff(dst, dsw) / maxAbs(dsw)), 1e-4);
+      // wkt_grad_tc (its state products on tensor cores) from the fp32 passes' states, against wkt_grad's
+      const dg = Array.from({ length: 6 }, () => new Float32Array(n));
+      chunkedMod.launch('wkt_grad_tc', { grid: [nch, H, Bn], block: [256], smem: 99840 }, dg[0], dg[1], dg[2], dg[3], dg[4], dg[5], dy, rr, om, kt, v, kh, a, ckpt, gend, T, C);
+      report(t, `Bn=${Bn} T=${T} wkt_grad_tc vs wkt_grad, worst of the six (relative)`, Math.max(...dg.map((x, q) => maxDiff(x, d[q]) / maxAbs(d[q]))), 1e-4);
+      // and the whole tensor-core backward (wkt_grad_tc on the tc passes' states) against the CPU
       const dt = Array.from({ length: 6 }, () => new Float32Array(n));
-      chunkedMod.launch('wkt_grad', { grid: [nch, H, Bn], block: [256], smem: 99840 }, dt[0], dt[1], dt[2], dt[3], dt[4], dt[5], dy, rr, om, kt, v, kh, a, ckt, gt, T, C);
+      chunkedMod.launch('wkt_grad_tc', { grid: [nch, H, Bn], block: [256], smem: 99840 }, dt[0], dt[1], dt[2], dt[3], dt[4], dt[5], dy, rr, om, kt, v, kh, a, ckt, gt, T, C);
       check('chunked tc', yt, dt, 5e-5, 5e-4);
     }
     {

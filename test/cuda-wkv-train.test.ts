@@ -97,7 +97,8 @@ for (const [C, Bn, T] of [[128, 3, 37], [128, 2, 100], [768, 2, 333]] as const) 
         outW.forEach((p, q) => assert.deepEqual(down(p, n), down(outC[q], n), `wide layout: ${names[q]}`));
       }
       {
-        // the tensor-core passes (RWKVX_TRAIN_WKT=tc): split-bf16 products, so close to the default, not the same bits
+        // the tensor-core kernels (RWKVX_TRAIN_WKT=tc: wkt_scan_tc, wkt_chain_tc, wkt_grad_tc): split-bf16 products, so
+        // close to the default, not the same bits
         const tc = new wkc.Wkv7ChunkedTrain(ctx, undefined, wkc.wktLayoutOptions('tc'));
         const yT = nan(n), ckT = nan(stN), recT = nan(Bn * nch * H * 6208), outT = pre.map(up), gendT = nan(stN);
         const finT = nan(Bn * H * 4096), dsinT = nan(Bn * H * 4096);

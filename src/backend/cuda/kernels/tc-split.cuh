@@ -41,3 +41,13 @@ __device__ __forceinline__ void bfrag_split_rows(const float* p, u32& h0, u32& h
   split_bf16(x0.x, x0.y, h0, l0);
   split_bf16(x1.x, x1.y, h1, l1);
 }
+// A fragment (rows g, g + 8; columns k0 + 2t, + 1, + 8, + 9) of a 16-row fp32 matrix X [16][ld] in shared memory, split
+__device__ __forceinline__ void afrag_split_rows(const float* X, int ld, int k0, u32* ah, u32* al) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const float* p = X + g * ld + k0 + 2 * t;
+  const float2 a0 = *(const float2*)p, a1 = *(const float2*)(p + 8 * ld), a2 = *(const float2*)(p + 8), a3 = *(const float2*)(p + 8 * ld + 8);
+  split_bf16(a0.x, a0.y, ah[0], al[0]);
+  split_bf16(a1.x, a1.y, ah[1], al[1]);
+  split_bf16(a2.x, a2.y, ah[2], al[2]);
+  split_bf16(a3.x, a3.y, ah[3], al[3]);
+}

@@ -457,7 +457,6 @@ extern "C" __global__ void __launch_bounds__(WKT_THREADS) wkt_chain(float* gend,
 static_assert(WKT_TC_SCAN_SMEM == (WKT_TC_NB * WKT_TC_SCAN_ST + 4 * 320) * 4, "WKT_TC_SCAN_SMEM");
 static_assert(WKT_TC_CHAIN_SMEM == WKT_TC_NB * WKT_TC_CHAIN_ST * 4, "WKT_TC_CHAIN_SMEM");
 
-#if defined(__CUDA_ARCH__) || defined(RWKVX_EMU)
 // this thread's accumulator tiles of a 64 × 64 fp32 matrix (rows i0 + g, i0 + g + 8) to or from global memory
 __device__ __forceinline__ void wkt_tc_store(float* dst, const float (*s)[4], int i0) {
   const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
@@ -625,7 +624,6 @@ extern "C" __global__ void __launch_bounds__(128) wkt_chain_tc(float* gend, floa
   }
   if (dsin) wkt_tc_store(dsin + ((i64)b * H + h) * 4096, G, i0);
 }
-#endif
 
 // ---------------------------------------------------------------------------------------------
 // wkt_grad: input gradients of one (sequence, chunk, head), 256 threads. From the chunk-start state S0
@@ -640,7 +638,7 @@ extern "C" __global__ void __launch_bounds__(128) wkt_chain_tc(float* gend, floa
 // space with the six factor gradients, written after the last read of S0 / G.
 
 struct GradSG { float S0[64][68]; float G[64][68]; };
-union GradX { GradSG m; float fg[6][16][64]; };  // fg: dÃ, dR̃, dB̂, dK̂, dP, dQ
+union GradX { GradSG m; float fg[7][16][64]; };  // fg: dÃ, dR̃, dB̂, dK̂, dP, dQ, and dV's state part (wkt_grad_tc)
 struct __align__(16) GradSm {
   float at[16][68], bh[16][68], kh[16][68], rt[16][68];
   float pp[16][64], qq[16][64];
@@ -659,8 +657,13 @@ struct GradArgs {
 };
 // what a thread of wkt_grad keeps between its product phase and writing the factor gradients
 struct GradRegs { float at[4], rt[4], bh[4], kh[4], p[4], q[4], dv[4]; };
+// wkt_grad_tc: a thread's accumulator tiles of the five state products (dz·S0, dy·S0, u·G, v·G, Q·Gᵀ)
+struct GradTcAcc { float c[5][4]; };
 
-template <class X> __host__ __device__ void wkt_grad_body(GradSm& s, const GradArgs& g) {
+// TC (wkt_grad_tc, RWKVX_TRAIN_WKT=tc): the 16 × 64 × 64 state products on tensor cores (split-bf16 operands,
+// tc-split.cuh), warp w computing columns 8w … 8w + 7; the state parts of the factor gradients then go through
+// the fg slots (S0 and G dead) instead of registers. Device only (the host harness runs TC = false).
+template <class X, bool TC = false> __host__ __device__ void wkt_grad_body(GradSm& s, const GradArgs& g) {
   const int T = g.T, C = g.C, h = g.h, t0 = g.c * WKT_L;
   const i64 so = (i64)g.b * T * C, blk = ((i64)g.b * g.nch + g.c) * g.H + h;
   const float* ck = g.ckpt + blk * 4096;
@@ -711,6 +714,27 @@ template <class X> __host__ __device__ void wkt_grad_body(GradSm& s, const GradA
   // the four L×L matrices
   chunk_ll<X>(s.A, s.Ak, s.Bm, s.Bk, s.at, s.rt, s.bh, s.kh);
   // Ã S0ᵀ → u, P Gᵀ → dz (state products; thread: row i, tokens tq, tq + 4, …)
+#if defined(__CUDA_ARCH__) || defined(RWKVX_EMU)
+  if constexpr (TC) {
+    X::each([&](int tid) {
+      const int w = tid >> 5, lane = tid & 31, gq = lane >> 2, t = lane & 3;
+      float z[4] = {0.f, 0.f, 0.f, 0.f}, pg[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+      for (int ks = 0; ks < 4; ks++) {
+        u32 ah[4], al[4], ph[4], pl[4], h0, h1, l0, l1, k0, k1, j0, j1;
+        afrag_split_rows(&s.at[0][0], 68, 16 * ks, ah, al);
+        afrag_split_rows(&s.pp[0][0], 64, 16 * ks, ph, pl);
+        bfrag_split_rows(&s.x.m.S0[8 * w + gq][16 * ks + 2 * t], h0, h1, l0, l1);
+        bfrag_split_rows(&s.x.m.G[8 * w + gq][16 * ks + 2 * t], k0, k1, j0, j1);
+        mma16816x3s(z, z, z, ah, al, h0, h1, l0, l1);
+        mma16816x3s(pg, pg, pg, ph, pl, k0, k1, j0, j1);
+      }
+      const int i = 8 * w + 2 * t;
+      s.u[gq][i] = z[0]; s.u[gq][i + 1] = z[1]; s.u[gq + 8][i] = z[2]; s.u[gq + 8][i + 1] = z[3];
+      s.dz[gq][i] = pg[0]; s.dz[gq][i + 1] = pg[1]; s.dz[gq + 8][i] = pg[2]; s.dz[gq + 8][i + 1] = pg[3];
+    });
+  } else
+#endif
   X::each([&](int tid) {
     const int i = tid & 63, tq = tid >> 6;
     float z[4] = {0.f, 0.f, 0.f, 0.f}, pg[4] = {0.f, 0.f, 0.f, 0.f};
@@ -755,6 +779,53 @@ template <class X> __host__ __device__ void wkt_grad_body(GradSm& s, const GradA
   });
   // the state parts of the factor gradients and of dV; thread: channel (or row) cc, tokens tq, tq + 4, …
   typename X::template Local<GradRegs> regs;
+#if defined(__CUDA_ARCH__) || defined(RWKVX_EMU)
+  if constexpr (TC) {
+    typename X::template Local<GradTcAcc> acc;
+    X::each([&](int tid) {
+      const int w = tid >> 5, lane = tid & 31, gq = lane >> 2, t = lane & 3, n0 = 8 * w;
+      float (*c)[4] = acc[tid].c;
+#pragma unroll
+      for (int q = 0; q < 5; q++) c[q][0] = c[q][1] = c[q][2] = c[q][3] = 0.f;
+#pragma unroll
+      for (int ks = 0; ks < 4; ks++) {
+        u32 ah[4], al[4], h0, h1, l0, l1;
+        // B = S0 (k = row i, n = channel): dÃ's and dR̃'s state parts
+        bfrag_split(&s.x.m.S0[16 * ks + 2 * t][n0 + gq], 68, h0, h1, l0, l1);
+        afrag_split_rows(&s.dz[0][0], 68, 16 * ks, ah, al);
+        mma16816x3s(c[0], c[0], c[0], ah, al, h0, h1, l0, l1);
+        afrag_split_rows(&s.dy[0][0], 68, 16 * ks, ah, al);
+        mma16816x3s(c[1], c[1], c[1], ah, al, h0, h1, l0, l1);
+        // B = G (k = row i, n = channel): dP's and dQ's
+        bfrag_split(&s.x.m.G[16 * ks + 2 * t][n0 + gq], 68, h0, h1, l0, l1);
+        afrag_split_rows(&s.u[0][0], 68, 16 * ks, ah, al);
+        mma16816x3s(c[2], c[2], c[2], ah, al, h0, h1, l0, l1);
+        afrag_split_rows(&s.v[0][0], 68, 16 * ks, ah, al);
+        mma16816x3s(c[3], c[3], c[3], ah, al, h0, h1, l0, l1);
+        // B = Gᵀ (k = column j, n = row cc): dV's
+        bfrag_split_rows(&s.x.m.G[n0 + gq][16 * ks + 2 * t], h0, h1, l0, l1);
+        afrag_split_rows(&s.qq[0][0], 64, 16 * ks, ah, al);
+        mma16816x3s(c[4], c[4], c[4], ah, al, h0, h1, l0, l1);
+      }
+      if (tid < 64) {
+        float dgn = 0.f;
+        for (int i = 0; i < 64; i++) dgn = fmaf(s.x.m.S0[i][tid], s.x.m.G[i][tid], dgn);
+        s.dgn[tid] = dgn;
+      }
+    });
+    // S0 and G are dead: the products into fg (dÃ, dR̃, dP, dQ, dV), read back per (token, channel) below
+    X::each([&](int tid) {
+      const int w = tid >> 5, lane = tid & 31, gq = lane >> 2, t = lane & 3, cc = 8 * w + 2 * t;
+      const float (*c)[4] = acc[tid].c;
+      constexpr int slot[5] = {0, 1, 4, 5, 6};
+#pragma unroll
+      for (int q = 0; q < 5; q++) {
+        float (*f)[64] = s.x.fg[slot[q]];
+        f[gq][cc] = c[q][0]; f[gq][cc + 1] = c[q][1]; f[gq + 8][cc] = c[q][2]; f[gq + 8][cc + 1] = c[q][3];
+      }
+    });
+  } else
+#endif
   X::each([&](int tid) {
     GradRegs& rg = regs[tid];
     const int cc = tid & 63, tq = tid >> 6;
@@ -785,6 +856,14 @@ template <class X> __host__ __device__ void wkt_grad_body(GradSm& s, const GradA
   X::each([&](int tid) {
     GradRegs& rg = regs[tid];
     const int cc = tid & 63, tq = tid >> 6;
+    if (TC) {
+#pragma unroll
+      for (int k = 0; k < 4; k++) {
+        const int t = tq + 4 * k;
+        rg.at[k] = s.x.fg[0][t][cc]; rg.rt[k] = s.x.fg[1][t][cc]; rg.p[k] = s.x.fg[4][t][cc];
+        rg.q[k] = s.x.fg[5][t][cc]; rg.dv[k] = s.x.fg[6][t][cc];
+      }
+    }
 #pragma unroll
     for (int k = 0; k < 4; k++) {
       const int t = tq + 4 * k;
@@ -887,4 +966,14 @@ extern "C" __global__ void __launch_bounds__(256, 2) wkt_grad(float* dr, float* 
   GradArgs g{dr, dom, dkt, dv, dkk, db, dy, r, om, kt, v, kh, a, ckpt, gend,
              T, C, C / 64, (T + WKT_L - 1) / WKT_L, (int)blockIdx.z, (int)blockIdx.x, (int)blockIdx.y};
   wkt_grad_body<DevExec>(sm, g);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) wkt_grad_tc(float* dr, float* dom, float* dkt, float* dv, float* dkk, float* db,
+                                                              const float* dy, const float* r, const float* om, const float* kt,
+                                                              const float* v, const float* kh, const float* a, const float* ckpt,
+                                                              const float* gend, int T, int C) {
+  extern __shared__ float4 wkt_dyn[];
+  GradSm& sm = *reinterpret_cast<GradSm*>(wkt_dyn);
+  GradArgs g{dr, dom, dkt, dv, dkk, db, dy, r, om, kt, v, kh, a, ckpt, gend,
+             T, C, C / 64, (T + WKT_L - 1) / WKT_L, (int)blockIdx.z, (int)blockIdx.x, (int)blockIdx.y};
+  wkt_grad_body<DevExec, true>(sm, g);
 }

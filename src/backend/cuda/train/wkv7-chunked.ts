@@ -33,9 +33,9 @@ export function wktLayoutOptions(layout = process.env.RWKVX_TRAIN_WKT || 'wide')
   return [];
 }
 /**
- * 'tc' (opt-in, not yet timed on a GPU): the sequential passes on tensor cores, wkt_scan_tc / wkt_chain_tc (one
- * block of 4 warps per head and sequence, the state in mma accumulators; kernels/wkv7-train.cu). Its option
- * compiles nothing differently; it tells the class which kernels to launch.
+ * 'tc' (opt-in, not yet timed on a GPU): the WKV-7 training passes on tensor cores — wkt_scan_tc / wkt_chain_tc
+ * (one block of 4 warps per head and sequence, the state in mma accumulators) and wkt_grad_tc (its state
+ * products as mma; kernels/wkv7-train.cu). Its option compiles nothing differently; it picks the kernels.
  */
 const TC_OPTION = '-DWKT_SEQ_TC=1';
 
@@ -70,6 +70,7 @@ export class Wkv7ChunkedTrain {
     if (this.tc) {
       setMaxDynamicSmem(this.mod, 'wkt_scan_tc', this.tcSmem[0]);
       setMaxDynamicSmem(this.mod, 'wkt_chain_tc', this.tcSmem[1]);
+      setMaxDynamicSmem(this.mod, 'wkt_grad_tc', this.gradSmem);
     }
   }
 
@@ -109,6 +110,6 @@ export class Wkv7ChunkedTrain {
     const H = C / 64, nch = Wkv7ChunkedTrain.chunks(T);
     if (this.tc) this.k('wkt_chain_tc', [H, 1, Bn], 128, this.tcSmem[1], [gend, dsin, rec, dy, T, C]);
     else this.k('wkt_chain', [H, 64 / this.rows, Bn], this.threads, 0, [gend, dsin, rec, dy, T, C]);
-    this.k('wkt_grad', [nch, H, Bn], 256, this.gradSmem, [dr, dom, dkt, dv, dkk, db, dy, r, om, kt, v, kh, a, ckpt, gend, T, C]);
+    this.k(this.tc ? 'wkt_grad_tc' : 'wkt_grad', [nch, H, Bn], 256, this.gradSmem, [dr, dom, dkt, dv, dkk, db, dy, r, om, kt, v, kh, a, ckpt, gend, T, C]);
   }
 }
