@@ -655,13 +655,34 @@ struct GradArgs {
   float *dr, *dom, *dkt, *dv, *dkk, *db; const float *dy, *r, *om, *kt, *v, *kh, *a, *ckpt, *gend;
   int T, C, H, nch, b, c, h;
 };
+// wkt_grad_tc: a 16 × 16 product over 64, out = mask(XA·XBᵀ) (XA, XB [16][68] in shared memory), columns
+// 8nt … 8nt + 7 by one warp; mask: strictly lower (strict) or lower triangle
+__device__ __forceinline__ void grad_ll_tc(float (*out)[16], const float (*XA)[68], const float (*XB)[68], int nt, bool strict) {
+  const int lane = threadIdx.x & 31, gq = lane >> 2, t = lane & 3;
+  float c[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+  for (int ks = 0; ks < 4; ks++) {
+    u32 ah[4], al[4], h0, h1, l0, l1;
+    afrag_split_rows(&XA[0][0], 68, 16 * ks, ah, al);
+    bfrag_split_rows(&XB[8 * nt + gq][16 * ks + 2 * t], h0, h1, l0, l1);
+    mma16816x3s(c, c, c, ah, al, h0, h1, l0, l1);
+  }
+  const int q = 8 * nt + 2 * t;
+  const int lim = strict ? 0 : 1;  // keep q < t + lim
+  out[gq][q] = q < gq + lim ? c[0] : 0.f;
+  out[gq][q + 1] = q + 1 < gq + lim ? c[1] : 0.f;
+  out[gq + 8][q] = q < gq + 8 + lim ? c[2] : 0.f;
+  out[gq + 8][q + 1] = q + 1 < gq + 8 + lim ? c[3] : 0.f;
+}
+
 // what a thread of wkt_grad keeps between its product phase and writing the factor gradients
 struct GradRegs { float at[4], rt[4], bh[4], kh[4], p[4], q[4], dv[4]; };
 // wkt_grad_tc: a thread's accumulator tiles of the five state products (dz·S0, dy·S0, u·G, v·G, Q·Gᵀ)
 struct GradTcAcc { float c[5][4]; };
 
-// TC (wkt_grad_tc, RWKVX_TRAIN_WKT=tc): the 16 × 64 × 64 state products on tensor cores (split-bf16 operands,
-// tc-split.cuh), warp w computing columns 8w … 8w + 7; the state parts of the factor gradients then go through
+// TC (wkt_grad_tc, RWKVX_TRAIN_WKT=tc): the 16 × 64 × 64 state products and the eight 16 × 16 × 64 ones (the
+// L×L matrices and their gradients) on tensor cores (split-bf16 operands, tc-split.cuh), warp w computing
+// columns 8w … 8w + 7 of a state product; the state parts of the factor gradients then go through
 // the fg slots (S0 and G dead) instead of registers. Device only (the host harness runs TC = false).
 template <class X, bool TC = false> __host__ __device__ void wkt_grad_body(GradSm& s, const GradArgs& g) {
   const int T = g.T, C = g.C, h = g.h, t0 = g.c * WKT_L;
@@ -712,6 +733,15 @@ template <class X, bool TC = false> __host__ __device__ void wkt_grad_body(GradS
     }
   });
   // the four L×L matrices
+#if defined(__CUDA_ARCH__) || defined(RWKVX_EMU)
+  if constexpr (TC) {
+    X::each([&](int tid) {  // warp w: matrix w / 2 (A, A_k, B_m, B_k), columns 8 (w % 2) …
+      const int w = tid >> 5, m = w >> 1;
+      float (*out)[16] = m == 0 ? s.A : m == 1 ? s.Ak : m == 2 ? s.Bm : s.Bk;  // (a pointer array would live in local memory)
+      grad_ll_tc(out, m < 2 ? s.at : s.rt, (m & 1) ? s.kh : s.bh, w & 1, m < 2);
+    });
+  } else
+#endif
   chunk_ll<X>(s.A, s.Ak, s.Bm, s.Bk, s.at, s.rt, s.bh, s.kh);
   // Ã S0ᵀ → u, P Gᵀ → dz (state products; thread: row i, tokens tq, tq + 4, …)
 #if defined(__CUDA_ARCH__) || defined(RWKVX_EMU)
@@ -766,6 +796,15 @@ template <class X, bool TC = false> __host__ __device__ void wkt_grad_body(GradS
     }
   });
   // gradients of the L×L matrices (sums over the state rows)
+#if defined(__CUDA_ARCH__) || defined(RWKVX_EMU)
+  if constexpr (TC) {
+    X::each([&](int tid) {  // warp w: dA, dA_k, dB_m, dB_k as above
+      const int w = tid >> 5, m = w >> 1;
+      float (*out)[16] = m == 0 ? s.dA : m == 1 ? s.dAk : m == 2 ? s.dBm : s.dBk;
+      grad_ll_tc(out, m < 2 ? s.dz : s.dy, (m & 1) ? s.v : s.u, w & 1, m < 2);
+    });
+  } else
+#endif
   X::each([&](int tid) {
     const int t = tid >> 4, q = tid & 15;
     float zu = 0.f, zv = 0.f, yu = 0.f, yv = 0.f;
