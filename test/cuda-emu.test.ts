@@ -35,7 +35,7 @@ function report(t: { diagnostic(s: string): void }, what: string, d: number, tol
 const DECAY_SCALE = Math.exp(-0.5);
 const sig = (x: number) => 1 / (1 + Math.exp(-x));
 
-test('emulated kernels: chunked WKV-7 (wkv7_chunk_prep + wkv7_chunk_scan4/8/16/16w/32w/tc/tcs/tc2/tc2s) and tmix_prep + wkv7_seq16 equal the CPU reference', { skip: skip || false }, (t) => {
+test('emulated kernels: chunked WKV-7 (wkv7_chunk_prep + wkv7_chunk_scan4/8/16/16w/32w/tc/tcs/tc2/tc2s/tcp) and tmix_prep + wkv7_seq16 equal the CPU reference', { skip: skip || false }, (t) => {
   const mod = emuModule('rwkvx.cu'), mod2 = emuModule('rwkvx.cu', ['WKV_STAGES=2']);
   const cfg = shapeConfig({ vocab: 64, dim: 128, nLayer: 2 });
   const C = cfg.dim, H = cfg.heads, N = 64;
@@ -85,13 +85,14 @@ test('emulated kernels: chunked WKV-7 (wkv7_chunk_prep + wkv7_chunk_scan4/8/16/1
       }
       // the tensor-core scan (bf16 hi + lo operands: not the same bits, the same values to ≈ 2⁻¹⁶)
       // (tcs: its corrections in accumulators of their own, so other sums in another order)
-      const tcOut = (['tc', 'tcs', 'tc2', 'tc2s'] as const).map((lay) => {
+      const tcOut = (['tc', 'tcs', 'tc2', 'tc2s', 'tcp'] as const).map((lay) => {
         const yo = new Float32Array(n).fill(NaN), So = S0.slice(), mt = WKV_SCAN_SHAPES[lay][1] / 16;
-        mod.launch(`wkv7_chunk_scan${lay}`, { grid: [H, 1], block: [128 / mt], smem: wkvScanSmemTc(mt, 3) }, yo, So, rec, io.v, T, C);
+        mod.launch(`wkv7_chunk_scan${lay}`, { grid: [H, 1], block: [128 / mt], smem: wkvScanSmemTc(mt, 3, lay === 'tcp') }, yo, So, rec, io.v, T, C);
         return { lay, yo, So };
       });
-      // two row tiles per warp do each tile's arithmetic in the same order: the same bits as one tile per warp
-      for (const [a, b] of [[0, 2], [1, 3]]) {
+      // two row tiles per warp do each tile's arithmetic in the same order: the same bits as one tile per warp;
+      // so do the pre-split fragments (tcp) as tc's own splits
+      for (const [a, b] of [[0, 2], [1, 3], [0, 4]]) {
         assert.deepEqual(tcOut[b].yo, tcOut[a].yo, `T=${T}: ${tcOut[b].lay} y differs from ${tcOut[a].lay}`);
         assert.deepEqual(tcOut[b].So, tcOut[a].So, `T=${T}: ${tcOut[b].lay} state differs from ${tcOut[a].lay}`);
       }

@@ -399,7 +399,7 @@ test('CUDA: chunked WKV-7 (tmix_prep fused into its chunk prep) equals tmix_prep
           return { y, st };
         };
         const ref = runLayout('16w');
-        for (const rows of ['4', '16', '32w', 'tc', 'tcs', 'tc2', 'tc2s'] as const) {
+        for (const rows of ['4', '16', '32w', 'tc', 'tcs', 'tc2', 'tc2s', 'tcp'] as const) {
           const { y, st } = runLayout(rows);
           const d = Math.max(diffNaN(y, ref.y) / Math.max(1, ymax), diffNaN(st, ref.st));
           if (d > 0) console.log(`cuda wkv scan rows ${rows} vs 16w T=${T}: max difference ${d.toExponential(3)}`);
@@ -417,5 +417,5 @@ test('CUDA: chunked WKV-7 (tmix_prep fused into its chunk prep) equals tmix_prep
   report(t, 'chunked WKV-7 vs sequential, max |Δstate|', worstS, 1e-3);
   report(t, 'fused chunk prep vs tmix_prep, max |Δ| of k̃, v and vFirst', worstKV, 1e-5);
   report(t, 'scan layouts 4, 16 (2 rows per warp) and 32w (8 per warp) vs 16w (4 per warp), max relative |Δy| and |Δstate|', worstRows, 1e-6);
-  report(t, 'tensor-core scans tc, tcs, tc2, tc2s (bf16 hi + lo operands) vs 16w, max relative |Δy| and |Δstate|', worstTc, 2e-4);
+  report(t, 'tensor-core scans tc, tcs, tc2, tc2s, tcp (bf16 hi + lo operands) vs 16w, max relative |Δy| and |Δstate|', worstTc, 2e-4);
 });

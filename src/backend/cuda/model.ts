@@ -55,8 +55,10 @@ export function wkvRecordBytes(n: number, heads: number): number { return Math.c
 const WKV_STAGES = process.env.RWKVX_WKV_STAGES === '2' ? 2 : 3;
 /** Floats of one record buffer of the tensor-core scan: the record and V, padded (kernels/rwkvx.cu WKV_TC_STAGE). */
 const WKV_TC_STAGE = 6208;
+/** 32-bit words of one buffer of pre-split record fragments (kernels/rwkvx.cu WKV_TC_FRAGS). */
+const WKV_TC_FRAGS = 4608;
 /** Scan layouts (RWKVX_WKV_ROWS) → [state rows per block, rows per warp]; threads = 32 · rows / rows per warp. */
-export const WKV_SCAN_SHAPES = { '4': [4, 2], '8': [8, 2], '16': [16, 2], '16w': [16, 4], '32w': [32, 8], tc: [64, 16], tcs: [64, 16], tc2: [64, 32], tc2s: [64, 32] } as const;
+export const WKV_SCAN_SHAPES = { '4': [4, 2], '8': [8, 2], '16': [16, 2], '16w': [16, 4], '32w': [32, 8], tc: [64, 16], tcs: [64, 16], tcp: [64, 16], tc2: [64, 32], tc2s: [64, 32] } as const;
 export type WkvScanLayout = keyof typeof WKV_SCAN_SHAPES;
 const WKV_SCAN_LAYOUTS = Object.keys(WKV_SCAN_SHAPES) as WkvScanLayout[];
 /** RWKVX_WKV_ROWS, checked (a misspelt layout is an error, not a silent fallback); default 'tc'. */
@@ -66,15 +68,20 @@ function wkvScanLayoutFromEnv(): WkvScanLayout {
   if (!(WKV_SCAN_LAYOUTS as string[]).includes(v)) fail(`RWKVX_WKV_ROWS=${v}: not a scan layout (one of ${WKV_SCAN_LAYOUTS.join(', ')})`);
   return v as WkvScanLayout;
 }
-/** Bytes of a tensor-core scan's shared memory: `stages` record buffers and 4 / mt warps' [16 tokens][16 mt + 4] y rows. */
-export function wkvScanSmemTc(mt: number, stages: number): number {
+/**
+ * Bytes of a tensor-core scan's shared memory: `stages` record buffers and 4 / mt warps' [16 tokens][16 mt + 4]
+ * y rows; `pre` (tcp): 4 record buffers, the y rows, then two buffers of pre-split fragments (kernels/rwkvx.cu
+ * WKV_TC_FRAGS words each).
+ */
+export function wkvScanSmemTc(mt: number, stages: number, pre = false): number {
+  if (pre) return (4 * WKV_TC_STAGE + 4 * 16 * 20 + 2 * WKV_TC_FRAGS) * F32;
   return (stages * WKV_TC_STAGE + (4 / mt) * 16 * (16 * mt + 4)) * F32;
 }
 /** Dynamic shared memory of a scan layout: record buffers, the state rows, the u/y rows (the kernel's LU: padded by 4 past 2 rows per warp). */
 function wkvScanSmem(layout: WkvScanLayout): number {
   const [R, RW] = WKV_SCAN_SHAPES[layout];
   // the tensor-core scans: padded record + V copies (kernels/rwkvx.cu WKV_TC_STAGE) and each warp's y staging
-  if (layout.startsWith('tc')) return wkvScanSmemTc(RW / 16, WKV_STAGES);
+  if (layout.startsWith('tc')) return wkvScanSmemTc(RW / 16, WKV_STAGES, layout === 'tcp');
   return (WKV_STAGES * (WKV_REC + WKV_CL * R) + 64 * R + 2 * WKV_CL * (RW === 2 ? R : R + 4)) * F32;
 }
 

@@ -79,6 +79,7 @@ __device__ __forceinline__ float chunk_mean_col(const bf16* p, int C, int B) {
 __device__ __forceinline__ u32 smem_u32(const void* p) { return emu_smem_u32(p); }
 __device__ __forceinline__ void cp16(void* dst, const void* src, int bytes) { emu_cp16(dst, src, bytes); }
 __device__ __forceinline__ void cp_commit() { emu_cp_commit(); }
+__device__ __forceinline__ void cp_wait2() { emu_cp_wait(2); }
 __device__ __forceinline__ void cp_wait1() { emu_cp_wait(1); }
 __device__ __forceinline__ void cp_wait0() { emu_cp_wait(0); }
 #else
@@ -92,6 +93,7 @@ __device__ __forceinline__ void cp16(void* dst, const void* src, int bytes) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(smem_u32(dst)), "l"(src), "r"(bytes) : "memory");
 }
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+__device__ __forceinline__ void cp_wait2() { asm volatile("cp.async.wait_group 2;" ::: "memory"); }
 __device__ __forceinline__ void cp_wait1() { asm volatile("cp.async.wait_group 1;" ::: "memory"); }
 __device__ __forceinline__ void cp_wait0() { asm volatile("cp.async.wait_group 0;" ::: "memory"); }
 #endif

@@ -705,14 +705,20 @@ extern "C" __global__ void __launch_bounds__(128) wkv7_chunk_scan32w(float* y, f
 // the scan is latency-bound, and one accumulator chains 15 dependent mma per tile in phase 1 (5 when split).
 // MT: 16-row tiles per warp, 4 / MT warps (tc2: 2 warps of 32 rows read each record fragment once for both
 // tiles, half the shared-memory reads of tc and twice the independent mma per warp).
-template <bool SPLIT, int MT> __device__ __forceinline__ void wkv7_chunk_scantc_body(float* y, float* state, const float* rec, const float* v, int T, int C) {
-  constexpr int NB = WKV_STAGES, ST = WKV_TC_STAGE, OB = 2304, OG = 4480, OM = 4544, OV = 5120, NT = 128 / MT, LY = 16 * MT + 4;
-  static_assert(NB == 2 || NB == 3, "WKV_STAGES is 2 or 3");
+// PRE (RWKVX_WKV_ROWS=tcp): the block splits each record's 36 B fragments once, one chunk ahead, into
+// fragment-major bf16 pairs (WKV_TC_FRAGS u32: a lane's four words of a fragment are one 16-byte load),
+// instead of every warp splitting all of them on its own; the record four buffers deep (three chunks
+// ahead, so the chunk split next has landed). The same products in the same order: tc's bits.
+#define WKV_TC_FRAGS 4608
+template <bool SPLIT, int MT, bool PRE = false> __device__ __forceinline__ void wkv7_chunk_scantc_body(float* y, float* state, const float* rec, const float* v, int T, int C) {
+  constexpr int NB = PRE ? 4 : WKV_STAGES, ST = WKV_TC_STAGE, OB = 2304, OG = 4480, OM = 4544, OV = 5120, NT = 128 / MT, LY = 16 * MT + 4;
+  static_assert(NB == 2 || NB == 3 || PRE, "WKV_STAGES is 2 or 3");
   static_assert(MT == 1 || MT == 2, "1 or 2 row tiles per warp");
   extern __shared__ __align__(16) float wkvScanSmem[];  // model.ts wkvScanSmem('tc') bytes
   const int h = blockIdx.x, H = gridDim.x, tid = threadIdx.x, lane = tid & 31, g = lane >> 2, t = lane & 3;
   const int i0 = (tid >> 5) * 16 * MT, nch = (T + WKV_CL - 1) / WKV_CL;
   float* sY = wkvScanSmem + NB * ST + (tid >> 5) * 16 * LY;  // [16 tokens][LY]: this warp's y rows, staged
+  uint4* sF = reinterpret_cast<uint4*>(wkvScanSmem + NB * ST + 4 * 16 * 20);  // PRE: 2 × [36 fragments][32 lanes]
   float* Sg = state + (long long)h * 4096;
   float s[MT][8][4];
 #pragma unroll
@@ -736,17 +742,48 @@ template <bool SPLIT, int MT> __device__ __forceinline__ void wkv7_chunk_scantc_
       cp16(d + OV + tt * 68 + (e & 15) * 4, v + (long long)(in ? tok : 0) * C + h * 64 + (e & 15) * 4, in ? 16 : 0);
     }
   };
+  // B fragment f of a record: phase 1's S·WQt (f < 16: ks = f / 4, np = f % 4), Vᵀ·MT (16 … 19: np), phase 2's
+  // U·Bh and Vᵀ·Kh (20 … 35: nt = (f − 20) / 2, Kh when odd), for lane (gl, tl)
+  auto bfrag_at = [&](const float* M, int f, int gl, int tl, u32& h0, u32& h1, u32& l0, u32& l1) {
+    if (f < 16) bfrag_split(M + (16 * (f >> 2) + 2 * tl) * 36 + 8 * (f & 3) + gl, 36, h0, h1, l0, l1);
+    else if (f < 20) bfrag_split(M + OM + (2 * tl) * 36 + 8 * (f - 16) + gl, 36, h0, h1, l0, l1);
+    else bfrag_split(M + OB + (2 * tl + 16 * ((f - 20) & 1)) * 68 + 8 * ((f - 20) >> 1) + gl, 68, h0, h1, l0, l1);
+  };
+  // chunk c's record (buffer c % NB) split into fragment buffer c % 2, by the whole block
+  auto presplit = [&](int c) {
+    const float* M = wkvScanSmem + (c % NB) * ST;
+    uint4* F = sF + (c & 1) * (WKV_TC_FRAGS / 4);
+    for (int e = tid; e < 36 * 32; e += NT) {
+      const int ln = e & 31;
+      u32 h0, h1, l0, l1;
+      bfrag_at(M, e >> 5, ln >> 2, ln & 3, h0, h1, l0, l1);
+      F[e] = make_uint4(h0, h1, l0, l1);
+    }
+  };
   for (int c = 0; c < NB - 1; c++) {
     if (c < nch) issue(c, c);
     cp_commit();
   }
+  if (PRE) {
+    cp_wait2();
+    __syncthreads();
+    presplit(0);
+  }
   for (int c = 0; c < nch; c++) {
     const int b = c % NB;
-    if (NB == 3) cp_wait1(); else cp_wait0();
+    if (NB == 3 || PRE) cp_wait1(); else cp_wait0();
     __syncthreads();
     if (c + NB - 1 < nch) issue(c + NB - 1, (c + NB - 1) % NB);
     cp_commit();
+    if (PRE && c + 1 < nch) presplit(c + 1);
     const float* M = wkvScanSmem + b * ST;
+    const uint4* F = sF + (c & 1) * (WKV_TC_FRAGS / 4) + lane;
+    auto bfrag = [&](int f, u32& h0, u32& h1, u32& l0, u32& l1) {
+      if (PRE) {
+        const uint4 x = F[f * 32];
+        h0 = x.x; h1 = x.y; l0 = x.z; l1 = x.w;
+      } else bfrag_at(M, f, g, t, h0, h1, l0, l1);
+    };
     // Vᵀ (rows i, columns tokens) as an A fragment: element [i][tt] = V[tt][i]
     u32 vh[MT][4], vl[MT][4];
 #pragma unroll
@@ -767,7 +804,7 @@ template <bool SPLIT, int MT> __device__ __forceinline__ void wkv7_chunk_scantc_
 #pragma unroll
       for (int np = 0; np < 4; np++) {
         u32 h0, h1, l0, l1;
-        bfrag_split(M + (16 * ks + 2 * t) * 36 + 8 * np + g, 36, h0, h1, l0, l1);
+        bfrag(4 * ks + np, h0, h1, l0, l1);
 #pragma unroll
         for (int m = 0; m < MT; m++)
           mma16816x3s(o[m][np], SPLIT ? oc[m][np] : o[m][np], SPLIT ? od[m][np] : o[m][np], ah[m], al[m], h0, h1, l0, l1);
@@ -776,7 +813,7 @@ template <bool SPLIT, int MT> __device__ __forceinline__ void wkv7_chunk_scantc_
 #pragma unroll
     for (int np = 0; np < 4; np++) {
       u32 h0, h1, l0, l1;
-      bfrag_split(M + OM + (2 * t) * 36 + 8 * np + g, 36, h0, h1, l0, l1);
+      bfrag(16 + np, h0, h1, l0, l1);
 #pragma unroll
       for (int m = 0; m < MT; m++) {
         mma16816x3s(o[m][np], SPLIT ? oc[m][np] : o[m][np], SPLIT ? od[m][np] : o[m][np], vh[m], vl[m], h0, h1, l0, l1);
@@ -807,10 +844,9 @@ template <bool SPLIT, int MT> __device__ __forceinline__ void wkv7_chunk_scantc_
 #pragma unroll
     for (int nt = 0; nt < 8; nt++) {
       const float2 gm = *(const float2*)&M[OG + 8 * nt + 2 * t];
-      const float* Bb = M + OB + (2 * t) * 68 + 8 * nt + g;
       u32 h0, h1, l0, l1, k0, k1, j0, j1;
-      bfrag_split(Bb, 68, h0, h1, l0, l1);
-      bfrag_split(Bb + 16 * 68, 68, k0, k1, j0, j1);
+      bfrag(20 + 2 * nt, h0, h1, l0, l1);
+      bfrag(21 + 2 * nt, k0, k1, j0, j1);
 #pragma unroll
       for (int m = 0; m < MT; m++) {
         float* sm = s[m][nt];
@@ -840,6 +876,9 @@ extern "C" __global__ void __launch_bounds__(128) wkv7_chunk_scantc(float* y, fl
 }
 extern "C" __global__ void __launch_bounds__(128) wkv7_chunk_scantcs(float* y, float* state, const float* rec, const float* v, int T, int C) {
   wkv7_chunk_scantc_body<true, 1>(y, state, rec, v, T, C);
+}
+extern "C" __global__ void __launch_bounds__(128) wkv7_chunk_scantcp(float* y, float* state, const float* rec, const float* v, int T, int C) {
+  wkv7_chunk_scantc_body<false, 1, true>(y, state, rec, v, T, C);
 }
 extern "C" __global__ void __launch_bounds__(64) wkv7_chunk_scantc2(float* y, float* state, const float* rec, const float* v, int T, int C) {
   wkv7_chunk_scantc_body<false, 2>(y, state, rec, v, T, C);
