@@ -475,6 +475,40 @@ __device__ __forceinline__ void wkt_tc_fetch_rows(float* X, const float* src, i6
   }
 }
 
+// o[np] += R·Wᵀ for columns 8np … 8np + 7 (np < NP), R this warp's 16 rows × 64 in accumulator tiles and
+// W [8 NP][72] in shared memory (row = output column, k contiguous)
+template <int NP> __device__ __forceinline__ void wkt_tc_rows_times_t(float (*o)[4], const float (*R)[4], const float* W) {
+  const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+#pragma unroll
+  for (int ks = 0; ks < 4; ks++) {
+    u32 ah[4], al[4];
+    afrag_split(R[2 * ks], R[2 * ks + 1], ah, al);
+#pragma unroll
+    for (int np = 0; np < NP; np++) {
+      u32 h0, h1, l0, l1;
+      bfrag_split_rows(W + (8 * np + g) * 72 + 16 * ks + 2 * t, h0, h1, l0, l1);
+      mma16816x3s(o[np], o[np], o[np], ah, al, h0, h1, l0, l1);
+    }
+  }
+}
+// the row update both passes share: R ← R·diag(γ) + A1·M[0 … 15] + A2·M[16 … 31] for this warp's 16 rows (A1, A2
+// as split A fragments over the 16 tokens; M [32][68] in shared memory)
+__device__ __forceinline__ void wkt_tc_row_update(float (*R)[4], const float* gam, const float* M, const u32* a1h, const u32* a1l,
+                                                  const u32* a2h, const u32* a2l) {
+  const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+#pragma unroll
+  for (int nt = 0; nt < 8; nt++) {
+    const float2 gm = *(const float2*)&gam[8 * nt + 2 * t];
+    R[nt][0] *= gm.x; R[nt][1] *= gm.y; R[nt][2] *= gm.x; R[nt][3] *= gm.y;
+    const float* Mb = M + (2 * t) * 68 + 8 * nt + g;
+    u32 h0, h1, l0, l1;
+    bfrag_split(Mb, 68, h0, h1, l0, l1);
+    mma16816x3s(R[nt], R[nt], R[nt], a1h, a1l, h0, h1, l0, l1);
+    bfrag_split(Mb + 16 * 68, 68, h0, h1, l0, l1);
+    mma16816x3s(R[nt], R[nt], R[nt], a2h, a2l, h0, h1, l0, l1);
+  }
+}
+
 // Per chunk: the state into ckpt; [U | Y] = S·[Wc | Qf]ᵀ + [U0 | Y0]ᵀ (rows i; columns u_t, then y_t); y out;
 // S ← S·diag(Γ_n) + Uᵀ·P + Vᵀ·Q.
 extern "C" __global__ void __launch_bounds__(128) wkt_scan_tc(float* y, float* ckpt, float* sfin, const float* rec, const float* v, int T, int C) {
@@ -519,17 +553,7 @@ extern "C" __global__ void __launch_bounds__(128) wkt_scan_tc(float* y, float* c
       const float* u0 = M + OU + (8 * np + 2 * t) * 68 + i0 + g;
       o[np][0] = u0[0]; o[np][1] = u0[68]; o[np][2] = u0[8]; o[np][3] = u0[76];
     }
-#pragma unroll
-    for (int ks = 0; ks < 4; ks++) {
-      u32 ah[4], al[4];
-      afrag_split(s[2 * ks], s[2 * ks + 1], ah, al);
-#pragma unroll
-      for (int np = 0; np < 4; np++) {
-        u32 h0, h1, l0, l1;
-        bfrag_split_rows(M + (8 * np + g) * 72 + 16 * ks + 2 * t, h0, h1, l0, l1);
-        mma16816x3s(o[np], o[np], o[np], ah, al, h0, h1, l0, l1);
-      }
-    }
+    wkt_tc_rows_times_t<4>(o, s, M);
 #pragma unroll
     for (int np = 2; np < 4; np++) {
       const int tt = 8 * (np - 2) + 2 * t;
@@ -544,17 +568,7 @@ extern "C" __global__ void __launch_bounds__(128) wkt_scan_tc(float* y, float* c
     }
     u32 uh[4], ul[4];
     afrag_split(o[0], o[1], uh, ul);
-#pragma unroll
-    for (int nt = 0; nt < 8; nt++) {
-      const float2 gm = *(const float2*)&M[OG + 8 * nt + 2 * t];
-      s[nt][0] *= gm.x; s[nt][1] *= gm.y; s[nt][2] *= gm.x; s[nt][3] *= gm.y;
-      const float* Pb = M + OP + (2 * t) * 68 + 8 * nt + g;
-      u32 h0, h1, l0, l1;
-      bfrag_split(Pb, 68, h0, h1, l0, l1);
-      mma16816x3s(s[nt], s[nt], s[nt], uh, ul, h0, h1, l0, l1);
-      bfrag_split(Pb + 16 * 68, 68, h0, h1, l0, l1);
-      mma16816x3s(s[nt], s[nt], s[nt], vh, vl, h0, h1, l0, l1);
-    }
+    wkt_tc_row_update(s, M + OG, M + OP, uh, ul, vh, vl);
     __syncwarp();
   }
   if (sfin) wkt_tc_store(sfin + ((i64)b * H + h) * 4096, s, i0);
@@ -566,7 +580,7 @@ extern "C" __global__ void __launch_bounds__(128) wkt_chain_tc(float* gend, floa
   constexpr int NB = WKT_TC_NB, ST = WKT_TC_CHAIN_ST, OW = 1152, OG = 3328, OD = 3392;
   extern __shared__ float4 wkt_dyn[];
   float* sm = reinterpret_cast<float*>(wkt_dyn);
-  const int h = blockIdx.x, b = blockIdx.z, H = gridDim.x, tid = threadIdx.x, lane = tid & 31, g = lane >> 2, t = lane & 3;
+  const int h = blockIdx.x, b = blockIdx.z, H = gridDim.x, tid = threadIdx.x, lane = tid & 31, g = lane >> 2;
   const int i0 = (tid >> 5) * 16, nch = (T + WKT_L - 1) / WKT_L;
   const i64 so = (i64)b * T * C;
   float G[8][4];
@@ -595,31 +609,11 @@ extern "C" __global__ void __launch_bounds__(128) wkt_chain_tc(float* gend, floa
     float o[2][4];
 #pragma unroll
     for (int np = 0; np < 2; np++) o[np][0] = o[np][1] = o[np][2] = o[np][3] = 0.f;
-#pragma unroll
-    for (int ks = 0; ks < 4; ks++) {
-      u32 ah[4], al[4];
-      afrag_split(G[2 * ks], G[2 * ks + 1], ah, al);
-#pragma unroll
-      for (int np = 0; np < 2; np++) {
-        u32 h0, h1, l0, l1;
-        bfrag_split_rows(M + (8 * np + g) * 72 + 16 * ks + 2 * t, h0, h1, l0, l1);
-        mma16816x3s(o[np], o[np], o[np], ah, al, h0, h1, l0, l1);
-      }
-    }
+    wkt_tc_rows_times_t<2>(o, G, M);
     u32 ph[4], pl[4], dh[4], dl[4];
     afrag_split(o[0], o[1], ph, pl);
     afrag_split_t(M + OD + i0 + g, 68, dh, dl);
-#pragma unroll
-    for (int nt = 0; nt < 8; nt++) {
-      const float2 gm = *(const float2*)&M[OG + 8 * nt + 2 * t];
-      G[nt][0] *= gm.x; G[nt][1] *= gm.y; G[nt][2] *= gm.x; G[nt][3] *= gm.y;
-      const float* Wb = M + OW + (2 * t) * 68 + 8 * nt + g;
-      u32 h0, h1, l0, l1;
-      bfrag_split(Wb, 68, h0, h1, l0, l1);
-      mma16816x3s(G[nt], G[nt], G[nt], ph, pl, h0, h1, l0, l1);
-      bfrag_split(Wb + 16 * 68, 68, h0, h1, l0, l1);
-      mma16816x3s(G[nt], G[nt], G[nt], dh, dl, h0, h1, l0, l1);
-    }
+    wkt_tc_row_update(G, M + OG, M + OW, ph, pl, dh, dl);
     __syncwarp();
   }
   if (dsin) wkt_tc_store(dsin + ((i64)b * H + h) * 4096, G, i0);
