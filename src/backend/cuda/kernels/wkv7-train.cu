@@ -990,23 +990,24 @@ template <class X, bool TC = false> __host__ __device__ void wkt_grad_body(GradS
   });
 }
 
+// the kernels' arguments as GradArgs, the block's indices (chunk, head, sequence) included
+__device__ __forceinline__ GradArgs grad_args(float* dr, float* dom, float* dkt, float* dv, float* dkk, float* db, const float* dy,
+                                              const float* r, const float* om, const float* kt, const float* v, const float* kh,
+                                              const float* a, const float* ckpt, const float* gend, int T, int C) {
+  return GradArgs{dr, dom, dkt, dv, dkk, db, dy, r, om, kt, v, kh, a, ckpt, gend,
+                  T, C, C / 64, (T + WKT_L - 1) / WKT_L, (int)blockIdx.z, (int)blockIdx.x, (int)blockIdx.y};
+}
 extern "C" __global__ void __launch_bounds__(256, 2) wkt_grad(float* dr, float* dom, float* dkt, float* dv, float* dkk, float* db,
                                                            const float* dy, const float* r, const float* om, const float* kt,
                                                            const float* v, const float* kh, const float* a, const float* ckpt,
                                                            const float* gend, int T, int C) {
   extern __shared__ float4 wkt_dyn[];
-  GradSm& sm = *reinterpret_cast<GradSm*>(wkt_dyn);
-  GradArgs g{dr, dom, dkt, dv, dkk, db, dy, r, om, kt, v, kh, a, ckpt, gend,
-             T, C, C / 64, (T + WKT_L - 1) / WKT_L, (int)blockIdx.z, (int)blockIdx.x, (int)blockIdx.y};
-  wkt_grad_body<DevExec>(sm, g);
+  wkt_grad_body<DevExec>(*reinterpret_cast<GradSm*>(wkt_dyn), grad_args(dr, dom, dkt, dv, dkk, db, dy, r, om, kt, v, kh, a, ckpt, gend, T, C));
 }
 extern "C" __global__ void __launch_bounds__(256, 2) wkt_grad_tc(float* dr, float* dom, float* dkt, float* dv, float* dkk, float* db,
                                                               const float* dy, const float* r, const float* om, const float* kt,
                                                               const float* v, const float* kh, const float* a, const float* ckpt,
                                                               const float* gend, int T, int C) {
   extern __shared__ float4 wkt_dyn[];
-  GradSm& sm = *reinterpret_cast<GradSm*>(wkt_dyn);
-  GradArgs g{dr, dom, dkt, dv, dkk, db, dy, r, om, kt, v, kh, a, ckpt, gend,
-             T, C, C / 64, (T + WKT_L - 1) / WKT_L, (int)blockIdx.z, (int)blockIdx.x, (int)blockIdx.y};
-  wkt_grad_body<DevExec, true>(sm, g);
+  wkt_grad_body<DevExec, true>(*reinterpret_cast<GradSm*>(wkt_dyn), grad_args(dr, dom, dkt, dv, dkk, db, dy, r, om, kt, v, kh, a, ckpt, gend, T, C));
 }
