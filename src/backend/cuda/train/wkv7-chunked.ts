@@ -28,16 +28,18 @@ function defined(name: string): number {
  */
 export function wktLayoutOptions(layout = process.env.RWKVX_TRAIN_WKT || 'wide'): string[] {
   if (layout === 'wide') return ['-DWKT_ROWS=16', '-DWKT_THREADS=128'];
-  if (layout === 'tc') return [TC_OPTION];
-  if (layout !== 'narrow') fail(`RWKVX_TRAIN_WKT must be 'wide', 'narrow' or 'tc', not '${layout}'`);
+  if (layout === 'tc') return [TC_SEQ_OPTION, TC_GRAD_OPTION];
+  if (layout === 'tcseq') return [TC_SEQ_OPTION];
+  if (layout !== 'narrow') fail(`RWKVX_TRAIN_WKT must be 'wide', 'narrow', 'tc' or 'tcseq', not '${layout}'`);
   return [];
 }
 /**
- * 'tc' (opt-in, not yet timed on a GPU): the WKV-7 training passes on tensor cores — wkt_scan_tc / wkt_chain_tc
+ * 'tc' and 'tcseq' (opt-in, not yet timed on a GPU): the WKV-7 training passes on tensor cores — wkt_scan_tc / wkt_chain_tc
  * (one block of 4 warps per head and sequence, the state in mma accumulators) and wkt_grad_tc (its state
- * products as mma; kernels/wkv7-train.cu). Its option compiles nothing differently; it picks the kernels.
+ * products as mma; kernels/wkv7-train.cu); 'tcseq' the two sequential passes only. The options compile
+ * nothing differently; they pick the kernels.
  */
-const TC_OPTION = '-DWKT_SEQ_TC=1';
+const TC_SEQ_OPTION = '-DWKT_SEQ_TC=1', TC_GRAD_OPTION = '-DWKT_GRAD_TC=1';
 
 export class Wkv7ChunkedTrain {
   private mod: CudaModule;
@@ -47,8 +49,9 @@ export class Wkv7ChunkedTrain {
   readonly rows: number;
   /** Threads per block of wkt_scan / wkt_chain: 16 per row, or -DWKT_THREADS=… (128 with 16 rows: the wide layout). */
   readonly threads: number;
-  /** The tensor-core sequential passes (wktLayoutOptions('tc')). */
+  /** The tensor-core sequential passes (wktLayoutOptions('tc' or 'tcseq')) and wkt_grad_tc ('tc'). */
   readonly tc: boolean;
+  readonly tcGrad: boolean;
   private tcSmem: [number, number];
 
   /** `timed` wraps each launch (the trainer's per-op profile); `options` are NVRTC options. */
@@ -65,13 +68,14 @@ export class Wkv7ChunkedTrain {
     this.threads = th ? Number(th[1]) : 16 * this.rows;
     if (this.threads !== 16 * this.rows && !(this.rows === 16 && this.threads === 128)) throw new Error(`internal: WKT_THREADS ${this.threads} with WKT_ROWS ${this.rows}`);
     setMaxDynamicSmem(this.mod, 'wkt_grad', this.gradSmem);
-    this.tc = options.includes(TC_OPTION);
+    this.tc = options.includes(TC_SEQ_OPTION);
+    this.tcGrad = options.includes(TC_GRAD_OPTION);
     this.tcSmem = [defined('WKT_TC_SCAN_SMEM'), defined('WKT_TC_CHAIN_SMEM')];
     if (this.tc) {
       setMaxDynamicSmem(this.mod, 'wkt_scan_tc', this.tcSmem[0]);
       setMaxDynamicSmem(this.mod, 'wkt_chain_tc', this.tcSmem[1]);
-      setMaxDynamicSmem(this.mod, 'wkt_grad_tc', this.gradSmem);
     }
+    if (this.tcGrad) setMaxDynamicSmem(this.mod, 'wkt_grad_tc', this.gradSmem);
   }
 
   static chunks(T: number): number { return Math.ceil(T / WKT_L); }
@@ -110,6 +114,6 @@ export class Wkv7ChunkedTrain {
     const H = C / 64, nch = Wkv7ChunkedTrain.chunks(T);
     if (this.tc) this.k('wkt_chain_tc', [H, 1, Bn], 128, this.tcSmem[1], [gend, dsin, rec, dy, T, C]);
     else this.k('wkt_chain', [H, 64 / this.rows, Bn], this.threads, 0, [gend, dsin, rec, dy, T, C]);
-    this.k(this.tc ? 'wkt_grad_tc' : 'wkt_grad', [nch, H, Bn], 256, this.gradSmem, [dr, dom, dkt, dv, dkk, db, dy, r, om, kt, v, kh, a, ckpt, gend, T, C]);
+    this.k(this.tcGrad ? 'wkt_grad_tc' : 'wkt_grad', [nch, H, Bn], 256, this.gradSmem, [dr, dom, dkt, dv, dkk, db, dy, r, om, kt, v, kh, a, ckpt, gend, T, C]);
   }
 }
