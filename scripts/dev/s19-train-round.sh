@@ -3,9 +3,9 @@
 # wkt_grad_tc; tcseq: the first two only) — the WKV-7 training suite (its tc check against the default) and the
 # trainer suite under tc, then the 8 × 4K RWKV-X step under wide (the default), tc and tcseq, interleaved, two
 # passes, and one profiled tc step (per-op times against the wide profile in bench/RESULTS.md).
-#   source .dev1/boot.sh && BUDGET=420 bash scripts/dev/s19-train-round.sh
+#   source .dev1/boot.sh && BUDGET=500 bash scripts/dev/s19-train-round.sh
 set -uo pipefail
-source "$(dirname "$0")/round-lib.sh" 420
+source "$(dirname "$0")/round-lib.sh" 500
 nvidia-smi --query-gpu=name --format=csv,noheader
 {
 suite wkv-train 150 test/cuda-wkv-train.test.ts
