@@ -705,7 +705,7 @@ extern "C" __global__ void __launch_bounds__(128) wkv7_chunk_scan32w(float* y, f
 // the scan is latency-bound, and one accumulator chains 15 dependent mma per tile in phase 1 (5 when split).
 // MT: 16-row tiles per warp, 4 / MT warps (tc2: 2 warps of 32 rows read each record fragment once for both
 // tiles, half the shared-memory reads of tc and twice the independent mma per warp).
-// PRE (RWKVX_WKV_ROWS=tcp): the block splits each record's 36 B fragments once, one chunk ahead, into
+// PRE (RWKVX_WKV_ROWS=tcp): the block splits each record's 36 B fragments once, a chunk ahead, into
 // fragment-major bf16 pairs (WKV_TC_FRAGS u32: a lane's four words of a fragment are one 16-byte load),
 // instead of every warp splitting all of them on its own; the record four buffers deep (three chunks
 // ahead, so the chunk split next has landed). The same products in the same order: tc's bits.
@@ -753,8 +753,10 @@ template <bool SPLIT, int MT, bool PRE = false> __device__ __forceinline__ void 
   auto presplit = [&](int c) {
     const float* M = wkvScanSmem + (c % NB) * ST;
     uint4* F = sF + (c & 1) * (WKV_TC_FRAGS / 4);
-    for (int e = tid; e < 36 * 32; e += NT) {
-      const int ln = e & 31;
+    static_assert(36 * 32 % NT == 0, "whole fragments per thread");
+#pragma unroll  // every load in flight at once: this runs on the chunk's latency chain
+    for (int k = 0; k < 36 * 32 / NT; k++) {
+      const int e = tid + k * NT, ln = e & 31;
       u32 h0, h1, l0, l1;
       bfrag_at(M, e >> 5, ln >> 2, ln & 3, h0, h1, l0, l1);
       F[e] = make_uint4(h0, h1, l0, l1);
@@ -775,7 +777,6 @@ template <bool SPLIT, int MT, bool PRE = false> __device__ __forceinline__ void 
     __syncthreads();
     if (c + NB - 1 < nch) issue(c + NB - 1, (c + NB - 1) % NB);
     cp_commit();
-    if (PRE && c + 1 < nch) presplit(c + 1);
     const float* M = wkvScanSmem + b * ST;
     const uint4* F = sF + (c & 1) * (WKV_TC_FRAGS / 4) + lane;
     auto bfrag = [&](int f, u32& h0, u32& h1, u32& l0, u32& l1) {
@@ -860,6 +861,9 @@ template <bool SPLIT, int MT, bool PRE = false> __device__ __forceinline__ void 
           for (int r = 0; r < 4; r++) sm[r] += e[r] + f[r];
       }
     }
+    // the next chunk's fragments while this chunk's last mma are in flight (their results are read only
+    // after the next barrier)
+    if (PRE && c + 1 < nch) presplit(c + 1);
     __syncwarp();
   }
 #pragma unroll
