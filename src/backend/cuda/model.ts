@@ -195,7 +195,9 @@ export class CudaModel {
    * 216.7 ms against 232.5 / 237.1 with '16w', RWKV-7 151.1 / 152.6 against 167.7 / 167.6 (H100,
    * 2026-12-07, two interleaved passes); its y and state differ from '16w' by ≤ 7.3e-5 relative (bf16
    * hi + lo operands). '16w' had beaten '8' and '32w' (232.9 / 234.9 ms against 250.8 / 250.9 and 260.1 /
-   * 256.5; layouts with 2 or 8 warps per block were slower: item 13).
+   * 256.5; layouts with 2 or 8 warps per block were slower: item 13). Opt-in and not yet timed: 'tcs'
+   * (its corrections in accumulators of their own), 'tcp' (each record's fragments split once per block),
+   * 'tc2' / 'tc2s' (2 warps of 32 rows).
    */
   wkvScanRows: WkvScanLayout = wkvScanLayoutFromEnv();
   /**
