@@ -645,6 +645,11 @@ export class CudaModel {
   /** Lets kernel `name` of this.mod launch with `bytes` of dynamic shared memory (an attribute past 48 KB). */
   private allowSmem(name: string, bytes: number): void {
     if (bytes <= 48 * 1024 || (this.smemRaised.get(name) ?? 0) >= bytes) return;
+    const limit = this.ctx.info.smemOptin;
+    if (limit > 0 && bytes > limit) {
+      fail(`${this.ctx.info.name} gives a block at most ${limit} bytes of shared memory; ${name} needs ${bytes}` +
+        (name.startsWith('wkv7_chunk_scan') ? ` (RWKVX_WKV_ROWS=${this.wkvScanRows}: unset it for the default layout)` : ''));
+    }
     setMaxDynamicSmem(this.mod, name, bytes);
     this.smemRaised.set(name, bytes);
   }
