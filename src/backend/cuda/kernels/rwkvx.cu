@@ -823,21 +823,7 @@ template <bool SPLIT, int MT, bool PRE = false> __device__ __forceinline__ void 
           for (int r = 0; r < 4; r++) o[m][np][r] += oc[m][np][r] + od[m][np][r];
       }
     }
-    // y: tiles 2 and 3, staged so each token's 16 · MT rows leave as contiguous bytes
-#pragma unroll
-    for (int m = 0; m < MT; m++)
-#pragma unroll
-      for (int np = 2; np < 4; np++) {
-        const int tt = 8 * (np - 2) + 2 * t, i = 16 * m + g;
-        sY[tt * LY + i] = o[m][np][0]; sY[(tt + 1) * LY + i] = o[m][np][1];
-        sY[tt * LY + i + 8] = o[m][np][2]; sY[(tt + 1) * LY + i + 8] = o[m][np][3];
-      }
-    __syncwarp();
-#pragma unroll
-    for (int q = 0; q < 2 * MT; q++) {
-      const int e = lane + 32 * q, tt = e / (4 * MT), c4 = (e % (4 * MT)) * 4, tok = c * WKV_CL + tt;
-      if (tok < T) *(float4*)(y + (long long)tok * C + h * 64 + i0 + c4) = *(const float4*)&sY[tt * LY + c4];
-    }
+    tc_write_y<MT>(y + (long long)c * WKV_CL * C + h * 64 + i0, C, T - c * WKV_CL, sY, o);
     // phase 2: S ← S·diag(Γ_L) + U·Bh + Vᵀ·Kh; U (tiles 0, 1) is the A fragment as it stands
     u32 uh[MT][4], ul[MT][4];
 #pragma unroll
@@ -867,13 +853,7 @@ template <bool SPLIT, int MT, bool PRE = false> __device__ __forceinline__ void 
     __syncwarp();
   }
 #pragma unroll
-  for (int m = 0; m < MT; m++)
-#pragma unroll
-    for (int nt = 0; nt < 8; nt++) {
-      const int i = i0 + 16 * m + g;
-      *(float2*)&Sg[i * 64 + 8 * nt + 2 * t] = make_float2(s[m][nt][0], s[m][nt][1]);
-      *(float2*)&Sg[(i + 8) * 64 + 8 * nt + 2 * t] = make_float2(s[m][nt][2], s[m][nt][3]);
-    }
+  for (int m = 0; m < MT; m++) tc_store_rows(Sg, s[m], i0 + 16 * m);
 }
 extern "C" __global__ void __launch_bounds__(128) wkv7_chunk_scantc(float* y, float* state, const float* rec, const float* v, int T, int C) {
   wkv7_chunk_scantc_body<false, 1>(y, state, rec, v, T, C);

@@ -51,3 +51,33 @@ __device__ __forceinline__ void afrag_split_rows(const float* X, int ld, int k0,
   split_bf16(a2.x, a2.y, ah[2], al[2]);
   split_bf16(a3.x, a3.y, ah[3], al[3]);
 }
+// a 16-row tile of accumulators (rows r0 + g, r0 + g + 8 of a [64][64] fp32 matrix, 8 column tiles) to global memory
+__device__ __forceinline__ void tc_store_rows(float* dst, const float (*s)[4], int r0) {
+  const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+#pragma unroll
+  for (int nt = 0; nt < 8; nt++) {
+    *(float2*)&dst[(r0 + g) * 64 + 8 * nt + 2 * t] = make_float2(s[nt][0], s[nt][1]);
+    *(float2*)&dst[(r0 + g + 8) * 64 + 8 * nt + 2 * t] = make_float2(s[nt][2], s[nt][3]);
+  }
+}
+// a scan's y: tiles 2 and 3 of each row tile's [U | Y] accumulators (columns: the chunk's 16 tokens), staged in
+// this warp's sY [16][16 MT + 4] so each token's 16 · MT rows leave as contiguous bytes; y = &y[chunk's first
+// token][this warp's first row], rows ld apart, ntok of the 16 tokens in range
+template <int MT> __device__ __forceinline__ void tc_write_y(float* y, int ld, int ntok, float* sY, const float (*o)[4][4]) {
+  constexpr int LY = 16 * MT + 4;
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int m = 0; m < MT; m++)
+#pragma unroll
+    for (int np = 2; np < 4; np++) {
+      const int tt = 8 * (np - 2) + 2 * t, i = 16 * m + g;
+      sY[tt * LY + i] = o[m][np][0]; sY[(tt + 1) * LY + i] = o[m][np][1];
+      sY[tt * LY + i + 8] = o[m][np][2]; sY[(tt + 1) * LY + i + 8] = o[m][np][3];
+    }
+  __syncwarp();
+#pragma unroll
+  for (int q = 0; q < 2 * MT; q++) {
+    const int e = lane + 32 * q, tt = e / (4 * MT), c4 = (e % (4 * MT)) * 4;
+    if (tt < ntok) *(float4*)(y + tt * ld + c4) = *(const float4*)&sY[tt * LY + c4];
+  }
+}

@@ -457,15 +457,6 @@ extern "C" __global__ void __launch_bounds__(WKT_THREADS) wkt_chain(float* gend,
 static_assert(WKT_TC_SCAN_SMEM == (WKT_TC_NB * WKT_TC_SCAN_ST + 4 * 320) * 4, "WKT_TC_SCAN_SMEM");
 static_assert(WKT_TC_CHAIN_SMEM == WKT_TC_NB * WKT_TC_CHAIN_ST * 4, "WKT_TC_CHAIN_SMEM");
 
-// this thread's accumulator tiles of a 64 × 64 fp32 matrix (rows i0 + g, i0 + g + 8) to or from global memory
-__device__ __forceinline__ void wkt_tc_store(float* dst, const float (*s)[4], int i0) {
-  const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
-#pragma unroll
-  for (int nt = 0; nt < 8; nt++) {
-    *(float2*)&dst[(i0 + g) * 64 + 8 * nt + 2 * t] = make_float2(s[nt][0], s[nt][1]);
-    *(float2*)&dst[(i0 + g + 8) * 64 + 8 * nt + 2 * t] = make_float2(s[nt][2], s[nt][3]);
-  }
-}
 // tokens [c·16, c·16 + 16) of the head's 64 channels of a [Bn·T, C] activation into X [16][68] (zeros past T)
 __device__ __forceinline__ void wkt_tc_fetch_rows(float* X, const float* src, i64 so, int c, int T, int C, int h, int tid) {
   for (int e = tid; e < 256; e += 128) {
@@ -543,7 +534,7 @@ extern "C" __global__ void __launch_bounds__(128) wkt_scan_tc(float* y, float* c
     __syncthreads();
     if (c + NB - 1 < nch) issue(c + NB - 1, (c + NB - 1) % NB);
     cp_commit();
-    wkt_tc_store(ckpt + (((i64)b * nch + c) * H + h) * 4096, s, i0);
+    tc_store_rows(ckpt + (((i64)b * nch + c) * H + h) * 4096, s, i0);
     const float* M = sm + (c % NB) * ST;
     u32 vh[4], vl[4];
     afrag_split_t(M + OV + i0 + g, 68, vh, vl);
@@ -554,24 +545,13 @@ extern "C" __global__ void __launch_bounds__(128) wkt_scan_tc(float* y, float* c
       o[np][0] = u0[0]; o[np][1] = u0[68]; o[np][2] = u0[8]; o[np][3] = u0[76];
     }
     wkt_tc_rows_times_t<4>(o, s, M);
-#pragma unroll
-    for (int np = 2; np < 4; np++) {
-      const int tt = 8 * (np - 2) + 2 * t;
-      sY[tt * 20 + g] = o[np][0]; sY[(tt + 1) * 20 + g] = o[np][1];
-      sY[tt * 20 + g + 8] = o[np][2]; sY[(tt + 1) * 20 + g + 8] = o[np][3];
-    }
-    __syncwarp();
-#pragma unroll
-    for (int q = 0; q < 2; q++) {
-      const int e = lane + 32 * q, tt = e >> 2, c4 = (e & 3) * 4, tok = c * WKT_L + tt;
-      if (tok < T) *(float4*)(y + so + (i64)tok * C + h * 64 + i0 + c4) = *(const float4*)&sY[tt * 20 + c4];
-    }
+    tc_write_y<1>(y + so + (i64)c * WKT_L * C + h * 64 + i0, C, T - c * WKT_L, sY, &o);
     u32 uh[4], ul[4];
     afrag_split(o[0], o[1], uh, ul);
     wkt_tc_row_update(s, M + OG, M + OP, uh, ul, vh, vl);
     __syncwarp();
   }
-  if (sfin) wkt_tc_store(sfin + ((i64)b * H + h) * 4096, s, i0);
+  if (sfin) tc_store_rows(sfin + ((i64)b * H + h) * 4096, s, i0);
 }
 
 // Last chunk to first, G the gradient of the chunk's END state: G into gend; pᵀ = G·Pᵀ (rows i, columns t);
@@ -604,7 +584,7 @@ extern "C" __global__ void __launch_bounds__(128) wkt_chain_tc(float* gend, floa
     __syncthreads();
     if (k + NB - 1 < nch) issue(c - (NB - 1), (k + NB - 1) % NB);
     cp_commit();
-    wkt_tc_store(gend + (((i64)b * nch + c) * H + h) * 4096, G, i0);
+    tc_store_rows(gend + (((i64)b * nch + c) * H + h) * 4096, G, i0);
     const float* M = sm + (k % NB) * ST;
     float o[2][4];
 #pragma unroll
@@ -616,7 +596,7 @@ extern "C" __global__ void __launch_bounds__(128) wkt_chain_tc(float* gend, floa
     wkt_tc_row_update(G, M + OG, M + OW, ph, pl, dh, dl);
     __syncwarp();
   }
-  if (dsin) wkt_tc_store(dsin + ((i64)b * H + h) * 4096, G, i0);
+  if (dsin) tc_store_rows(dsin + ((i64)b * H + h) * 4096, G, i0);
 }
 
 // ---------------------------------------------------------------------------------------------
